@@ -1,0 +1,29 @@
+# Two entry points (see README): `make run CATALOG=...` and `make test`. Both set everything up first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CATALOG ?= ../shared/data/fashion-product-images-small.zip
+INDEX ?= indexes/$(basename $(notdir $(CATALOG)))
+ITEM ?= 15970
+
+.PHONY: setup run test lint
+
+setup: $(VENV)/.installed
+
+# torch first, pinned: the local CPU build. An unpinned torch would pull gigabytes of CUDA packages.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+run: setup
+	$(BIN)/fashionrec index "$(CATALOG)" --out "$(INDEX)"
+	$(BIN)/fashionrec similar "$(INDEX)" $(ITEM) -k 5
+
+lint: setup
+	$(BIN)/ruff check src tests
+
+test: lint
+	$(BIN)/pytest -q

@@ -1,0 +1,198 @@
+"""Command line: a thin wrapper over build_index and Recommender.
+
+Errors a user can cause (bad image, unknown item, missing index, ...) print one line and exit
+with code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fashionrec.build import BuildInterrupted, BuildReport, build_index
+from fashionrec.catalog import CatalogError, load_catalog
+from fashionrec.encoder import BACKBONES, DEFAULT_ENCODER, DEFAULT_FIT, DEFAULT_SIZE, EncoderError, load_encoder
+from fashionrec.images import ImageError
+from fashionrec.index import IndexStoreError
+from fashionrec.search import Match, Recommender, UnknownItemError
+
+app = typer.Typer(
+    help="fashionrec: find the most similar products of a catalog for any garment photo.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+errors = Console(stderr=True, soft_wrap=True)
+
+USER_ERRORS = (ImageError, CatalogError, IndexStoreError, EncoderError, UnknownItemError, ValueError, FileNotFoundError)
+SHOWN_COLUMNS = ("productDisplayName", "articleType", "baseColour", "gender")
+
+IndexDir = Annotated[Path, typer.Argument(help="Index directory (made by `fashionrec index`).")]
+TopK = Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="How many products to return.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+FilterOption = Annotated[
+    list[str] | None,
+    typer.Option("--filter", "-f", help="Metadata filter COLUMN=VALUE; repeat for more (same column: any of)."),
+]
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into one line on stderr and exit code 2."""
+    try:
+        yield
+    except USER_ERRORS as error:
+        message = str(error).strip("'\"") if isinstance(error, KeyError) else str(error)
+        errors.print(f"[red]error:[/red] {message}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def parse_filters(raw: list[str] | None) -> dict[str, list[str]]:
+    filters: dict[str, list[str]] = {}
+    for entry in raw or []:
+        column, sep, value = entry.partition("=")
+        if not sep or not column:
+            raise ValueError(f"filter {entry!r} is not COLUMN=VALUE")
+        filters.setdefault(column.strip(), []).append(value.strip())
+    return filters
+
+
+@app.command()
+def index(
+    catalog: Annotated[Path, typer.Argument(help="Catalog: a folder or .zip (Kaggle layout), or a CSV/Parquet.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Index directory to create or update.")],
+    encoder: Annotated[str, typer.Option(help=f"Encoder: {', '.join(BACKBONES)}.")] = DEFAULT_ENCODER,
+    size: Annotated[int, typer.Option(help="Model input size in pixels.")] = DEFAULT_SIZE,
+    fit: Annotated[str, typer.Option(help="Fit images to the square input: pad (whole product) or crop.")] = (
+        DEFAULT_FIT
+    ),
+    id_column: Annotated[str, typer.Option(help="Id column of a CSV/Parquet catalog.")] = "id",
+    image_column: Annotated[
+        str | None, typer.Option(help="Image path column of a CSV/Parquet catalog (relative to it).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Image decoding processes (0: none).")] = None,
+    backend: Annotated[str, typer.Option(help="onnx (fast) or torch (reference).")] = "onnx",
+) -> None:
+    """Build or update the index of a catalog; rerun to resume or to pick up catalog changes."""
+    with user_errors():
+        if fit not in ("pad", "crop"):
+            raise ValueError(f"--fit must be pad or crop, not {fit!r}")
+        loaded = load_catalog(catalog, id_column=id_column, image_column=image_column)
+        console.print(f"Catalog {catalog}: {len(loaded.items)} items, {len(loaded.problems)} problems")
+        model = load_encoder(encoder, size=size, fit=fit, backend=backend)  # type: ignore[arg-type]
+        try:
+            report = build_index(loaded, out, model, workers=workers)
+        except BuildInterrupted as stop:
+            errors.print(f"[yellow]{stop}[/yellow]")
+            raise typer.Exit(130) from None
+    print_report(report)
+
+
+def print_report(report: BuildReport) -> None:
+    table = Table(title=f"Index {report.index}", show_header=False)
+    for label, value in [
+        ("items in index", report.total),
+        ("embedded now", f"{report.embedded} ({report.rate:.0f} images/s)"),
+        ("unchanged (kept)", report.unchanged),
+        ("removed (left the catalog)", report.removed),
+        ("skipped (problems)", report.skipped),
+        ("repaired rows", len(report.problems) - report.skipped),
+        ("time", f"{report.seconds:.1f} s"),
+    ]:
+        table.add_row(label, str(value))
+    console.print(table)
+    for problem in report.problems[:20]:
+        console.print(f"  [yellow]problem[/yellow] {problem}", highlight=False, markup=False)
+    if len(report.problems) > 20:
+        console.print(f"  ... and {len(report.problems) - 20} more: see `fashionrec info {report.index} --problems`")
+
+
+def print_matches(matches: list[Match], as_json: bool, title: str) -> None:
+    if as_json:
+        print(json.dumps([m.to_dict() for m in matches], indent=2, ensure_ascii=False))
+        return
+    columns = [c for c in SHOWN_COLUMNS if matches and c in matches[0].metadata]
+    if matches and not columns:
+        columns = list(matches[0].metadata)[:4]
+    table = Table(title=title)
+    for name in ("rank", "id", "score", *columns):
+        table.add_column(name, justify="right" if name in ("rank", "score") else "left")
+    for m in matches:
+        table.add_row(str(m.rank), m.id, f"{m.score:.3f}", *(m.metadata.get(c, "") for c in columns))
+    console.print(table if matches else "No matching products.")
+
+
+def _query(index_dir: Path, run: Callable[[Recommender], list[Match]], as_json: bool, title: str) -> None:
+    with user_errors():
+        matches = run(Recommender.open(index_dir))
+    print_matches(matches, as_json, title)
+
+
+@app.command()
+def search(
+    index_dir: IndexDir,
+    image: Annotated[Path, typer.Argument(help="Any image file: a photo, a screenshot, a product shot.")],
+    k: TopK = 5,
+    filter: FilterOption = None,
+    as_json: AsJson = False,
+) -> None:
+    """Similar products for an image file."""
+    _query(
+        index_dir,
+        lambda r: r.similar_to_image(image, k, parse_filters(filter)),
+        as_json,
+        f"Products similar to {image}",
+    )
+
+
+@app.command()
+def similar(
+    index_dir: IndexDir,
+    item_id: Annotated[str, typer.Argument(help="Id of a product in the index.")],
+    k: TopK = 5,
+    filter: FilterOption = None,
+    as_json: AsJson = False,
+) -> None:
+    """Similar products for a catalog item (the item itself is never returned)."""
+    _query(
+        index_dir,
+        lambda r: r.similar_to_item(item_id, k, parse_filters(filter)),
+        as_json,
+        f"Products similar to item {item_id}",
+    )
+
+
+@app.command()
+def info(
+    index_dir: IndexDir,
+    problems: Annotated[bool, typer.Option("--problems", help="List every problem found.")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """What an index holds: encoder, dimension, item count, problems found."""
+    with user_errors():
+        recommender = Recommender.open(index_dir)
+        details = recommender.info()
+        found = recommender.problems()
+    if as_json:
+        details["problem_list"] = [{"item": p.item, "message": p.message, "action": p.action} for p in found]
+        print(json.dumps(details, indent=2, ensure_ascii=False))
+        return
+    table = Table(title=f"Index {index_dir}", show_header=False)
+    for key, value in details.items():
+        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    console.print(table)
+    for problem in found if problems else found[:10]:
+        console.print(f"  [yellow]problem[/yellow] {problem}", highlight=False, markup=False)
+    if not problems and len(found) > 10:
+        console.print(f"  ... and {len(found) - 10} more (--problems lists them all)")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,111 @@
+"""Images stage: one safe decoder for catalog files, uploads and camera shots.
+
+Everything that reaches the model goes through `decode`, so a bad file gives the same clear
+`ImageError` wherever it comes from, and no input can exhaust memory (decompression bombs).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_BYTES = 40 * 1024 * 1024
+MAX_PIXELS = 50_000_000  # about 8000 x 6000; larger images are refused before decoding
+FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
+BACKGROUND = (255, 255, 255)  # catalog photos are shot on white
+
+Fit = Literal["pad", "crop"]
+
+# Pillow checks the pixel count from the header, before decoding; its warning is made an error below.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class ImageError(ValueError):
+    """An image that cannot be used, with the item or file it belongs to and why."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+def decode(data: bytes, name: str, *, min_side: int | None = None) -> Image.Image:
+    """Decode image bytes into an upright RGB image, or raise ImageError saying what is wrong.
+
+    `min_side` lets big JPEGs decode at a reduced scale (libjpeg's DCT scaling), which is many times
+    faster for the 2400x1800 photos of the full-size catalog; the result keeps at least that size.
+    """
+    if not data:
+        raise ImageError(name, "empty file")
+    if len(data) > MAX_BYTES:
+        raise ImageError(name, f"file too large ({len(data) / 2**20:.0f} MiB, limit {MAX_BYTES // 2**20} MiB)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.format not in FORMATS:
+                raise ImageError(name, f"unsupported image format {image.format}")
+            if image.width * image.height > MAX_PIXELS:
+                raise ImageError(name, f"image too large ({image.width}x{image.height} pixels, limit {MAX_PIXELS:,})")
+            if min_side and image.format == "JPEG":
+                image.draft("RGB", (min_side, min_side))
+            image.load()
+            image = ImageOps.exif_transpose(image)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(name, f"image too large: {error}") from None
+    except UnidentifiedImageError:
+        raise ImageError(name, "not an image (unrecognised file format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageError(name, f"corrupt or truncated image data ({error})") from None
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB on white, whatever the mode: palette, alpha, grayscale, CMYK or 16-bit."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = array.max() or 1.0
+        image = Image.fromarray((array * (255.0 / peak)).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def open_image(path: str | Path, *, min_side: int | None = None) -> Image.Image:
+    """Read and decode an image file, with the file's name in any error."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(str(path), "no such file") from None
+    except IsADirectoryError:
+        raise ImageError(str(path), "is a directory, not an image file") from None
+    except OSError as error:
+        raise ImageError(str(path), f"cannot read file ({error.strerror})") from None
+    return decode(data, str(path), min_side=min_side)
+
+
+def fit_square(image: Image.Image, size: int, fit: Fit = "pad") -> np.ndarray:
+    """The image as a size x size x 3 uint8 array, ready for the model.
+
+    `pad` keeps the whole product (portrait catalog shots would lose shoes and hems to a crop) and
+    fills the margins with white; `crop` fills the square and cuts the long side.
+    """
+    width, height = image.size
+    scale = size / max(width, height) if fit == "pad" else size / min(width, height)
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    resized = image.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    canvas = Image.new("RGB", (size, size), BACKGROUND)
+    canvas.paste(resized, ((size - new_size[0]) // 2, (size - new_size[1]) // 2))
+    return np.asarray(canvas, dtype=np.uint8)

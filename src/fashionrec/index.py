@@ -1,0 +1,204 @@
+"""Index stage: the on-disk store of one catalog's items, vectors and problems.
+
+An index is a directory that describes itself:
+- `manifest.json`: format version, encoder spec, catalog source, counts (replaced atomically);
+- `index.sqlite`: items (id, image, content hash, metadata JSON, vector BLOB) and problems.
+
+SQLite (in WAL mode) makes every batch of vectors one transaction: a build killed at any moment
+leaves every committed batch intact, and the next run resumes from there. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fashionrec.catalog import Item, Problem
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DATABASE = "index.sqlite"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    row INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    image TEXT NOT NULL,
+    image_hash TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS problems (
+    item TEXT NOT NULL,
+    message TEXT NOT NULL,
+    action TEXT NOT NULL
+);
+"""
+
+
+class IndexStoreError(RuntimeError):
+    """An index directory that cannot be used (missing, other format, other encoder)."""
+
+
+@dataclass(frozen=True)
+class StoredItem:
+    """An indexed product as the index returns it."""
+
+    id: str
+    image: str
+    metadata: dict[str, str]
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Write JSON to a temp file and rename it over the target, so readers see old or new, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+class IndexStore:
+    """Reads and writes one index directory; safe to share between threads."""
+
+    def __init__(self, directory: Path, manifest: dict[str, object]) -> None:
+        self.directory = directory
+        self.manifest = manifest
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(directory / DATABASE, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    @classmethod
+    def open(cls, directory: str | Path) -> IndexStore:
+        """Open an existing index, checking that this version of fashionrec can read it."""
+        directory = Path(directory).expanduser()
+        manifest_path = directory / MANIFEST
+        if not manifest_path.is_file():
+            raise IndexStoreError(f"{directory}: not a fashionrec index (no {MANIFEST})")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as error:
+            raise IndexStoreError(f"{manifest_path}: unreadable manifest ({error})") from None
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise IndexStoreError(
+                f"{directory}: index format {manifest.get('format_version')}, "
+                f"this fashionrec reads format {FORMAT_VERSION}; rebuild the index"
+            )
+        return cls(directory, manifest)
+
+    @classmethod
+    def create_or_open(
+        cls, directory: str | Path, encoder: dict[str, object], catalog: dict[str, object]
+    ) -> IndexStore:
+        """Open the index to (re)build it, creating it if needed; refuses to mix encoders."""
+        directory = Path(directory).expanduser()
+        if (directory / MANIFEST).is_file():
+            store = cls.open(directory)
+            built_with = store.manifest["encoder"]["id"]  # type: ignore[index]
+            if built_with != encoder["id"]:
+                raise IndexStoreError(
+                    f"{directory} was built with encoder {built_with}, not {encoder['id']}; "
+                    "use another --out directory, or the same encoder"
+                )
+            store.update_manifest(catalog=catalog)
+            return store
+        directory.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "encoder": encoder,
+            "catalog": catalog,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "complete": False,
+        }
+        write_json_atomic(directory / MANIFEST, manifest)
+        return cls(directory, manifest)
+
+    def update_manifest(self, **fields: object) -> None:
+        with self._lock:
+            self.manifest = self.manifest | fields | {"updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            write_json_atomic(self.directory / MANIFEST, self.manifest)
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["encoder"]["dim"])  # type: ignore[index]
+
+    def count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+
+    def hashes(self) -> dict[str, str]:
+        """Content hash of every stored item's image, to skip what is already embedded."""
+        with self._lock:
+            return dict(self._db.execute("SELECT id, image_hash FROM items"))
+
+    def put(self, items: Sequence[Item], hashes: Sequence[str], vectors: np.ndarray) -> None:
+        """Insert or replace items with their vectors, all in one transaction."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        rows = [
+            (item.id, item.image, digest, json.dumps(item.metadata, ensure_ascii=False), vector.tobytes())
+            for item, digest, vector in zip(items, hashes, vectors, strict=True)
+        ]
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO items (id, image, image_hash, metadata, vector) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET image=excluded.image, image_hash=excluded.image_hash, "
+                "metadata=excluded.metadata, vector=excluded.vector",
+                rows,
+            )
+
+    def update_metadata(self, items: Iterable[Item]) -> None:
+        """Refresh metadata and image names of items whose image did not change."""
+        rows = [(item.image, json.dumps(item.metadata, ensure_ascii=False), item.id) for item in items]
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("UPDATE items SET image = ?, metadata = ? WHERE id = ?", rows)
+
+    def remove(self, ids: Iterable[str]) -> int:
+        """Delete items by id; returns how many were there."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            cursor = self._db.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in ids])
+            return cursor.rowcount
+
+    def set_problems(self, problems: Iterable[Problem]) -> None:
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("DELETE FROM problems")
+            self._db.executemany(
+                "INSERT INTO problems VALUES (?, ?, ?)", [(p.item, p.message, p.action) for p in problems]
+            )
+
+    def add_problems(self, problems: Iterable[Problem]) -> None:
+        with self._lock, self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO problems VALUES (?, ?, ?)", [(p.item, p.message, p.action) for p in problems]
+            )
+
+    def problems(self) -> list[Problem]:
+        with self._lock:
+            return [Problem(*row) for row in self._db.execute("SELECT item, message, action FROM problems")]
+
+    def load(self) -> tuple[list[StoredItem], np.ndarray]:
+        """All items and their vectors as one [N, D] float32 matrix, in a stable order."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, image, metadata, vector FROM items ORDER BY row").fetchall()
+        vectors = np.empty((len(rows), self.dim), np.float32)
+        items = []
+        for n, (item_id, image, metadata, blob) in enumerate(rows):
+            vectors[n] = np.frombuffer(blob, np.float32)
+            items.append(StoredItem(item_id, image, json.loads(metadata)))
+        return items, vectors
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,83 @@
+"""Shared fixtures: small real catalogs sampled from the shared Kaggle zip, and indexes built from them.
+
+The zip is read in place from ../shared/data (or $FASHIONREC_DATA); sampled images are written to
+pytest's temporary folders only, never into the repository.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import random
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from fashionrec.build import BuildReport, build_index
+from fashionrec.catalog import load_catalog
+from fashionrec.encoder import Encoder, load_encoder
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_ZIP = Path(
+    os.environ.get("FASHIONREC_DATA", REPO.parent / "shared" / "data" / "fashion-product-images-small.zip")
+)
+SAMPLE_SIZE = 300
+
+
+def read_styles() -> tuple[list[str], list[list[str]]]:
+    with zipfile.ZipFile(SHARED_ZIP) as archive:
+        rows = list(csv.reader(io.StringIO(archive.read("styles.csv").decode("utf-8"))))
+    return rows[0], rows[1:]
+
+
+def write_catalog(folder: Path, header: list[str], rows: list[list[str]]) -> Path:
+    """A Kaggle-layout folder holding the given rows and their real images from the shared zip."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(SHARED_ZIP) as archive:
+        names = set(archive.namelist())
+        for row in rows:
+            member = f"images/{row[0]}.jpg"
+            if member in names:
+                (folder / member).write_bytes(archive.read(member))
+    with open(folder / "styles.csv", "w", newline="") as file:
+        csv.writer(file).writerows([header, *rows])
+    return folder
+
+
+def sample_rows(count: int, seed: int = 0) -> tuple[list[str], list[list[str]]]:
+    """`count` catalog rows that have images, drawn at random but always the same."""
+    header, rows = read_styles()
+    with zipfile.ZipFile(SHARED_ZIP) as archive:
+        names = set(archive.namelist())
+    rows = [r for r in rows if f"images/{r[0]}.jpg" in names]
+    return header, random.Random(seed).sample(rows, count)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_data() -> Path:
+    if not SHARED_ZIP.is_file():
+        pytest.exit(f"test data missing: {SHARED_ZIP} (set FASHIONREC_DATA)", returncode=2)
+    return SHARED_ZIP
+
+
+@pytest.fixture(scope="session")
+def sample_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Kaggle-layout folder of SAMPLE_SIZE real products."""
+    header, rows = sample_rows(SAMPLE_SIZE)
+    return write_catalog(tmp_path_factory.mktemp("catalog"), header, rows)
+
+
+@pytest.fixture(scope="session")
+def encoder() -> Encoder:
+    return load_encoder()
+
+
+@pytest.fixture(scope="session")
+def built_index(
+    tmp_path_factory: pytest.TempPathFactory, sample_catalog: Path, encoder: Encoder
+) -> tuple[Path, BuildReport]:
+    out = tmp_path_factory.mktemp("index") / "idx"
+    report = build_index(load_catalog(sample_catalog), out, encoder, workers=2, progress=False)
+    return out, report

@@ -1,0 +1,138 @@
+"""Building an index: real images, bad files, resume after a kill, incremental updates."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fashionrec.build import BuildReport, build_index
+from fashionrec.catalog import load_catalog
+from fashionrec.encoder import Encoder, load_encoder
+from fashionrec.index import IndexStore, IndexStoreError
+from fashionrec.search import Recommender
+
+from conftest import sample_rows, write_catalog
+
+
+def stored_count(index: Path) -> int:
+    try:
+        with sqlite3.connect(index / "index.sqlite") as db:
+            return db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_builds_a_complete_self_describing_index(built_index: tuple[Path, BuildReport], sample_catalog: Path) -> None:
+    index, report = built_index
+    assert report.embedded == report.total == 300 and report.problems == []
+    manifest = json.loads((index / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["complete"] is True
+    assert manifest["encoder"]["id"].startswith("efficientnet-lite0@") and manifest["encoder"]["dim"] == 1280
+    assert manifest["counts"]["items"] == 300
+    assert manifest["catalog"]["path"] == str(sample_catalog)
+    assert not list(index.glob("*.pkl")) and not list(index.glob("*.pickle"))
+
+
+def test_every_catalog_image_finds_itself_first(built_index: tuple[Path, BuildReport], sample_catalog: Path) -> None:
+    recommender = Recommender.open(built_index[0])
+    for item in recommender.items[::15]:
+        (best, *_) = recommender.similar_to_image(sample_catalog / item.image, k=3)
+        assert best.id == item.id and best.score > 0.999
+
+
+def test_bad_files_are_reported_per_item_and_the_rest_is_indexed(tmp_path: Path, encoder: Encoder) -> None:
+    header, rows = sample_rows(12, seed=4)
+    folder = write_catalog(tmp_path / "catalog", header, rows)
+    images = folder / "images"
+    good = (images / f"{rows[0][0]}.jpg").read_bytes()
+    (images / f"{rows[1][0]}.jpg").write_bytes(b"")
+    (images / f"{rows[2][0]}.jpg").write_bytes(good[: len(good) // 3])
+    (images / f"{rows[3][0]}.jpg").write_text("this is not a picture")
+    (images / f"{rows[4][0]}.jpg").unlink()
+    with open(folder / "styles.csv", "a", newline="") as file:
+        csv.writer(file).writerows([rows[5], rows[6][:3]])  # a duplicate id and a short row
+    report = build_index(load_catalog(folder), tmp_path / "idx", encoder, workers=0, progress=False)
+    assert report.total == 8
+    by_item = {p.item: p.message for p in report.problems}
+    assert "empty file" in by_item[rows[1][0]]
+    assert "corrupt or truncated" in by_item[rows[2][0]]
+    assert "not an image" in by_item[rows[3][0]]
+    assert "not found" in by_item[rows[4][0]]
+    assert "duplicate id" in by_item[rows[5][0]]
+    assert "3 fields, expected 10" in by_item["line 15"]
+    stored = {p.item: p.message for p in Recommender.open(tmp_path / "idx").problems()}
+    assert stored == by_item  # kept in the index for `info`
+
+
+def test_incremental_rebuild_embeds_only_what_changed(tmp_path: Path, encoder: Encoder) -> None:
+    header, rows = sample_rows(40, seed=5)
+    folder = write_catalog(tmp_path / "catalog", header, rows[:30])
+    first = build_index(load_catalog(folder), tmp_path / "idx", encoder, workers=0, progress=False)
+    assert first.embedded == 30
+
+    renamed = [*rows[6][:9], "Renamed Product"]  # metadata changed, image not
+    write_catalog(folder, header, [*rows[5:6], renamed, *rows[7:40]])  # 5 removed, 10 new
+    images = folder / "images"
+    shutil.copy(images / f"{rows[20][0]}.jpg", images / f"{rows[10][0]}.jpg")  # one image changed
+    second = build_index(load_catalog(folder), tmp_path / "idx", encoder, workers=0, progress=False)
+    assert (second.embedded, second.removed, second.unchanged, second.total) == (11, 5, 24, 35)
+    recommender = Recommender.open(tmp_path / "idx")
+    assert recommender.item(rows[6][0]).metadata["productDisplayName"] == "Renamed Product"
+    (best,) = recommender.similar_to_item(rows[20][0], k=1)
+    assert best.id == rows[10][0] and best.score > 0.999  # the changed image was embedded again
+
+    third = build_index(load_catalog(folder), tmp_path / "idx", encoder, workers=0, progress=False)
+    assert (third.embedded, third.unchanged) == (0, 35)
+
+
+def fashionrec(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fashionrec.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_an_interrupted_build_resumes_without_re_embedding(tmp_path: Path, stop: signal.Signals) -> None:
+    header, rows = sample_rows(700, seed=6)
+    folder = write_catalog(tmp_path / "catalog", header, rows)
+    index = tmp_path / "idx"
+    process = fashionrec("index", str(folder), "--out", str(index))
+    deadline = time.monotonic() + 240
+    while stored_count(index) == 0 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    os.killpg(process.pid, stop)
+    _, err = process.communicate(timeout=60)
+    before = stored_count(index)
+    assert 0 < before < 700, "the build must be stopped part-way"
+    if stop == signal.SIGINT:
+        assert process.returncode == 130 and "run the same command to resume" in err
+    report = build_index(load_catalog(folder), index, load_encoder(), workers=0, progress=False)
+    assert report.unchanged == before and report.embedded == 700 - before and report.total == 700
+
+
+def test_an_index_never_mixes_encoders(built_index: tuple[Path, BuildReport], sample_catalog: Path) -> None:
+    other = load_encoder(size=160)
+    with pytest.raises(IndexStoreError, match="was built with encoder efficientnet-lite0@.*/pad224"):
+        build_index(load_catalog(sample_catalog), built_index[0], other, progress=False)
+
+
+def test_unreadable_indexes_give_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(IndexStoreError, match="not a fashionrec index"):
+        IndexStore.open(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format_version": 99}))
+    with pytest.raises(IndexStoreError, match="index format 99"):
+        IndexStore.open(tmp_path)

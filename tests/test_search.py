@@ -1,0 +1,77 @@
+"""The Recommender: item queries from stored vectors, filters inside the search, deterministic order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fashionrec.build import BuildReport
+from fashionrec.search import Recommender, UnknownItemError
+
+
+@pytest.fixture(scope="module")
+def recommender(built_index: tuple[Path, BuildReport]) -> Recommender:
+    return Recommender.open(built_index[0])
+
+
+def test_similar_to_item_never_returns_the_item_itself(recommender: Recommender) -> None:
+    for item in recommender.items[:40]:
+        matches = recommender.similar_to_item(item.id, k=5)
+        assert len(matches) == 5 and item.id not in {m.id for m in matches}
+        scores = [m.score for m in matches]
+        assert scores == sorted(scores, reverse=True) and [m.rank for m in matches] == [1, 2, 3, 4, 5]
+
+
+def test_item_queries_use_the_stored_vector_without_loading_the_model(recommender: Recommender) -> None:
+    item = recommender.items[0]
+    fresh = Recommender.open(recommender.store.directory)
+    fresh.similar_to_item(item.id, k=3)
+    assert fresh._encoder is None
+
+
+def test_results_are_deterministic_and_ties_ordered_by_id(recommender: Recommender) -> None:
+    item = recommender.items[7]
+    assert recommender.similar_to_item(item.id, k=10) == recommender.similar_to_item(item.id, k=10)
+    twin = recommender.vectors[3]
+    ties = recommender.similar_to_vector(twin, k=3)
+    assert ties[0].id == recommender.items[3].id
+    duplicate = Recommender.open(recommender.store.directory)
+    duplicate.index.add(twin.reshape(1, -1))  # an exact duplicate vector at a later position
+    duplicate.items.append(duplicate.items[3].__class__("0-duplicate", "x.jpg", {}))
+    tied = duplicate.similar_to_vector(twin, k=2)
+    assert [m.id for m in tied] == sorted([recommender.items[3].id, "0-duplicate"])
+
+
+def test_filters_apply_inside_the_search(recommender: Recommender) -> None:
+    counts = recommender.metadata["gender"].value_counts()
+    gender = counts.index[0]
+    for item in recommender.items[:10]:
+        matches = recommender.similar_to_item(item.id, k=8, filters={"gender": gender})
+        assert len(matches) == 8 and all(m.metadata["gender"] == gender for m in matches)
+    colours = list(recommender.metadata["baseColour"].value_counts().index[:2])
+    matches = recommender.similar_to_item(recommender.items[0].id, k=5, filters={"baseColour": colours})
+    assert all(m.metadata["baseColour"] in colours for m in matches)
+    rare = recommender.metadata["articleType"].value_counts().index[-1]
+    wanted = int((recommender.metadata["articleType"] == rare).sum())
+    matches = recommender.similar_to_vector(recommender.vectors[0], k=50, filters={"articleType": rare})
+    assert len(matches) == wanted  # all of them, however dissimilar
+    assert recommender.similar_to_item(recommender.items[0].id, filters={"articleType": "No Such Type"}) == []
+
+
+def test_bad_queries_raise_clear_errors(recommender: Recommender) -> None:
+    with pytest.raises(UnknownItemError, match="item 'nope' is not in the index"):
+        recommender.similar_to_item("nope")
+    with pytest.raises(ValueError, match="unknown filter column 'colour'"):
+        recommender.similar_to_item(recommender.items[0].id, filters={"colour": "Red"})
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        recommender.similar_to_vector(np.zeros(1280, np.float32), k=0)
+
+
+def test_image_bytes_come_from_the_catalog(recommender: Recommender, sample_catalog: Path) -> None:
+    item = recommender.items[0]
+    assert recommender.image_bytes(item.id) == (sample_catalog / item.image).read_bytes()
+    info = recommender.info()
+    assert info["items"] == len(recommender) == 300 and info["dim"] == 1280
+    assert "articleType" in info["metadata_columns"]
