@@ -10,6 +10,8 @@ import csv
 import io
 import os
 import random
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -44,6 +46,17 @@ def write_catalog(folder: Path, header: list[str], rows: list[list[str]]) -> Pat
     with open(folder / "styles.csv", "w", newline="") as file:
         csv.writer(file).writerows([header, *rows])
     return folder
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """Run `fashionrec ARGS` as a user would, in a wide terminal so tables are not wrapped."""
+    return subprocess.run(
+        [sys.executable, "-m", "fashionrec.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
 
 
 def sample_rows(count: int, seed: int = 0) -> tuple[list[str], list[list[str]]]:

@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from fashionrec.build import BuildReport
 
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "fashionrec.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
-    )
+from conftest import run_cli as run
 
 
 def test_index_search_similar_info(tmp_path: Path, sample_catalog: Path, built_index: tuple[Path, BuildReport]) -> None:

@@ -194,5 +194,46 @@ def info(
         console.print(f"  ... and {len(found) - 10} more (--problems lists them all)")
 
 
+@app.command("eval")
+def evaluate_index(
+    index_dir: IndexDir,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for report.json and the pictures.")],
+    label: Annotated[
+        list[str] | None, typer.Option("--label", "-l", help="Metadata column that defines a correct result; repeat.")
+    ] = None,
+    k: Annotated[
+        list[int] | None, typer.Option("--k", help="Cut-offs for P@k and mAP@k; repeat (--k 1 --k 5).")
+    ] = None,
+    queries: Annotated[
+        Path | None, typer.Option(help="File of query item ids, one per line (default: every item).")
+    ] = None,
+    samples: Annotated[int, typer.Option(help="Sample queries shown in the result grid image.")] = 8,
+) -> None:
+    """Measure retrieval quality: leave-one-out P@k, mAP@k and macro P@k per label, with pictures."""
+    from fashionrec.evaluate import evaluate
+
+    with user_errors():
+        ids = queries.read_text().split() if queries is not None else None
+        report = evaluate(
+            Recommender.open(index_dir),
+            label or ["articleType", "baseColour"],
+            k or [1, 5, 10],
+            ids,
+            out,
+            samples=samples,
+        )
+    ks = report["ks"]
+    table = Table(title=f"Leave-one-out quality of {index_dir} ({report['items']} items)")
+    table.add_column("label")
+    for name in (*(f"P@{n}" for n in ks), *(f"mAP@{n}" for n in ks), *(f"macro P@{n}" for n in ks)):
+        table.add_column(name, justify="right")
+    for name, figures in report["labels"].items():
+        values = [figures[f"P@{n}"] for n in ks] + [figures[f"mAP@{n}"] for n in ks]
+        values += [figures[f"macro_P@{n}"] for n in ks]
+        table.add_row(name, *("-" if v is None else f"{v:.3f}" for v in values))
+    console.print(table)
+    console.print(f"Report and pictures in {out}/")
+
+
 if __name__ == "__main__":
     app()

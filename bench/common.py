@@ -1,0 +1,44 @@
+"""Helpers shared by the benchmarks: the shared catalog, subsets of it, and the results file."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import time
+from pathlib import Path
+
+from fashionrec.catalog import Catalog, load_catalog
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_ZIP = Path(
+    os.environ.get("FASHIONREC_DATA", REPO.parent / "shared" / "data" / "fashion-product-images-small.zip")
+)
+RESULTS = REPO / "bench" / "results"
+
+
+def catalog_subset(size: int | None, seed: int = 0) -> Catalog:
+    """The shared catalog, or a random subset of `size` of its items (always the same for a seed)."""
+    catalog = load_catalog(SHARED_ZIP)
+    if size is not None and size < len(catalog.items):
+        catalog.items = random.Random(seed).sample(catalog.items, size)
+    return catalog
+
+
+def machine() -> dict[str, object]:
+    return {
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }
+
+
+def write_results(name: str, figures: dict[str, object]) -> Path:
+    """Write bench/results/<name>.json with the figures, the machine and the time."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    payload = {"benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), **figures}
+    path.write_text(json.dumps(payload, indent=2, ensure_ascii=False))
+    print(f"wrote {path}")
+    return path
