@@ -125,8 +125,8 @@ def test_an_interrupted_build_resumes_without_re_embedding(tmp_path: Path, stop:
 
 
 def test_an_index_never_mixes_encoders(built_index: tuple[Path, BuildReport], sample_catalog: Path) -> None:
-    other = load_encoder(size=160)
-    with pytest.raises(IndexStoreError, match="was built with encoder efficientnet-lite0@.*/pad224"):
+    other = load_encoder(size=224)
+    with pytest.raises(IndexStoreError, match="was built with encoder efficientnet-lite0@.*/pad160"):
         build_index(load_catalog(sample_catalog), built_index[0], other, progress=False)
 
 

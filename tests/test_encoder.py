@@ -38,10 +38,10 @@ def test_vectors_are_unit_length_and_distinguish_products(encoder: Encoder, real
 
 
 def test_id_names_weights_and_preprocessing(encoder: Encoder) -> None:
-    assert encoder.id.startswith("efficientnet-lite0@579344248a93/pad224")
+    assert encoder.id.startswith("efficientnet-lite0@579344248a93/pad160")
     spec = EncoderSpec.from_dict(encoder.spec.to_dict())
     assert spec == encoder.spec
-    other = EncoderSpec(spec.name, spec.weights_sha256, 160, "crop", spec.dim)
+    other = EncoderSpec(spec.name, spec.weights_sha256, 224, "crop", spec.dim)
     assert other.id != spec.id
 
 

@@ -34,11 +34,11 @@ def test_item_queries_use_the_stored_vector_without_loading_the_model(recommende
 def test_results_are_deterministic_and_ties_ordered_by_id(recommender: Recommender) -> None:
     item = recommender.items[7]
     assert recommender.similar_to_item(item.id, k=10) == recommender.similar_to_item(item.id, k=10)
-    twin = recommender.vectors[3]
-    ties = recommender.similar_to_vector(twin, k=3)
+    twin = recommender.index.vectors([3])
+    ties = recommender.similar_to_vector(twin[0], k=3)
     assert ties[0].id == recommender.items[3].id
     duplicate = Recommender.open(recommender.store.directory)
-    duplicate.index.add(twin.reshape(1, -1))  # an exact duplicate vector at a later position
+    duplicate.index.add(twin)  # an exact duplicate vector at a later position
     duplicate.items.append(duplicate.items[3].__class__("0-duplicate", "x.jpg", {}))
     tied = duplicate.similar_to_vector(twin, k=2)
     assert [m.id for m in tied] == sorted([recommender.items[3].id, "0-duplicate"])
@@ -55,7 +55,7 @@ def test_filters_apply_inside_the_search(recommender: Recommender) -> None:
     assert all(m.metadata["baseColour"] in colours for m in matches)
     rare = recommender.metadata["articleType"].value_counts().index[-1]
     wanted = int((recommender.metadata["articleType"] == rare).sum())
-    matches = recommender.similar_to_vector(recommender.vectors[0], k=50, filters={"articleType": rare})
+    matches = recommender.similar_to_vector(recommender.index.vectors([0])[0], k=50, filters={"articleType": rare})
     assert len(matches) == wanted  # all of them, however dissimilar
     assert recommender.similar_to_item(recommender.items[0].id, filters={"articleType": "No Such Type"}) == []
 

@@ -37,6 +37,10 @@ SHOWN_COLUMNS = ("productDisplayName", "articleType", "baseColour", "gender")
 IndexDir = Annotated[Path, typer.Argument(help="Index directory (made by `fashionrec index`).")]
 TopK = Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="How many products to return.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+SearchKind = Annotated[
+    str, typer.Option("--search", help="Search structure: auto (exact for small catalogs, ivf above), exact, ivf.")
+]
+PrecisionOption = Annotated[str, typer.Option(help="Vectors in memory: float32, or float16 (half the memory).")]
 FilterOption = Annotated[
     list[str] | None,
     typer.Option("--filter", "-f", help="Metadata filter COLUMN=VALUE; repeat for more (same column: any of)."),
@@ -129,9 +133,11 @@ def print_matches(matches: list[Match], as_json: bool, title: str) -> None:
     console.print(table if matches else "No matching products.")
 
 
-def _query(index_dir: Path, run: Callable[[Recommender], list[Match]], as_json: bool, title: str) -> None:
+def _query(
+    index_dir: Path, run: Callable[[Recommender], list[Match]], as_json: bool, title: str, kind: str, precision: str
+) -> None:
     with user_errors():
-        matches = run(Recommender.open(index_dir))
+        matches = run(Recommender.open(index_dir, kind=kind, precision=precision))  # type: ignore[arg-type]
     print_matches(matches, as_json, title)
 
 
@@ -142,6 +148,8 @@ def search(
     k: TopK = 5,
     filter: FilterOption = None,
     as_json: AsJson = False,
+    search: SearchKind = "auto",
+    precision: PrecisionOption = "float32",
 ) -> None:
     """Similar products for an image file."""
     _query(
@@ -149,6 +157,8 @@ def search(
         lambda r: r.similar_to_image(image, k, parse_filters(filter)),
         as_json,
         f"Products similar to {image}",
+        search,
+        precision,
     )
 
 
@@ -159,6 +169,8 @@ def similar(
     k: TopK = 5,
     filter: FilterOption = None,
     as_json: AsJson = False,
+    search: SearchKind = "auto",
+    precision: PrecisionOption = "float32",
 ) -> None:
     """Similar products for a catalog item (the item itself is never returned)."""
     _query(
@@ -166,6 +178,8 @@ def similar(
         lambda r: r.similar_to_item(item_id, k, parse_filters(filter)),
         as_json,
         f"Products similar to item {item_id}",
+        search,
+        precision,
     )
 
 

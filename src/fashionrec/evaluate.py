@@ -37,7 +37,7 @@ def nearest(recommender: Recommender, queries: np.ndarray, k: int, progress: boo
     bar = tqdm(total=len(queries), unit="query", desc="Searching", disable=not progress)
     for start in range(0, len(queries), QUERY_BATCH):
         batch = queries[start : start + QUERY_BATCH]
-        found_scores, found = recommender.index.search(recommender.vectors[batch], k + 1)
+        found_scores, found = recommender.index.search(recommender.index.vectors(batch), k + 1)
         for query, row, score in zip(batch, found, found_scores, strict=True):
             keep = row != query
             rows.append(row[keep][:k])

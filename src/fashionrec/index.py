@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,16 +188,14 @@ class IndexStore:
         with self._lock:
             return [Problem(*row) for row in self._db.execute("SELECT item, message, action FROM problems")]
 
-    def load(self) -> tuple[list[StoredItem], np.ndarray]:
-        """All items and their vectors as one [N, D] float32 matrix, in a stable order."""
+    def load(self, chunk: int = 8192) -> Iterator[tuple[list[StoredItem], np.ndarray]]:
+        """All items and their vectors, in a stable order, a chunk at a time (bounded memory)."""
         with self._lock:
             rows = self._db.execute("SELECT id, image, metadata, vector FROM items ORDER BY row").fetchall()
-        vectors = np.empty((len(rows), self.dim), np.float32)
-        items = []
-        for n, (item_id, image, metadata, blob) in enumerate(rows):
-            vectors[n] = np.frombuffer(blob, np.float32)
-            items.append(StoredItem(item_id, image, json.loads(metadata)))
-        return items, vectors
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            vectors = np.frombuffer(b"".join(r[3] for r in part), np.float32).reshape(len(part), self.dim)
+            yield [StoredItem(i, image, json.loads(meta)) for i, image, meta, _ in part], vectors
 
     def close(self) -> None:
         with self._lock:

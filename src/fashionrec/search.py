@@ -1,17 +1,17 @@
 """Search stage: the `Recommender`, one object that the CLI, the API and the app all share.
 
-Exact cosine similarity over unit vectors (inner product) with FAISS. Filters on metadata are
-applied inside the search through an id selector, so k results that all match come back.
+Cosine similarity over unit vectors (inner product) with FAISS, exact or approximate by catalog
+size (vector_index.py). Filters on metadata are applied inside the search, so k results that all
+match come back.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -20,6 +20,7 @@ from fashionrec.catalog import ImageSource, Problem
 from fashionrec.encoder import Encoder, encoder_for_index
 from fashionrec.images import decode, open_image
 from fashionrec.index import IndexStore, StoredItem
+from fashionrec.vector_index import Kind, Precision, VectorIndex
 
 Filters = Mapping[str, str | Sequence[str]]
 TIE_MARGIN = 8  # extra candidates fetched so equal scores can be ordered by id
@@ -55,9 +56,13 @@ class Match:
 class Recommender:
     """Similar products for an image or a catalog item, over one opened index."""
 
-    def __init__(self, store: IndexStore, backend: str = "onnx") -> None:
+    def __init__(
+        self, store: IndexStore, backend: str = "onnx", kind: Kind = "auto", precision: Precision = "float32"
+    ) -> None:
         self.store = store
         self.backend = backend
+        self.kind = kind
+        self.precision = precision
         self._encoder: Encoder | None = None
         self._lock = threading.Lock()
         catalog = store.manifest.get("catalog", {})
@@ -65,18 +70,27 @@ class Recommender:
         self._load()
 
     @classmethod
-    def open(cls, directory: str | Path, *, backend: str = "onnx") -> Recommender:
-        """Open an index directory; the encoder is loaded on the first image query."""
-        return cls(IndexStore.open(directory), backend)
+    def open(
+        cls, directory: str | Path, *, backend: str = "onnx", kind: Kind = "auto", precision: Precision = "float32"
+    ) -> Recommender:
+        """Open an index directory; the encoder is loaded on the first image query.
+
+        `kind` picks exact or approximate (ivf) search, `auto` by catalog size; `precision` float16
+        halves the memory the vectors take.
+        """
+        return cls(IndexStore.open(directory), backend, kind, precision)
 
     def _load(self) -> None:
-        items, vectors = self.store.load()
-        self.items = items
-        self.positions = {item.id: n for n, item in enumerate(items)}
-        self.metadata = pd.DataFrame([item.metadata for item in items], dtype="string")
-        self.vectors = vectors
-        self.index = faiss.IndexFlatIP(self.store.dim)
-        self.index.add(vectors)
+        self.items: list[StoredItem] = []
+
+        def chunks() -> Iterator[np.ndarray]:
+            for items, vectors in self.store.load():
+                self.items.extend(items)
+                yield vectors
+
+        self.index = VectorIndex.build(self.store.dim, self.store.count(), chunks(), self.kind, self.precision)
+        self.positions = {item.id: n for n, item in enumerate(self.items)}
+        self.metadata = pd.DataFrame([item.metadata for item in self.items], dtype="string")
 
     @property
     def encoder(self) -> Encoder:
@@ -122,7 +136,7 @@ class Recommender:
         position = self.positions.get(str(item_id))
         if position is None:
             raise UnknownItemError(str(item_id))
-        return self.similar_to_vector(self.vectors[position], k, filters, exclude=str(item_id))
+        return self.similar_to_vector(self.index.vectors([position])[0], k, filters, exclude=str(item_id))
 
     def similar_to_vector(
         self, vector: np.ndarray, k: int = 5, filters: Filters | None = None, exclude: str | None = None
@@ -130,16 +144,11 @@ class Recommender:
         """Exact cosine search; ties are ordered by id so results are deterministic."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        params = None
-        if filters:
-            allowed = self.matching_positions(filters)
-            if len(allowed) == 0:
-                return []
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
+        allowed = self.matching_positions(filters) if filters else None
         wanted = min(k + 1 + TIE_MARGIN, len(self.items))
-        if wanted == 0:
+        if wanted == 0 or (allowed is not None and len(allowed) == 0):
             return []
-        scores, positions = self.index.search(vector.reshape(1, -1).astype(np.float32), wanted, params=params)
+        scores, positions = self.index.search(vector, wanted, allowed)
         found = [(float(s), self.items[p]) for s, p in zip(scores[0], positions[0], strict=True) if p >= 0]
         found = [(s, item) for s, item in found if item.id != exclude]
         found.sort(key=lambda pair: (-round(pair[0], 5), pair[1].id))
@@ -169,6 +178,7 @@ class Recommender:
             "format_version": manifest["format_version"],
             "encoder": manifest["encoder"]["id"],  # type: ignore[index]
             "dim": self.store.dim,
+            "search": f"{self.index.kind} ({self.index.precision})",
             "items": len(self.items),
             "problems": len(self.problems()),
             "catalog": manifest.get("catalog", {}).get("path"),  # type: ignore[union-attr]

@@ -1,0 +1,125 @@
+"""The in-memory search structure over an index's vectors: exact, or approximate for big catalogs.
+
+- `exact`: FAISS flat inner product; every query scans all vectors (fast up to a few hundred
+  thousand items).
+- `ivf`: FAISS inverted file (k-means cells); a query scans only the `nprobe` nearest cells. Picked
+  over HNSW by measurement (bench/scale.py): it builds many times faster on 2 cores at the same
+  latency and recall.
+- `auto`: exact up to ANN_THRESHOLD items, ivf above.
+
+Vectors are held once, inside FAISS, as float32 or float16 (half the memory, see bench/vector_size.py).
+Filtered queries stay exact whenever the filter leaves few items, and widen the IVF probe otherwise,
+so filters keep their recall.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Literal
+
+import faiss
+import numpy as np
+
+Kind = Literal["auto", "exact", "ivf"]
+Precision = Literal["float32", "float16"]
+KINDS: tuple[str, ...] = ("auto", "exact", "ivf")
+PRECISIONS: tuple[str, ...] = ("float32", "float16")
+ANN_THRESHOLD = 20_000  # above this, exact p50 passes ~2 ms on 2 cores (bench/scale.py)
+NPROBE = 48  # recall@10 >= 0.95 on the scale benchmark
+SMALL_SELECTION = 20_000  # a filter leaving fewer items is answered exactly from those items
+TRAIN_PER_CELL = 48  # k-means sample per cell (FAISS asks for >= 39): bounds the training time
+
+
+class VectorIndex:
+    """Top-k inner-product search over unit vectors, optionally restricted to allowed positions."""
+
+    def __init__(self, dim: int, size: int, kind: Kind = "auto", precision: Precision = "float32") -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown index kind {kind!r}; choose from {', '.join(KINDS)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        self.dim = dim
+        self.kind = "ivf" if kind == "ivf" or (kind == "auto" and size > ANN_THRESHOLD) else "exact"
+        self.precision = precision
+        self.index = self._empty(dim, size)
+
+    def _storage(self, dim: int) -> faiss.Index:
+        if self.precision == "float16":
+            return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+        return faiss.IndexFlatIP(dim)
+
+    def _empty(self, dim: int, size: int) -> faiss.Index:
+        if self.kind == "exact":
+            return self._storage(dim)
+        cells = max(1, min(int(4 * math.sqrt(size)), size // 39))  # FAISS wants >= 39 training points a cell
+        quantizer = faiss.IndexFlatIP(dim)
+        if self.precision == "float16":
+            index = faiss.IndexIVFScalarQuantizer(
+                quantizer, dim, cells, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+            )
+        else:
+            index = faiss.IndexIVFFlat(quantizer, dim, cells, faiss.METRIC_INNER_PRODUCT)
+        index.nprobe = min(NPROBE, cells)
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct() by position, and removal
+        self._quantizer = quantizer  # the IVF index does not own it
+        return index
+
+    @classmethod
+    def build(
+        cls, dim: int, size: int, chunks: Iterable[np.ndarray], kind: Kind = "auto", precision: Precision = "float32"
+    ) -> VectorIndex:
+        """An index over `size` vectors given in chunks; IVF cells are trained on a sample of all of them."""
+        index = cls(dim, size, kind, precision)
+        if index.kind == "exact":
+            for vectors in chunks:
+                index.add(vectors)
+        else:
+            everything = list(chunks)
+            index.add(np.concatenate(everything) if everything else np.zeros((0, dim), np.float32))
+        return index
+
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    def add(self, vectors: np.ndarray) -> None:
+        """Append vectors; their positions follow the ones already there."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if not self.index.is_trained:  # IVF: learn the cells from (a sample of) the first vectors added
+            sample = vectors[np.random.default_rng(0).permutation(len(vectors))[: TRAIN_PER_CELL * self.index.nlist]]
+            self.index.cp.niter = 10
+            self.index.train(sample)
+        if self.kind == "ivf":
+            self.index.add_with_ids(vectors, np.arange(len(self), len(self) + len(vectors), dtype=np.int64))
+        else:
+            self.index.add(vectors)
+
+    def vectors(self, positions: np.ndarray) -> np.ndarray:
+        """The stored vectors at these positions (decoded to float32)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        if self.kind == "exact":
+            return self.index.reconstruct_batch(positions)
+        return np.stack([self.index.reconstruct(int(p)) for p in positions])
+
+    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and positions [n, k] of the best matches; position -1 where fewer than k exist."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        if allowed is None:
+            return self.index.search(queries, k)
+        if self.kind == "ivf" and len(allowed) <= SMALL_SELECTION:
+            return self._search_subset(queries, k, allowed)
+        selector = faiss.IDSelectorBatch(allowed)
+        if self.kind == "exact":
+            return self.index.search(queries, k, params=faiss.SearchParameters(sel=selector))
+        share = len(allowed) / max(len(self), 1)
+        nprobe = min(self.index.nlist, math.ceil(self.index.nprobe / share))
+        return self.index.search(queries, k, params=faiss.SearchParametersIVF(sel=selector, nprobe=nprobe))
+
+    def _search_subset(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores = queries @ self.vectors(allowed).T
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        found = np.full((len(queries), k), -1, dtype=np.int64)
+        found_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        found[:, : order.shape[1]] = allowed[order]
+        found_scores[:, : order.shape[1]] = np.take_along_axis(scores, order, axis=1)
+        return found_scores, found

@@ -1,0 +1,77 @@
+"""Exact and approximate (IVF) search structures: recall against exact search, filters, float16."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fashionrec.build import BuildReport
+from fashionrec.search import Recommender
+from fashionrec.vector_index import ANN_THRESHOLD, SMALL_SELECTION, VectorIndex
+
+DIM = 64
+
+
+def clustered(count: int, seed: int) -> np.ndarray:
+    centres = np.random.default_rng(1).standard_normal((300, DIM)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    points = centres[rng.integers(0, 300, count)] + 0.5 * rng.standard_normal((count, DIM)).astype(np.float32)
+    return points / np.linalg.norm(points, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def data() -> np.ndarray:
+    return clustered(ANN_THRESHOLD + 20_000, seed=0)
+
+
+def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)]))
+
+
+def test_auto_picks_exact_for_small_and_ivf_for_large_catalogs(data: np.ndarray) -> None:
+    assert VectorIndex(DIM, 1000).kind == "exact"
+    assert VectorIndex(DIM, len(data)).kind == "ivf"
+    assert VectorIndex(DIM, len(data), "exact").kind == "exact"
+    with pytest.raises(ValueError, match="unknown index kind"):
+        VectorIndex(DIM, 10, "hnsw")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+def test_ivf_recall_against_exact_search(data: np.ndarray, precision: str) -> None:
+    queries = clustered(100, seed=2)
+    exact = VectorIndex.build(DIM, len(data), [data[:20_000], data[20_000:]], "exact")
+    ivf = VectorIndex.build(DIM, len(data), [data[:20_000], data[20_000:]], "ivf", precision)  # type: ignore[arg-type]
+    assert ivf.index.nprobe < ivf.index.nlist  # really approximate
+    truth = exact.search(queries, 10)[1]
+    assert recall_at_10(ivf.search(queries, 10)[1], truth) >= 0.95
+    np.testing.assert_allclose(ivf.vectors([5, 17]), data[[5, 17]], atol=2e-3)
+
+
+def test_filters_keep_their_recall_with_ivf(data: np.ndarray) -> None:
+    exact = VectorIndex.build(DIM, len(data), [data], "exact")
+    ivf = VectorIndex.build(DIM, len(data), [data], "ivf")
+    rng = np.random.default_rng(3)
+    queries = clustered(50, seed=4)
+    for size in (500, SMALL_SELECTION + 5_000):
+        allowed = np.sort(rng.choice(len(data), size, replace=False))
+        truth = exact.search(queries, 10, allowed)[1]
+        found = ivf.search(queries, 10, allowed)[1]
+        assert np.isin(found, allowed).all() and np.isin(truth, allowed).all()
+        assert recall_at_10(found, truth) >= (1.0 if size <= SMALL_SELECTION else 0.9)
+    few = np.array([3, 9, 27])
+    scores, found = ivf.search(queries[:1], 10, few)
+    assert set(found[0][:3]) == set(few) and (found[0][3:] == -1).all()
+
+
+def test_recommender_answers_the_same_with_any_structure(built_index: tuple[Path, BuildReport]) -> None:
+    exact = Recommender.open(built_index[0], kind="exact")
+    ivf = Recommender.open(built_index[0], kind="ivf", precision="float16")
+    assert ivf.info()["search"] == "ivf (float16)"
+    for item in exact.items[:20]:
+        expected = [m.id for m in exact.similar_to_item(item.id, k=5)]
+        assert [m.id for m in ivf.similar_to_item(item.id, k=5)] == expected  # few cells: all probed
+        gender = item.metadata["gender"]
+        filtered = ivf.similar_to_item(item.id, k=5, filters={"gender": gender})
+        assert all(m.metadata["gender"] == gender for m in filtered)
