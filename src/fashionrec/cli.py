@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fashionrec.build import BuildInterrupted, BuildReport, build_index
@@ -113,7 +114,7 @@ def print_report(report: BuildReport) -> None:
         table.add_row(label, str(value))
     console.print(table)
     for problem in report.problems[:20]:
-        console.print(f"  [yellow]problem[/yellow] {problem}", highlight=False, markup=False)
+        console.print(f"  [yellow]problem[/yellow] {escape(str(problem))}", highlight=False)
     if len(report.problems) > 20:
         console.print(f"  ... and {len(report.problems) - 20} more: see `fashionrec info {report.index} --problems`")
 
@@ -203,7 +204,7 @@ def info(
         table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
     console.print(table)
     for problem in found if problems else found[:10]:
-        console.print(f"  [yellow]problem[/yellow] {problem}", highlight=False, markup=False)
+        console.print(f"  [yellow]problem[/yellow] {escape(str(problem))}", highlight=False)
     if not problems and len(found) > 10:
         console.print(f"  ... and {len(found) - 10} more (--problems lists them all)")
 

@@ -18,6 +18,7 @@ from fashionrec.search import Recommender  # noqa: E402
 
 TILE = (96, 128)
 GOOD, BAD = (40, 160, 60), (210, 40, 40)
+MAX_BARS = 60
 
 
 def write_all(
@@ -31,10 +32,15 @@ def write_all(
 
 
 def per_class_chart(name: str, figures: dict, path: Path) -> None:
-    """Horizontal bars of P@5 per class, worst at the top, with the overall macro average marked."""
+    """Horizontal bars of P@5 per class, worst at the top, with the overall macro average marked.
+
+    With more than MAX_BARS classes only the worst and best halves are drawn (the JSON has them all).
+    """
     per_class = sorted(figures["per_class_P@5"].items(), key=lambda pair: pair[1])
     if not per_class:
         return
+    if len(per_class) > MAX_BARS:
+        per_class = per_class[: MAX_BARS // 2] + per_class[-MAX_BARS // 2 :]
     height = max(3.0, 0.22 * len(per_class) + 1.2)
     fig, ax = plt.subplots(figsize=(8, height))
     classes, values = zip(*per_class, strict=True)
