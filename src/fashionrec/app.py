@@ -19,7 +19,7 @@ import streamlit as st
 from PIL import Image, ImageColor
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
-from wordcloud import WordCloud
+from wordcloud import STOPWORDS, WordCloud
 
 from fashionrec.images import ImageError
 from fashionrec.search import Match, Recommender
@@ -232,6 +232,8 @@ def show_query(query: Query) -> None:
 
 def sidebar_query_controls() -> None:
     """The ways to ask: upload, camera, catalog search, random product."""
+    st.sidebar.title(":material/apparel: fashionrec", anchor=False)
+    st.sidebar.caption(f"Visual search over {len(recommender()):,} products")
     mode = st.sidebar.radio("Find look-alikes of", list(MODES), format_func=MODES.get, key="mode")
     if mode == "upload":
         st.sidebar.file_uploader(
@@ -314,19 +316,30 @@ def find_page() -> None:
 
 
 def css_colour(name: str) -> str:
-    """The CSS colour of a catalog colour name ('Navy Blue' -> navyblue), grey if there is none."""
-    css = name.replace(" ", "").lower()
-    try:
-        ImageColor.getrgb(css)
-    except ValueError:
-        return "#b0b0b0"
-    return css
+    """The CSS colour of a catalog colour name: 'Sea Green' -> seagreen, 'Navy Blue' -> navy, else grey."""
+    words = name.lower().split()
+    for candidate in ("".join(words), *words[:1], *words[-1:]):
+        try:
+            ImageColor.getrgb(candidate)
+        except ValueError:
+            continue
+        return candidate
+    return "#b0b0b0"
 
 
 @st.cache_data(show_spinner="Drawing the word cloud...")
 def name_cloud(path: str) -> Image.Image:
-    names = open_recommender(path).metadata[NAME].dropna()
-    cloud = WordCloud(width=1400, height=420, background_color="white", colormap="tab20b", collocations=False)
+    metadata = open_recommender(path).metadata
+    genders = set(metadata["gender"].dropna().str.lower()) if "gender" in metadata.columns else set()
+    cloud = WordCloud(
+        width=1400,
+        height=420,
+        background_color="white",
+        colormap="tab20b",
+        collocations=False,
+        stopwords=STOPWORDS | genders | {"men", "women"},  # every name says its gender: it would fill the cloud
+    )
+    names = metadata[NAME].dropna()
     return cloud.generate(" ".join(names)).to_image()
 
 
