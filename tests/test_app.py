@@ -33,11 +33,6 @@ def page(index: Path) -> AppTest:
     return run(AppTest.from_file(str(APP), default_timeout=60))
 
 
-@pytest.fixture(scope="module")
-def catalog_photo(sample_catalog: Path) -> Path:
-    return sorted((sample_catalog / "images").glob("*.jpg"))[0]
-
-
 def run(page: AppTest) -> AppTest:
     page.run()
     assert not page.exception, [e.value for e in page.exception]

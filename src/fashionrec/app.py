@@ -397,7 +397,10 @@ def explore_page() -> None:
         "Hover a dot to see it, click it to open it."
     )
     points = embedding_map(path)
-    colour_by = st.selectbox("Colour by", present, format_func=FACETS.get, key="map_colour") if present else None
+    colour_by = None
+    if present:
+        default = present.index("masterCategory") if "masterCategory" in present else 0
+        colour_by = st.selectbox("Colour by", present, default, format_func=FACETS.get, key="map_colour", width=320)
     figure = px.scatter(
         points,
         x="x",
