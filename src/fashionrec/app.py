@@ -182,12 +182,11 @@ def product_card(item_id: str, metadata: dict[str, str], score: float | None, ke
 
     Returns whether "More like this" was clicked (the click has already made it the query).
     """
-    with st.container(border=True):
+    with st.container(border=True, height="stretch"):
         product_image(item_id)
         st.markdown(f"**{metadata.get(NAME, item_id)}**")
-        st.caption(" · ".join(metadata[c] for c in CARD_FACETS if metadata.get(c)))
-        if score is not None:
-            st.caption(f"Similarity **{score:.2f}** · #{item_id}")
+        attributes = " · ".join(metadata[c] for c in CARD_FACETS if metadata.get(c))
+        st.caption(attributes if score is None else f"{attributes}  \nSimilarity **{score:.2f}** · #{item_id}")
         return st.button(
             "More like this",
             key=f"{key}-{item_id}",
