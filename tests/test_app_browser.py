@@ -81,6 +81,7 @@ def browser() -> Iterator[Browser]:
             f"chromium not found at {CHROMIUM}: the browser test needs Debian's chromium. Install it with "
             "`apt-get update && apt-get install -y --no-install-recommends chromium` (or `make setup`)."
         )
+    expect.set_options(timeout=TIMEOUT_MS)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
@@ -139,13 +140,26 @@ def test_upload_then_more_like_this(
     wait_for_results(page, lambda ids: ids == first)
 
 
-def test_explore_page_draws_the_catalog(server: str, browser: Browser) -> None:
+def test_explore_map_opens_a_product(server: str, browser: Browser) -> None:
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(server)
     page.get_by_role("link", name="Explore the catalog").click()
-    expect(page.get_by_role("heading", name="The map of the catalog")).to_be_attached()
     expect(page.locator(".js-plotly-plot")).to_have_count(3)  # types, colours, the embedding map
-    page.get_by_role("heading", name="The map of the catalog").scroll_into_view_if_needed()
-    page.wait_for_timeout(1000)
+    chart = page.locator(".js-plotly-plot").nth(2)
+    chart.scroll_into_view_if_needed()
+    # Where plotly drew the first product: a click there selects it (AppTest cannot click charts).
+    x, y, item_id = chart.evaluate(
+        """chart => { const layout = chart._fullLayout, trace = chart._fullData[0];
+        return [layout.xaxis.l2p(trace.x[0]) + layout._size.l, layout.yaxis.l2p(trace.y[0]) + layout._size.t,
+                trace.customdata[0][0]]; }"""
+    )
+    box = chart.bounding_box()
+    page.mouse.click(box["x"] + x, box["y"] + y)
+    page.get_by_role("button", name="More like this").wait_for()
     screenshot(page, "app-explore-map.png")
+
+    page.get_by_role("button", name="More like this").click()
+    expect(page.get_by_role("heading", name="Similar products")).to_be_visible()
+    assert item_id not in wait_for_results(page, lambda ids: len(ids) == 5)
+    expect(page.get_by_text(f"#{item_id}", exact=True)).to_be_visible()  # the query's id badge

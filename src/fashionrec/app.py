@@ -408,17 +408,20 @@ def explore_page() -> None:
         hover_name=NAME if NAME in points else "id",
         hover_data={c: True for c in ("id", *CARD_FACETS) if c in points} | {"x": False, "y": False},
         custom_data=["id"],
+        labels=FACETS | {"id": "Id"},
         height=640,
     )
     figure.update_traces(marker={"size": 6, "opacity": 0.8})
     figure.update_layout(xaxis={"visible": False}, yaxis={"visible": False}, legend_title_text=None)
-    event = st.plotly_chart(figure, width="stretch", on_select="rerun", selection_mode="points", key="map")
+    chart, side = st.columns([4, 1])
+    with chart:
+        event = st.plotly_chart(figure, width="stretch", on_select="rerun", selection_mode="points", key="map")
     selected = [p["customdata"][0] for p in event.selection.points] if event else []
-    if selected:
-        item = recommender().item(selected[0])
-        st.subheader("Selected product", anchor=False)
-        card, _ = st.columns([1, 4])
-        with card:
+    with side:
+        if not selected:
+            st.info("Click a dot to see its product here.", icon=":material/touch_app:")
+        else:
+            item = recommender().item(selected[0])
             if product_card(item.id, item.metadata, None, key="map"):
                 st.switch_page(PAGES["find"])
 
