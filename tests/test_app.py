@@ -174,7 +174,7 @@ def test_bad_upload_is_a_message_not_a_traceback(
     results = result_ids(page)
     page.sidebar.file_uploader(key="upload").clear().upload(name, make(catalog_photo.read_bytes()))
     run(page)  # no exception in the page
-    [error] = page.sidebar.error
+    [error] = page.error
     assert name in error.value and reason in error.value
     assert result_ids(page) == results  # the last good query stays
 

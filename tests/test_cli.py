@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         timeout=300,
-        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "PYTHONPATH": os.environ.get("PYTHONPATH", "")},
     )
 
 
@@ -53,6 +54,7 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path: Path, built_index: 
         (("similar", index, "no-such-id"), "item 'no-such-id' is not in the index"),
         (("similar", index, "x", "--filter", "colour"), "filter 'colour' is not COLUMN=VALUE"),
         (("info", str(tmp_path)), "not a fashionrec index"),
+        (("app", str(tmp_path / "nothing")), "not a fashionrec index"),
         (("index", str(tmp_path / "nothing"), "--out", str(tmp_path / "i")), "no such file or folder"),
     ]
     for args, message in cases:

@@ -38,6 +38,7 @@ NAME = "productDisplayName"
 CARD_FACETS = ("articleType", "baseColour", "gender")
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp"]
 GRID_COLUMNS = 5
+HISTORY = 50  # queries the back button remembers
 MAP_SAMPLE = 3000  # t-SNE of 3000 items takes ~20 s on 2 busy cores, once per index and process
 MODES = {
     "upload": ":material/upload: Upload a photo",
@@ -93,9 +94,10 @@ def facet_values(path: str) -> dict[str, list[str]]:
 
 def set_query(query: Query) -> None:
     """Make `query` current; the previous one goes on the history for the back button."""
-    if st.session_state.get("query") is not None:
-        st.session_state.history.append(st.session_state.query)
+    if st.session_state.query is not None:
+        st.session_state.history = [*st.session_state.history, st.session_state.query][-HISTORY:]
     st.session_state.query = query
+    st.session_state.image_error = None
 
 
 def go_back() -> None:
@@ -118,7 +120,6 @@ def query_random_item() -> None:
 def query_image(widget_key: str) -> None:
     """Embed an uploaded or camera image once; a bad file becomes a message in the page, not a traceback."""
     file = st.session_state[widget_key]
-    st.session_state.image_error = None
     if file is None:
         return
     data = file.getvalue()
@@ -262,8 +263,6 @@ def sidebar_query_controls() -> None:
             )
     else:
         st.sidebar.button("Show me a random product", icon=":material/casino:", on_click=query_random_item)
-    if st.session_state.image_error:
-        st.sidebar.error(st.session_state.image_error, icon=":material/error:")
 
 
 def sidebar_search_settings() -> tuple[int, dict[str, list[str]]]:
@@ -281,12 +280,19 @@ def sidebar_search_settings() -> tuple[int, dict[str, list[str]]]:
     return k, filters
 
 
-def find_page() -> None:
+def init_state() -> None:
+    """The session's query state, before any widget callback of either page can use it."""
     st.session_state.setdefault("query", None)
     st.session_state.setdefault("history", [])
     st.session_state.setdefault("image_error", None)
+
+
+def find_page() -> None:
+    init_state()
     sidebar_query_controls()
     k, filters = sidebar_search_settings()
+    if st.session_state.image_error:
+        st.error(st.session_state.image_error, icon=":material/error:")
 
     query = st.session_state.query
     if query is None:
@@ -295,7 +301,9 @@ def find_page() -> None:
             "Upload a photo of a garment, take one with your camera, or pick a product of the catalog: "
             "we show you the most similar products. Or start from one of these:"
         )
-        picks = random.Random(0).sample(recommender().items, min(GRID_COLUMNS, len(recommender())))
+        picks = st.session_state.setdefault(
+            "picks", random.sample(recommender().items, min(GRID_COLUMNS, len(recommender())))
+        )
         product_grid([(item.id, item.metadata, None) for item in picks], key="pick")
         return
 
@@ -368,6 +376,7 @@ def bar_chart(counts: pd.Series, title: str, colours: list[str] | None = None) -
 
 
 def explore_page() -> None:
+    init_state()
     path = index_dir()
     metadata = recommender().metadata
     st.title("Explore the catalog", anchor=False)
