@@ -38,6 +38,7 @@ NAME = "productDisplayName"
 CARD_FACETS = ("articleType", "baseColour", "gender")
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp"]
 GRID_COLUMNS = 5
+FOUND_LIMIT = 100  # products listed for a name search
 HISTORY = 50  # queries the back button remembers
 MAP_SAMPLE = 3000  # t-SNE of 3000 items takes ~20 s on 2 busy cores, once per index and process
 MODES = {
@@ -104,12 +105,8 @@ def go_back() -> None:
     st.session_state.query = st.session_state.history.pop()
 
 
-def item_query(item_id: str) -> Query:
-    return Query(title=recommender().item(item_id).metadata.get(NAME, item_id), item_id=item_id)
-
-
 def query_item(item_id: str) -> None:
-    set_query(item_query(item_id))
+    set_query(Query(title=recommender().item(item_id).metadata.get(NAME, item_id), item_id=item_id))
 
 
 def query_random_item() -> None:
@@ -145,7 +142,7 @@ def query_picked_product() -> None:
         query_item(st.session_state.picked_product)
 
 
-def find_products(recommender: Recommender, text: str, limit: int = 100) -> list[str]:
+def find_products(recommender: Recommender, text: str, limit: int = FOUND_LIMIT) -> list[str]:
     """Ids of the products whose id is `text`, or whose name holds every word of it."""
     text = text.strip()
     if not text:
@@ -210,7 +207,7 @@ def product_grid(cards: list[tuple[str, dict[str, str], float | None]], key: str
 def show_query(query: Query) -> None:
     picture, details = st.columns([1, 3], vertical_alignment="center")
     with picture:
-        if query.image is not None:
+        if query.item_id is None:
             st.image(query.image, width="stretch")
         else:
             product_image(query.item_id)
@@ -253,7 +250,7 @@ def sidebar_query_controls() -> None:
             st.sidebar.caption("No product matches.")
         elif len(found) > 1:
             st.sidebar.selectbox(
-                f"{len(found)}{'+' if len(found) == 100 else ''} matching products",
+                f"{len(found)}{'+' if len(found) == FOUND_LIMIT else ''} matching products",
                 found,
                 index=None,
                 format_func=lambda i: f"{recommender().item(i).metadata.get(NAME, i)} · #{i}",
