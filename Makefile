@@ -1,4 +1,5 @@
-# Two entry points (see README): `make run CATALOG=...` and `make test`. Both set everything up first.
+# Two entry points (see README): `make run CATALOG=...` (index, search, then the web app) and `make test`.
+# Both set everything up first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,9 +7,13 @@ CATALOG ?= ../shared/data/fashion-product-images-small.zip
 INDEX ?= indexes/$(basename $(notdir $(CATALOG)))
 ITEM ?= 15970
 
-.PHONY: setup run test lint
+.PHONY: setup run test lint browser
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed browser
+
+# The browser test drives Debian's chromium (Playwright's own browser download is not used).
+browser:
+	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y --no-install-recommends chromium)
 
 # torch first, pinned: the local CPU build. An unpinned torch would pull gigabytes of CUDA packages.
 $(VENV)/.installed: pyproject.toml
@@ -21,6 +26,7 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	$(BIN)/fashionrec index "$(CATALOG)" --out "$(INDEX)"
 	$(BIN)/fashionrec similar "$(INDEX)" $(ITEM) -k 5
+	$(BIN)/fashionrec app "$(INDEX)"
 
 lint: setup
 	$(BIN)/ruff check src tests

@@ -94,3 +94,9 @@ def built_index(
     out = tmp_path_factory.mktemp("index") / "idx"
     report = build_index(load_catalog(sample_catalog), out, encoder, workers=2, progress=False)
     return out, report
+
+
+@pytest.fixture(scope="session")
+def catalog_photo(sample_catalog: Path) -> Path:
+    """The photo of one product of the sample catalog, as a shopper would upload it."""
+    return sorted((sample_catalog / "images").glob("*.jpg"))[0]

@@ -43,6 +43,7 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path: Path, built_index: 
         (("similar", index, "no-such-id"), "item 'no-such-id' is not in the index"),
         (("similar", index, "x", "--filter", "colour"), "filter 'colour' is not COLUMN=VALUE"),
         (("info", str(tmp_path)), "not a fashionrec index"),
+        (("app", str(tmp_path / "nothing")), "not a fashionrec index"),
         (("index", str(tmp_path / "nothing"), "--out", str(tmp_path / "i")), "no such file or folder"),
     ]
     for args, message in cases:

@@ -7,6 +7,8 @@ with code 2; no traceback.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,8 +22,8 @@ from rich.table import Table
 from fashionrec.build import BuildInterrupted, BuildReport, build_index
 from fashionrec.catalog import CatalogError, load_catalog
 from fashionrec.encoder import BACKBONES, DEFAULT_ENCODER, DEFAULT_FIT, DEFAULT_SIZE, EncoderError, load_encoder
-from fashionrec.images import ImageError
-from fashionrec.index import IndexStoreError
+from fashionrec.images import MAX_BYTES, ImageError
+from fashionrec.index import IndexStore, IndexStoreError
 from fashionrec.search import Match, Recommender, UnknownItemError
 
 app = typer.Typer(
@@ -248,6 +250,36 @@ def evaluate_index(
         table.add_row(name, *("-" if v is None else f"{v:.3f}" for v in values))
     console.print(table)
     console.print(f"Report and pictures in {out}/")
+
+
+@app.command(name="app")
+def web_app(
+    index_dir: IndexDir,
+    port: Annotated[int, typer.Option(help="Port to serve the app on.")] = 8501,
+    address: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every network interface).")] = (
+        "127.0.0.1"
+    ),
+) -> None:
+    """Open the web app over an index: look-alikes of an upload, a camera shot or a catalog product."""
+    with user_errors():
+        IndexStore.open(index_dir).close()  # a wrong path fails here in one line, not in the browser
+    page = Path(__file__).with_name("app.py")
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(page),
+        "--server.headless=true",
+        f"--server.port={port}",
+        f"--server.address={address}",
+        f"--server.maxUploadSize={MAX_BYTES // 2**20}",
+        "--server.fileWatcherType=none",
+        "--browser.gatherUsageStats=false",
+        "--client.toolbarMode=minimal",
+        "--theme.primaryColor=#d6336c",
+        "--",
+        str(index_dir.resolve()),
+    ]  # fmt: skip
+    console.print(f"fashionrec app on http://{address}:{port} (Ctrl-C stops it)")
+    sys.stdout.flush()
+    os.execv(sys.executable, command)  # Streamlit takes over this process: signals reach it directly
 
 
 if __name__ == "__main__":

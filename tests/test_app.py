@@ -1,0 +1,188 @@
+"""The web app's logic, driven by Streamlit's AppTest over the real 300-product index.
+
+Every query mode (upload, camera, random, id, name), the filters and k, "more like this" and back,
+bad uploads, and the explore page. The real browser test is in test_app_browser.py.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+import fashionrec.app
+from fashionrec.build import BuildReport
+from fashionrec.search import Recommender
+
+APP = Path(fashionrec.app.__file__)
+
+
+@pytest.fixture
+def index(built_index: tuple[Path, BuildReport], monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The index, passed to the page the way `fashionrec app` does: after `--` on the command line."""
+    monkeypatch.setattr(sys, "argv", [str(APP), str(built_index[0])])
+    return built_index[0]
+
+
+@pytest.fixture
+def page(index: Path) -> AppTest:
+    return run(AppTest.from_file(str(APP), default_timeout=60))
+
+
+def run(page: AppTest) -> AppTest:
+    page.run()
+    assert not page.exception, [e.value for e in page.exception]
+    return page
+
+
+def result_ids(page: AppTest) -> list[str]:
+    """Ids of the result cards, in rank order (their "More like this" buttons are keyed by id)."""
+    return [b.key.removeprefix("result-") for b in page.button if b.key and b.key.startswith("result-")]
+
+
+def query_id(page: AppTest) -> str | None:
+    return page.session_state["query"].item_id
+
+
+def choose_mode(page: AppTest, mode: str) -> AppTest:
+    page.sidebar.radio(key="mode").set_value(mode)
+    return run(page)
+
+
+def test_start_page_offers_products_to_start_from(page: AppTest) -> None:
+    assert page.title[0].value == "Find your look-alike"
+    assert len([b for b in page.button if b.key.startswith("pick-")]) == 5
+    assert page.sidebar.radio(key="mode").value == "upload"
+
+
+def test_upload_finds_the_catalog_product_itself_first(page: AppTest, catalog_photo: Path) -> None:
+    page.sidebar.file_uploader(key="upload").upload(catalog_photo.name, catalog_photo.read_bytes(), "image/jpeg")
+    run(page)
+    assert page.session_state["query"].title == "Your photo"
+    ids = result_ids(page)
+    assert len(ids) == 5 and ids[0] == catalog_photo.stem
+    assert any(f"Similarity **1.00** · #{catalog_photo.stem}" in c.value for c in page.caption)
+
+
+def test_camera_photo_is_a_query_like_an_upload(page: AppTest, catalog_photo: Path) -> None:
+    choose_mode(page, "camera")
+    page.sidebar.camera_input(key="camera").upload("shot.jpg", catalog_photo.read_bytes())
+    run(page)
+    assert page.session_state["query"].title == "Your photo"
+    assert result_ids(page)[0] == catalog_photo.stem
+
+
+def test_random_product_never_finds_itself(page: AppTest, index: Path) -> None:
+    choose_mode(page, "random")
+    for _ in range(3):
+        page.sidebar.button[0].click()
+        run(page)
+        ids = result_ids(page)
+        assert len(ids) == 5 and query_id(page) not in ids
+    names = Recommender.open(index).item(query_id(page)).metadata["productDisplayName"]
+    assert page.subheader[0].value == names
+
+
+def test_catalog_product_by_id_and_by_name(page: AppTest, catalog_photo: Path) -> None:
+    choose_mode(page, "catalog")
+    page.sidebar.text_input(key="product_text").input(catalog_photo.stem)
+    run(page)
+    assert query_id(page) == catalog_photo.stem and catalog_photo.stem not in result_ids(page)
+
+    page.sidebar.text_input(key="product_text").input("men shirt")
+    run(page)
+    picker = page.sidebar.selectbox(key="picked_product")
+    assert len(picker.options) > 1 and all("men" in o.lower() and "shirt" in o.lower() for o in picker.options)
+    picked = picker.options[-1].rsplit("#", 1)[1]
+    picker.select_index(len(picker.options) - 1)
+    run(page)
+    assert query_id(page) == picked and picked not in result_ids(page)
+
+    page.sidebar.text_input(key="product_text").input("no such product anywhere")
+    run(page)
+    assert "No product matches." in [c.value for c in page.sidebar.caption]
+
+
+def test_filters_and_k_apply_inside_the_search(page: AppTest, index: Path, catalog_photo: Path) -> None:
+    recommender = Recommender.open(index)
+    query = recommender.item(catalog_photo.stem)
+    other_gender = next(g for g in ("Men", "Women") if g != query.metadata["gender"])
+    choose_mode(page, "catalog")
+    page.sidebar.text_input(key="product_text").input(query.id)
+    page.sidebar.slider(key="k").set_value(8)
+    page.multiselect(key="filter-gender").select(other_gender)
+    page.multiselect(key="filter-masterCategory").select("Apparel")
+    run(page)
+    ids = result_ids(page)
+    assert len(ids) == 8
+    for item_id in ids:
+        metadata = recommender.item(item_id).metadata
+        assert (metadata["gender"], metadata["masterCategory"]) == (other_gender, "Apparel")
+    assert ids == [
+        m.id for m in recommender.similar_to_item(query.id, 8, {"gender": other_gender, "masterCategory": "Apparel"})
+    ]
+
+    page.multiselect(key="filter-articleType").select("Tshirts").select("Watches")
+    page.multiselect(key="filter-masterCategory").unselect("Apparel").select("Footwear")
+    run(page)
+    assert result_ids(page) == [] and "No product matches these filters" in page.info[0].value
+
+
+def test_more_like_this_then_back(page: AppTest) -> None:
+    choose_mode(page, "random")
+    page.sidebar.button[0].click()
+    run(page)
+    first, first_results = query_id(page), result_ids(page)
+    assert page.button(key="back").disabled
+
+    clicked = first_results[2]
+    page.button(key=f"result-{clicked}").click()
+    run(page)
+    assert query_id(page) == clicked and clicked not in result_ids(page) and result_ids(page) != first_results
+
+    page.button(key="back").click()
+    run(page)
+    assert query_id(page) == first and result_ids(page) == first_results
+    assert page.button(key="back").disabled
+
+
+def huge_png() -> bytes:
+    """A small file that decodes to 60 megapixels: refused from its header, before decoding."""
+    out = io.BytesIO()
+    Image.new("1", (10_000, 6_000)).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "reason"),
+    [
+        ("notes.png", lambda photo: b"these are my notes, not a photo", "not an image"),
+        ("cut.jpg", lambda photo: photo[: len(photo) // 2], "truncated"),
+        ("empty.webp", lambda photo: b"", "empty file"),
+        ("huge.png", lambda photo: huge_png(), "image too large"),
+    ],
+)
+def test_bad_upload_is_a_message_not_a_traceback(
+    page: AppTest, catalog_photo: Path, name: str, make, reason: str
+) -> None:
+    page.sidebar.file_uploader(key="upload").upload("good.jpg", catalog_photo.read_bytes(), "image/jpeg")
+    run(page)
+    results = result_ids(page)
+    page.sidebar.file_uploader(key="upload").clear().upload(name, make(catalog_photo.read_bytes()))
+    run(page)  # no exception in the page
+    [error] = page.error
+    assert name in error.value and reason in error.value
+    assert result_ids(page) == results  # the last good query stays
+
+
+def test_explore_page(index: Path) -> None:
+    explore = run(AppTest.from_string("from fashionrec.app import explore_page\nexplore_page()", default_timeout=120))
+    assert explore.title[0].value == "Explore the catalog"
+    assert explore.metric[0].value == "300"
+    assert len(explore.get("plotly_chart")) == 3  # product types, colours, the embedding map
+    assert len(explore.image) == 1  # the word cloud
+    assert [s.value for s in explore.subheader] == ["What the products are called", "The map of the catalog"]

@@ -1,0 +1,165 @@
+"""The web app end to end: `fashionrec app` as a real server on loopback, driven by headless chromium.
+
+Uses Debian's chromium (no browser download): `apt-get install -y --no-install-recommends chromium`,
+which `make setup` runs when it is missing. Playwright starts it with a fresh temporary profile.
+Screenshots are saved under artifacts/ (git-ignored); their paths are printed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from fashionrec.build import BuildReport
+from fashionrec.search import Recommender
+
+from conftest import REPO
+
+CHROMIUM = Path(os.environ.get("FASHIONREC_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = REPO / "artifacts"
+RESULT_CAPTION = re.compile(r"Similarity \d\.\d\d · #(\S+)")
+TIMEOUT_MS = 60_000
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(built_index: tuple[Path, BuildReport], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`fashionrec app INDEX --port PORT`, as a user starts it; its URL once it answers."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("server") / "app.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fashionrec.cli", "app", str(built_index[0]), "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the app server did not start:\n{log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as answer:
+                    if answer.read() == b"ok":
+                        break
+            except OSError:
+                time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.is_file():
+        pytest.fail(
+            f"chromium not found at {CHROMIUM}: the browser test needs Debian's chromium. Install it with "
+            "`apt-get update && apt-get install -y --no-install-recommends chromium` (or `make setup`)."
+        )
+    expect.set_options(timeout=TIMEOUT_MS)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=path)
+    print(f"screenshot: {path}")
+
+
+def shown_results(page: Page) -> list[str]:
+    """Ids of the result cards on screen, once every picture on the page has loaded."""
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('main img')].every(img => img.complete && img.naturalWidth > 0)"
+    )
+    return [RESULT_CAPTION.search(text)[1] for text in page.get_by_text(RESULT_CAPTION).all_inner_texts()]
+
+
+def wait_for_results(page: Page, done: Callable[[list[str]], bool]) -> list[str]:
+    """Poll until the rerun has replaced the page's results with ones that satisfy `done`."""
+    deadline = time.monotonic() + TIMEOUT_MS / 1000
+    while not done(ids := shown_results(page)):
+        assert time.monotonic() < deadline, f"results never changed as expected: {ids}"
+        page.wait_for_timeout(200)
+    return ids
+
+
+def test_upload_then_more_like_this(
+    server: str, browser: Browser, built_index: tuple[Path, BuildReport], catalog_photo: Path
+) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(server)
+    expect(page.get_by_role("heading", name="Find your look-alike")).to_be_visible()
+    screenshot(page, "app-start.png")
+
+    page.get_by_test_id("stFileUploaderDropzoneInput").set_input_files(catalog_photo)
+    expect(page.get_by_role("heading", name="Your photo")).to_be_visible()
+    first = wait_for_results(page, lambda ids: len(ids) == 5)
+    assert first[0] == catalog_photo.stem  # the uploaded photo is this catalog product
+    assert page.locator("main img").count() == 6  # the query and its 5 results, all loaded
+    screenshot(page, "app-upload.png")
+
+    clicked = first[1]
+    page.get_by_role("button", name="More like this").nth(1).click()
+    name = Recommender.open(built_index[0]).item(clicked).metadata["productDisplayName"]
+    expect(page.get_by_role("heading", name=name)).to_be_visible()
+    second = wait_for_results(page, lambda ids: len(ids) == 5 and ids != first and clicked not in ids)
+    assert set(second) != set(first)
+    screenshot(page, "app-more-like-this.png")
+
+    page.get_by_role("button", name="Back").click()
+    wait_for_results(page, lambda ids: ids == first)
+
+
+def test_explore_map_opens_a_product(server: str, browser: Browser) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(server)
+    page.get_by_role("link", name="Explore the catalog").click()
+    expect(page.locator(".js-plotly-plot")).to_have_count(3)  # types, colours, the embedding map
+    chart = page.locator(".js-plotly-plot").nth(2)
+    chart.scroll_into_view_if_needed()
+    # Where plotly drew the first product: a click there selects it (AppTest cannot click charts).
+    x, y, item_id = chart.evaluate(
+        """chart => { const layout = chart._fullLayout, trace = chart._fullData[0];
+        return [layout.xaxis.l2p(trace.x[0]) + layout._size.l, layout.yaxis.l2p(trace.y[0]) + layout._size.t,
+                trace.customdata[0][0]]; }"""
+    )
+    box = chart.bounding_box()
+    page.mouse.click(box["x"] + x, box["y"] + y)
+    page.get_by_role("button", name="More like this").wait_for()
+    screenshot(page, "app-explore-map.png")
+
+    page.get_by_role("button", name="More like this").click()
+    expect(page.get_by_role("heading", name="Similar products")).to_be_visible()
+    assert item_id not in wait_for_results(page, lambda ids: len(ids) == 5)
+    expect(page.get_by_text(f"#{item_id}", exact=True)).to_be_visible()  # the query's id badge
