@@ -7,6 +7,7 @@ with code 2; no traceback.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +21,7 @@ from fashionrec.build import BuildInterrupted, BuildReport, build_index
 from fashionrec.catalog import CatalogError, load_catalog
 from fashionrec.encoder import BACKBONES, DEFAULT_ENCODER, DEFAULT_FIT, DEFAULT_SIZE, EncoderError, load_encoder
 from fashionrec.images import ImageError
-from fashionrec.index import IndexStoreError
+from fashionrec.index import IndexStore, IndexStoreError
 from fashionrec.search import Match, Recommender, UnknownItemError
 
 app = typer.Typer(
@@ -192,6 +193,27 @@ def info(
         console.print(f"  [yellow]problem[/yellow] {problem}", highlight=False, markup=False)
     if not problems and len(found) > 10:
         console.print(f"  ... and {len(found) - 10} more (--problems lists them all)")
+
+
+@app.command()
+def serve(
+    index_dir: IndexDir,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes, each with its own copy of the index.")] = 1,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
+) -> None:
+    """Run the REST API over an index (docs at http://HOST:PORT/docs); writes need FASHIONREC_API_KEY."""
+    import uvicorn  # only this command needs the server
+
+    from fashionrec.api import INDEX_ENV
+
+    with user_errors():
+        IndexStore.open(index_dir).close()  # one clear line now rather than a traceback in every worker
+    os.environ[INDEX_ENV] = str(index_dir.resolve())
+    uvicorn.run(
+        "fashionrec.api:app_from_env", factory=True, host=host, port=port, workers=workers, access_log=access_log
+    )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from PIL import Image
 from fashionrec.catalog import ImageSource, Problem
 from fashionrec.encoder import Encoder, encoder_for_index
 from fashionrec.images import decode, open_image
-from fashionrec.index import UPLOADED, IndexStore, StoredItem
+from fashionrec.index import UPLOADED, DuplicateItemError, IndexStore, StoredItem
 
 Filters = Mapping[str, str | Sequence[str]]
 TIE_MARGIN = 8  # extra candidates fetched so equal scores can be ordered by id
@@ -173,6 +173,8 @@ class Recommender:
 
         Raises ImageError for a bad image and DuplicateItemError for an id already in the index.
         """
+        if item_id in self.snapshot.positions:  # known now: spare the embedding (the store checks again)
+            raise DuplicateItemError(item_id)
         vector = self.embed_image(image)
         with self._write_lock:
             stored = self.store.add_item(item_id, image, metadata, vector)
@@ -259,4 +261,3 @@ class Recommender:
             "updated": manifest.get("updated"),
             "metadata_columns": list(self.metadata.columns),
         }
-
