@@ -26,7 +26,9 @@ from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field, StringConstraints, TypeAdapter, ValidationError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fashionrec import __version__
 from fashionrec.images import ImageError, ImageTooLarge
@@ -322,6 +324,42 @@ def info(recommender: Rec) -> InfoOut:
     return InfoOut.model_validate(recommender.info() | {"version": __version__})
 
 
+class BodySizeLimit:
+    """Refuse request bodies over `limit` bytes with a JSON 413 before they are buffered or spooled to disk.
+
+    A declared Content-Length is refused unread; a body sent without one (chunked) is cut off as soon
+    as it passes the limit. (FastAPI's own `max_body_size` answers in plain text, not our error format.)
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.limit:
+            await error_response(413, self.detail)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise HTTPException(413, self.detail)  # reaches the error handlers like any other
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    @property
+    def detail(self) -> str:
+        return f"request body too large (limit {self.limit // 2**20} MiB)"
+
+
 def _first_error(error: ValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"])
@@ -332,8 +370,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     """Every error is JSON `{"error", "detail"}`; the catch-all only guards against bugs."""
 
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        detail = f"request body too large (limit {MAX_BODY_BYTES // 2**20} MiB)" if error.status_code == 413 else None
-        response = error_response(error.status_code, detail or str(error.detail))
+        response = error_response(error.status_code, str(error.detail))
         response.headers.update(error.headers or {})
         return response
 
@@ -371,8 +408,8 @@ def create_app(index_dir: str | Path, keys: Keys | None = None) -> FastAPI:
         description="Similar products for a photo or a catalog item, and live catalog updates. "
         'Errors are JSON `{"error": code, "detail": sentence}`.',
         lifespan=lifespan,
-        max_body_size=MAX_BODY_BYTES,
     )
+    app.add_middleware(BodySizeLimit, limit=MAX_BODY_BYTES)
     app.state.recommender = recommender
     app.state.keys = keys or Keys()
     for router in (reads, writes, public):
