@@ -23,7 +23,7 @@ run: setup
 	$(BIN)/fashionrec similar "$(INDEX)" $(ITEM) -k 5
 
 lint: setup
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
 
 test: lint
 	$(BIN)/pytest -q
