@@ -6,6 +6,7 @@ processes, concurrent reads during writes, and a schemathesis fuzz from the API'
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -211,6 +212,7 @@ def test_add_and_delete_live(api: httpx.Client, photos: list[Path]) -> None:
         ({"id": "x3", "metadata": '{"gender": 3}'}, upload(photo), 400, "gender"),
         ({"id": "x4", "metadata": "{not json"}, upload(photo), 400, "JSON"),
         ({"id": "x5"}, upload(b"GIF89a broken"), 422, "uploaded image"),
+        ({"id": "x7", "metadata": json.dumps({f"c{n}": "v" for n in range(101)})}, upload(photo), 400, "metadata"),
         ({"id": "x6"}, upload(png_header(9_000, 9_000)), 413, "too large"),
     ]
     for form, files, status, words in bad:
@@ -297,6 +299,19 @@ def test_workers_see_each_others_writes(
         for _ in range(12):
             with httpx.Client(base_url=str(api.base_url), timeout=30) as fresh:
                 assert fresh.get("/v1/items/shared-1").status_code == 404
+
+
+def test_serve_refuses_a_bad_setup_in_one_line(tmp_path: Path, built_index: tuple[Path, BuildReport]) -> None:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    cases = [
+        ((str(tmp_path),), {}, "not a fashionrec index"),
+        ((str(built_index[0]),), {"FASHIONREC_API_KEY_FILE": str(tmp_path / "missing.key")}, "missing.key"),
+    ]
+    for args, extra, words in cases:
+        result = subprocess.run(
+            [sys.executable, "-m", "fashionrec.cli", "serve", *args], env=env | extra, capture_output=True, text=True
+        )
+        assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
 @pytest.fixture(scope="module")

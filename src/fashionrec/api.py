@@ -107,9 +107,12 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409, 413, 422)
 }
 Metadata = TypeAdapter(
-    dict[
-        Annotated[str, StringConstraints(min_length=1, max_length=100)],
-        Annotated[str, StringConstraints(max_length=2000)],
+    Annotated[
+        dict[
+            Annotated[str, StringConstraints(min_length=1, max_length=100)],
+            Annotated[str, StringConstraints(max_length=2000)],
+        ],
+        Field(max_length=100),  # columns: every new one widens every product's row in memory
     ]
 )
 

@@ -206,10 +206,16 @@ def serve(
     """Run the REST API over an index (docs at http://HOST:PORT/docs); writes need FASHIONREC_API_KEY."""
     import uvicorn  # only this command needs the server
 
-    from fashionrec.api import INDEX_ENV
+    from fashionrec.api import INDEX_ENV, WRITE_KEY_ENV, Keys
 
-    with user_errors():
-        IndexStore.open(index_dir).close()  # one clear line now rather than a traceback in every worker
+    with user_errors():  # one clear line now rather than a traceback in every worker
+        IndexStore.open(index_dir).close()
+        keys = Keys.from_env()
+    console.print(
+        "Catalog updates (POST/DELETE /v1/items): "
+        + ("enabled, with the API key" if keys.write else f"disabled; set {WRITE_KEY_ENV} to enable them"),
+        highlight=False,
+    )
     os.environ[INDEX_ENV] = str(index_dir.resolve())
     uvicorn.run(
         "fashionrec.api:app_from_env", factory=True, host=host, port=port, workers=workers, access_log=access_log
