@@ -3,7 +3,7 @@
 An index is a directory that describes itself:
 - `manifest.json`: format version, encoder spec, catalog source, counts (replaced atomically);
 - `index.sqlite`: items (id, image, content hash, metadata JSON, vector BLOB) and problems;
-- `uploads/`: images of products added one by one (the REST API), named by hash, never by id.
+- `uploads/`: images of products added one by one (the REST API), named by content hash, never by id.
 
 SQLite (in WAL mode) makes every batch of vectors one transaction: a build killed at any moment
 leaves every committed batch intact, and the next run resumes from there. No pickle anywhere.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -197,7 +198,7 @@ class IndexStore:
         BEGIN IMMEDIATE takes the database's write lock first, so the duplicate check holds across processes.
         """
         digest = hashlib.blake2b(image, digest_size=16).hexdigest()
-        name = f"{UPLOADS}/{hashlib.blake2b(f'{item_id}/{digest}'.encode(), digest_size=16).hexdigest()}"
+        name = f"{UPLOADS}/{digest}-{secrets.token_hex(8)}"  # unique: a concurrent delete never removes this one
         stored = StoredItem(item_id, UPLOADED + name, metadata)
         vector_bytes = vector.astype(np.float32).tobytes()
         row = (item_id, stored.image, digest, json.dumps(metadata, ensure_ascii=False), vector_bytes)
