@@ -22,6 +22,7 @@ import anyio
 import anyio.to_thread
 import faiss
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
@@ -214,7 +215,7 @@ async def read_upload(upload: UploadFile) -> bytes:
 
 
 async def run_image_work(request: Request, work: Callable[..., T], *args: object) -> T:
-    """Run decoding and embedding in a thread, at most one per core at a time."""
+    """Run decoding and embedding in a thread, at most one per core at a time (searches are not limited)."""
     return await anyio.to_thread.run_sync(lambda: work(*args), limiter=request.app.state.image_threads)
 
 
@@ -255,8 +256,9 @@ async def search(
     filter: FilterQuery = [],  # noqa: B006 (FastAPI copies defaults)
 ) -> MatchesOut:
     """The k catalog products most similar to an uploaded photo."""
-    data = await read_upload(image)
-    found = await run_image_work(request, recommender.similar_to_image, data, k, parse_filters(filter))
+    filters = parse_filters(filter)
+    vector = await run_image_work(request, recommender.embed_image, await read_upload(image))
+    found = await run_in_threadpool(recommender.similar_to_vector, vector, k, filters)
     return MatchesOut(results=[match_out(m) for m in found])
 
 
