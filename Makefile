@@ -29,7 +29,7 @@ run: setup
 	$(BIN)/fashionrec app "$(INDEX)"
 
 lint: setup
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
 
 test: lint
 	$(BIN)/pytest -q

@@ -282,5 +282,32 @@ def web_app(
     os.execv(sys.executable, command)  # Streamlit takes over this process: signals reach it directly
 
 
+@app.command()
+def serve(
+    index_dir: IndexDir,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes, each with its own copy of the index.")] = 1,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = True,
+) -> None:
+    """Run the REST API over an index (docs at http://HOST:PORT/docs); writes need FASHIONREC_API_KEY."""
+    import uvicorn  # only this command needs the server
+
+    from fashionrec.api import INDEX_ENV, WRITE_KEY_ENV, Keys
+
+    with user_errors():  # one clear line now rather than a traceback in every worker
+        IndexStore.open(index_dir).close()
+        keys = Keys.from_env()
+    console.print(
+        "Catalog updates (POST/DELETE /v1/items): "
+        + ("enabled, with the API key" if keys.write else f"disabled; set {WRITE_KEY_ENV} to enable them"),
+        highlight=False,
+    )
+    os.environ[INDEX_ENV] = str(index_dir.resolve())
+    uvicorn.run(
+        "fashionrec.api:app_from_env", factory=True, host=host, port=port, workers=workers, access_log=access_log
+    )
+
+
 if __name__ == "__main__":
     app()

@@ -34,6 +34,10 @@ class ImageError(ValueError):
         self.reason = reason
 
 
+class ImageTooLarge(ImageError):
+    """An image over the byte or pixel limit: refused before it is decoded (an API answers 413)."""
+
+
 def decode(data: bytes, name: str, *, min_side: int | None = None) -> Image.Image:
     """Decode image bytes into an upright RGB image, or raise ImageError saying what is wrong.
 
@@ -43,7 +47,7 @@ def decode(data: bytes, name: str, *, min_side: int | None = None) -> Image.Imag
     if not data:
         raise ImageError(name, "empty file")
     if len(data) > MAX_BYTES:
-        raise ImageError(name, f"file too large ({len(data) / 2**20:.0f} MiB, limit {MAX_BYTES // 2**20} MiB)")
+        raise ImageTooLarge(name, f"file too large ({len(data) / 2**20:.0f} MiB, limit {MAX_BYTES // 2**20} MiB)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -51,7 +55,8 @@ def decode(data: bytes, name: str, *, min_side: int | None = None) -> Image.Imag
             if image.format not in FORMATS:
                 raise ImageError(name, f"unsupported image format {image.format}")
             if image.width * image.height > MAX_PIXELS:
-                raise ImageError(name, f"image too large ({image.width}x{image.height} pixels, limit {MAX_PIXELS:,})")
+                size = f"{image.width}x{image.height} pixels"
+                raise ImageTooLarge(name, f"image too large ({size}, limit {MAX_PIXELS:,})")
             if min_side and image.format == "JPEG":
                 image.draft("RGB", (min_side, min_side))
             image.load()
@@ -59,7 +64,7 @@ def decode(data: bytes, name: str, *, min_side: int | None = None) -> Image.Imag
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(name, f"image too large: {error}") from None
+        raise ImageTooLarge(name, f"image too large: {error}") from None
     except UnidentifiedImageError:
         raise ImageError(name, "not an image (unrecognised file format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:

@@ -2,7 +2,8 @@
 
 An index is a directory that describes itself:
 - `manifest.json`: format version, encoder spec, catalog source, counts (replaced atomically);
-- `index.sqlite`: items (id, image, content hash, metadata JSON, vector BLOB) and problems.
+- `index.sqlite`: items (id, image, content hash, metadata JSON, vector BLOB) and problems;
+- `uploads/`: images of products added one by one (the REST API), named by content hash, never by id.
 
 SQLite (in WAL mode) makes every batch of vectors one transaction: a build killed at any moment
 leaves every committed batch intact, and the next run resumes from there. No pickle anywhere.
@@ -10,8 +11,10 @@ leaves every committed batch intact, and the next run resumes from there. No pic
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -26,6 +29,8 @@ from fashionrec.catalog import Item, Problem
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DATABASE = "index.sqlite"
+UPLOADS = "uploads"
+UPLOADED = "index:"  # prefix of the image of an added item: a file in the index directory, not in the catalog
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -48,6 +53,13 @@ class IndexStoreError(RuntimeError):
     """An index directory that cannot be used (missing, other format, other encoder)."""
 
 
+class DuplicateItemError(ValueError):
+    """An item id that is already in the index."""
+
+    def __str__(self) -> str:
+        return f"item {self.args[0]!r} is already in the index"
+
+
 @dataclass(frozen=True)
 class StoredItem:
     """An indexed product as the index returns it."""
@@ -61,6 +73,17 @@ def write_json_atomic(path: Path, data: object) -> None:
     """Write JSON to a temp file and rename it over the target, so readers see old or new, never half."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    os.replace(tmp, path)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write a file whole and flushed to disk under a temp name, then rename it: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(tmp, path)
 
 
@@ -168,6 +191,39 @@ class IndexStore:
             self._db.execute("BEGIN")
             cursor = self._db.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in ids])
             return cursor.rowcount
+
+    def add_item(self, item_id: str, image: bytes, metadata: dict[str, str], vector: np.ndarray) -> StoredItem:
+        """Store one new product: its image under uploads/ (named by hash), then its row, in one transaction.
+
+        BEGIN IMMEDIATE takes the database's write lock first, so the duplicate check holds across processes.
+        """
+        digest = hashlib.blake2b(image, digest_size=16).hexdigest()
+        name = f"{UPLOADS}/{digest}-{secrets.token_hex(8)}"  # unique: a concurrent delete never removes this one
+        stored = StoredItem(item_id, UPLOADED + name, metadata)
+        vector_bytes = vector.astype(np.float32).tobytes()
+        row = (item_id, stored.image, digest, json.dumps(metadata, ensure_ascii=False), vector_bytes)
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            if self._db.execute("SELECT 1 FROM items WHERE id = ?", (item_id,)).fetchone():
+                raise DuplicateItemError(item_id)
+            write_bytes_atomic(self.directory / name, image)
+            self._db.execute("INSERT INTO items (id, image, image_hash, metadata, vector) VALUES (?, ?, ?, ?, ?)", row)
+        return stored
+
+    def remove_item(self, item_id: str) -> bool:
+        """Delete one product and, if it was added by upload, its image file; False if it was not there."""
+        with self._lock, self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            found = self._db.execute("SELECT image FROM items WHERE id = ?", (item_id,)).fetchone()
+            self._db.execute("DELETE FROM items WHERE id = ?", (item_id,))
+        if found and found[0].startswith(UPLOADED):
+            (self.directory / found[0].removeprefix(UPLOADED)).unlink(missing_ok=True)
+        return found is not None
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (another process) commits to the database: cheap to poll."""
+        with self._lock:
+            return self._db.execute("PRAGMA data_version").fetchone()[0]
 
     def set_problems(self, problems: Iterable[Problem]) -> None:
         with self._lock, self._db:

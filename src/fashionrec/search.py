@@ -1,8 +1,7 @@
 """Search stage: the `Recommender`, one object that the CLI, the API and the app all share.
 
-Cosine similarity over unit vectors (inner product) with FAISS, exact or approximate by catalog
-size (vector_index.py). Filters on metadata are applied inside the search, so k results that all
-match come back.
+Exact cosine similarity over unit vectors (inner product) with FAISS. Filters on metadata are
+applied inside the search through an id selector, so k results that all match come back.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from PIL import Image
 from fashionrec.catalog import ImageSource, Problem
 from fashionrec.encoder import Encoder, encoder_for_index
 from fashionrec.images import decode, open_image
-from fashionrec.index import IndexStore, StoredItem
+from fashionrec.index import UPLOADED, DuplicateItemError, IndexStore, StoredItem
 from fashionrec.vector_index import Kind, Precision, VectorIndex
 
 Filters = Mapping[str, str | Sequence[str]]
@@ -53,95 +52,26 @@ class Match:
         }
 
 
-class Recommender:
-    """Similar products for an image or a catalog item, over one opened index."""
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a search reads, replaced as a whole on each change: a query never sees half a write."""
 
-    def __init__(
-        self, store: IndexStore, backend: str = "onnx", kind: Kind = "auto", precision: Precision = "float32"
-    ) -> None:
-        self.store = store
-        self.backend = backend
-        self.kind = kind
-        self.precision = precision
-        self._encoder: Encoder | None = None
-        self._lock = threading.Lock()
-        catalog = store.manifest.get("catalog", {})
-        self.images = ImageSource(Path(catalog["images_root"])) if catalog.get("images_root") else None
-        self._load()
+    items: list[StoredItem]
+    positions: dict[str, int]
+    metadata: pd.DataFrame
+    index: VectorIndex
 
     @classmethod
-    def open(
-        cls, directory: str | Path, *, backend: str = "onnx", kind: Kind = "auto", precision: Precision = "float32"
-    ) -> Recommender:
-        """Open an index directory; the encoder is loaded on the first image query.
+    def of(cls, items: list[StoredItem], index: VectorIndex) -> Snapshot:
+        return cls(
+            items=items,
+            positions={item.id: n for n, item in enumerate(items)},
+            metadata=pd.DataFrame([item.metadata for item in items], dtype="string"),
+            index=index,
+        )
 
-        `kind` picks exact or approximate (ivf) search, `auto` by catalog size; `precision` float16
-        halves the memory the vectors take.
-        """
-        return cls(IndexStore.open(directory), backend, kind, precision)
-
-    def _load(self) -> None:
-        self.items: list[StoredItem] = []
-
-        def chunks() -> Iterator[np.ndarray]:
-            for items, vectors in self.store.load():
-                self.items.extend(items)
-                yield vectors
-
-        self.index = VectorIndex.build(self.store.dim, self.store.count(), chunks(), self.kind, self.precision)
-        self.positions = {item.id: n for n, item in enumerate(self.items)}
-        self.metadata = pd.DataFrame([item.metadata for item in self.items], dtype="string")
-
-    @property
-    def encoder(self) -> Encoder:
-        """The index's own encoder, loaded once (a few hundred ms) when first needed."""
-        with self._lock:
-            if self._encoder is None:
-                self._encoder = encoder_for_index(self.store.manifest["encoder"], self.backend)
-            return self._encoder
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def item(self, item_id: str | int) -> StoredItem:
-        try:
-            return self.items[self.positions[str(item_id)]]
-        except KeyError:
-            raise UnknownItemError(str(item_id)) from None
-
-    def image_bytes(self, item_id: str | int) -> bytes:
-        """The catalog image of an item, read from the catalog folder or zip."""
-        item = self.item(item_id)
-        if self.images is None:
-            raise FileNotFoundError("this index does not record where its catalog images are")
-        return self.images.read(item.image)
-
-    def embed_image(self, image: str | Path | bytes | Image.Image) -> np.ndarray:
-        """The vector of a query image given as a path, raw bytes or a decoded PIL image."""
-        size = self.store.manifest["encoder"]["size"]  # type: ignore[index]
-        if isinstance(image, bytes):
-            image = decode(image, "uploaded image", min_side=size)
-        elif not isinstance(image, Image.Image):
-            image = open_image(image, min_side=size)
-        return self.encoder.embed([image])[0]
-
-    def similar_to_image(
-        self, image: str | Path | bytes | Image.Image, k: int = 5, filters: Filters | None = None
-    ) -> list[Match]:
-        """The k catalog products most similar to an image."""
-        return self.similar_to_vector(self.embed_image(image), k, filters)
-
-    def similar_to_item(self, item_id: str | int, k: int = 5, filters: Filters | None = None) -> list[Match]:
-        """The k products most similar to a catalog item, from its stored vector; never itself."""
-        position = self.positions.get(str(item_id))
-        if position is None:
-            raise UnknownItemError(str(item_id))
-        return self.similar_to_vector(self.index.vectors([position])[0], k, filters, exclude=str(item_id))
-
-    def similar_to_vector(
-        self, vector: np.ndarray, k: int = 5, filters: Filters | None = None, exclude: str | None = None
-    ) -> list[Match]:
-        """Exact cosine search; ties are ordered by id so results are deterministic."""
+    def search(self, vector: np.ndarray, k: int, filters: Filters | None, exclude: str | None = None) -> list[Match]:
+        """Cosine search (exact or IVF, see vector_index); ties are ordered by id so results are deterministic."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         allowed = self.matching_positions(filters) if filters else None
@@ -166,6 +96,158 @@ class Recommender:
             values = [wanted] if isinstance(wanted, str) else list(wanted)
             mask &= self.metadata[column].isin(values).to_numpy(dtype=bool, na_value=False)
         return np.flatnonzero(mask).astype(np.int64)
+
+
+class Recommender:
+    """Similar products for an image or a catalog item, over one opened index.
+
+    Reads are lock-free on the current `Snapshot`; writes (add_item, remove_item, refresh) are
+    serialised, and each installs a new snapshot, so concurrent searches stay consistent.
+    """
+
+    def __init__(
+        self, store: IndexStore, backend: str = "onnx", kind: Kind = "auto", precision: Precision = "float32"
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.kind = kind
+        self.precision = precision
+        self._encoder: Encoder | None = None
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        catalog = store.manifest.get("catalog", {})
+        self.images = ImageSource(Path(catalog["images_root"])) if catalog.get("images_root") else None
+        self.uploads = ImageSource(store.directory)
+        self._load()
+
+    @classmethod
+    def open(
+        cls, directory: str | Path, *, backend: str = "onnx", kind: Kind = "auto", precision: Precision = "float32"
+    ) -> Recommender:
+        """Open an index directory; the encoder is loaded on the first image query.
+
+        `kind` picks exact or approximate (ivf) search, `auto` by catalog size; `precision` float16
+        halves the memory the vectors take.
+        """
+        return cls(IndexStore.open(directory), backend, kind, precision)
+
+    def _load(self) -> None:
+        self._seen_version = self.store.data_version()  # read before loading: a commit in between reloads again
+        items: list[StoredItem] = []
+
+        def chunks() -> Iterator[np.ndarray]:
+            for part, vectors in self.store.load():
+                items.extend(part)
+                yield vectors
+
+        index = VectorIndex.build(self.store.dim, self.store.count(), chunks(), self.kind, self.precision)
+        self.snapshot = Snapshot.of(items, index)
+
+    # The current snapshot's parts; a method that reads several takes `self.snapshot` once instead.
+    items = property(lambda self: self.snapshot.items)
+    positions = property(lambda self: self.snapshot.positions)
+    metadata = property(lambda self: self.snapshot.metadata)
+    index = property(lambda self: self.snapshot.index)
+
+    @property
+    def encoder(self) -> Encoder:
+        """The index's own encoder, loaded once (a few hundred ms) when first needed."""
+        with self._lock:
+            if self._encoder is None:
+                self._encoder = encoder_for_index(self.store.manifest["encoder"], self.backend)
+            return self._encoder
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def item(self, item_id: str | int) -> StoredItem:
+        snapshot = self.snapshot
+        try:
+            return snapshot.items[snapshot.positions[str(item_id)]]
+        except KeyError:
+            raise UnknownItemError(str(item_id)) from None
+
+    def image_bytes(self, item_id: str | int) -> bytes:
+        """The image of an item, read from the catalog folder or zip, or from the index if it was uploaded."""
+        item = self.item(item_id)
+        if item.image.startswith(UPLOADED):
+            return self.uploads.read(item.image.removeprefix(UPLOADED))
+        if self.images is None:
+            raise FileNotFoundError("this index does not record where its catalog images are")
+        return self.images.read(item.image)
+
+    def add_item(self, item_id: str, image: bytes, metadata: dict[str, str]) -> StoredItem:
+        """Embed and store a new product; once this returns it is on disk and found by every search.
+
+        Raises ImageError for a bad image and DuplicateItemError for an id already in the index.
+        """
+        if item_id in self.snapshot.positions:  # known now: spare the embedding (the store checks again)
+            raise DuplicateItemError(item_id)
+        vector = self.embed_image(image)
+        with self._write_lock:
+            stored = self.store.add_item(item_id, image, metadata, vector)
+            if not self._refresh_locked():  # else another process wrote too: reloaded all, this item included
+                old = self.snapshot
+                self.snapshot = Snapshot.of([*old.items, stored], old.index.with_added(vector[None, :]))
+        return stored
+
+    def remove_item(self, item_id: str) -> None:
+        """Delete a product from the index (and its image, if it was uploaded); UnknownItemError if absent."""
+        with self._write_lock:
+            if not self.store.remove_item(item_id):
+                raise UnknownItemError(item_id)
+            if self._refresh_locked():  # another process wrote too: reloaded all, without this item
+                return
+            old = self.snapshot
+            position = old.positions[item_id]
+            self.snapshot = Snapshot.of(old.items[:position] + old.items[position + 1 :], old.index.without(position))
+
+    def refresh(self) -> bool:
+        """Reload if another process (another API worker, a rebuild) changed the index; cheap when none did."""
+        if self.store.data_version() == self._seen_version:
+            return False
+        with self._write_lock:
+            return self._refresh_locked()
+
+    def _refresh_locked(self) -> bool:
+        """Reload if the database changed since the last load, other than by this object's own writes."""
+        if self.store.data_version() == self._seen_version:
+            return False
+        self._load()
+        return True
+
+    def embed_image(self, image: str | Path | bytes | Image.Image) -> np.ndarray:
+        """The vector of a query image given as a path, raw bytes or a decoded PIL image."""
+        size = self.store.manifest["encoder"]["size"]  # type: ignore[index]
+        if isinstance(image, bytes):
+            image = decode(image, "uploaded image", min_side=size)
+        elif not isinstance(image, Image.Image):
+            image = open_image(image, min_side=size)
+        return self.encoder.embed([image])[0]
+
+    def similar_to_image(
+        self, image: str | Path | bytes | Image.Image, k: int = 5, filters: Filters | None = None
+    ) -> list[Match]:
+        """The k catalog products most similar to an image."""
+        return self.similar_to_vector(self.embed_image(image), k, filters)
+
+    def similar_to_item(self, item_id: str | int, k: int = 5, filters: Filters | None = None) -> list[Match]:
+        """The k products most similar to a catalog item, from its stored vector; never itself."""
+        snapshot = self.snapshot
+        position = snapshot.positions.get(str(item_id))
+        if position is None:
+            raise UnknownItemError(str(item_id))
+        return snapshot.search(snapshot.index.vectors([position])[0], k, filters, exclude=str(item_id))
+
+    def similar_to_vector(
+        self, vector: np.ndarray, k: int = 5, filters: Filters | None = None, exclude: str | None = None
+    ) -> list[Match]:
+        """Cosine search over the current snapshot; ties are ordered by id so results are deterministic."""
+        return self.snapshot.search(vector, k, filters, exclude)
+
+    def matching_positions(self, filters: Filters) -> np.ndarray:
+        """Positions of the items whose metadata match every filter (any of its values)."""
+        return self.snapshot.matching_positions(filters)
 
     def problems(self) -> list[Problem]:
         return self.store.problems()

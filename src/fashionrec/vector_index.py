@@ -94,6 +94,29 @@ class VectorIndex:
         else:
             self.index.add(vectors)
 
+    def _copy(self) -> VectorIndex:
+        clone = object.__new__(VectorIndex)
+        clone.__dict__.update(self.__dict__)
+        clone.index = faiss.clone_index(self.index)
+        return clone
+
+    def with_added(self, vectors: np.ndarray) -> VectorIndex:
+        """A copy with vectors appended (IVF keeps its trained cells); this one is left as it is."""
+        clone = self._copy()
+        clone.add(vectors)
+        return clone
+
+    def without(self, position: int) -> VectorIndex:
+        """A copy without the vector at `position`; the positions after it move down by one."""
+        clone = self._copy()
+        if self.kind == "exact":
+            clone.index.remove_ids(np.array([position], dtype=np.int64))  # a flat index compacts
+            return clone
+        keep = np.delete(np.arange(len(self)), position)
+        clone.index.reset()  # keeps the trained cells: re-adding assigns, without retraining
+        clone.add(self.vectors(keep))
+        return clone
+
     def vectors(self, positions: np.ndarray) -> np.ndarray:
         """The stored vectors at these positions (decoded to float32)."""
         positions = np.asarray(positions, dtype=np.int64)

@@ -1,0 +1,432 @@
+"""REST API: a thin FastAPI surface over `Recommender`, for shops (run it with `fashionrec serve`).
+
+Everything CPU-bound (decoding, embedding, searching, reloading) runs in worker threads, never on
+the event loop; image work is limited to one thread per core so a burst of uploads cannot pile up
+decoded images in memory. Each process holds its own in-memory index and reloads it when another
+process (another worker, a rebuild) commits to the index's SQLite database.
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, TypeVar
+from urllib.parse import quote
+
+import anyio
+import anyio.to_thread
+import faiss
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyHeader
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, Field, StringConstraints, TypeAdapter, ValidationError
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fashionrec import __version__
+from fashionrec.images import ImageError, ImageTooLarge
+from fashionrec.index import DuplicateItemError
+from fashionrec.search import Match, Recommender, UnknownItemError
+
+INDEX_ENV = "FASHIONREC_INDEX"
+WRITE_KEY_ENV = "FASHIONREC_API_KEY"
+READ_KEY_ENV = "FASHIONREC_READ_KEY"
+MAX_UPLOAD_BYTES = 10 * 2**20
+MAX_BODY_BYTES = MAX_UPLOAD_BYTES + 2**20  # the image plus multipart framing and the metadata field
+MAX_K = 100
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+T = TypeVar("T")
+
+
+class ErrorOut(BaseModel):
+    """Every error: a short code and a sentence saying what is wrong."""
+
+    error: str = Field(examples=["not_found"])
+    detail: str = Field(examples=["item '99999' is not in the index"])
+
+
+class ItemOut(BaseModel):
+    id: str
+    metadata: dict[str, str]
+    image_url: str = Field(description="Path of the item's image on this server.")
+
+
+class MatchOut(ItemOut):
+    rank: int
+    score: float = Field(description="Cosine similarity, 1 = identical.")
+
+
+class MatchesOut(BaseModel):
+    results: list[MatchOut]
+
+
+class HealthOut(BaseModel):
+    status: str
+    items: int
+
+
+class InfoOut(BaseModel):
+    version: str
+    encoder: str
+    dim: int
+    format_version: int
+    items: int
+    problems: int
+    complete: bool
+    updated: str | None
+    metadata_columns: list[str]
+
+
+ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    422: "invalid_image",
+    500: "internal_error",
+}
+USER_ERRORS: dict[type[Exception], int] = {
+    UnknownItemError: 404,
+    DuplicateItemError: 409,
+    ImageTooLarge: 413,
+    ImageError: 422,
+    ValueError: 400,  # what the core raises for bad arguments: unknown filter column, k < 1
+}
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409, 413, 422)
+}
+Metadata = TypeAdapter(
+    Annotated[
+        dict[
+            Annotated[str, StringConstraints(min_length=1, max_length=100)],
+            Annotated[str, StringConstraints(max_length=2000)],
+        ],
+        Field(max_length=100),  # columns: every new one widens every product's row in memory
+    ]
+)
+
+
+def error_response(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"error": ERROR_CODES.get(status, "error"), "detail": detail}, status_code=status)
+
+
+def read_secret(name: str) -> str | None:
+    """A key from $NAME, or from the file named by $NAME_FILE (e.g. a Docker or systemd secret)."""
+    value = os.environ.get(name)
+    if not value and os.environ.get(f"{name}_FILE"):
+        value = Path(os.environ[f"{name}_FILE"]).read_text().strip()
+    return value or None
+
+
+@dataclass(frozen=True)
+class Keys:
+    """API keys: `write` enables POST/DELETE /v1/items; `read`, if set, is required by the read endpoints too."""
+
+    write: str | None = None
+    read: str | None = None
+
+    @classmethod
+    def from_env(cls) -> Keys:
+        return cls(write=read_secret(WRITE_KEY_ENV), read=read_secret(READ_KEY_ENV))
+
+
+def _matches(key: str | None, given: str) -> bool:
+    return key is not None and hmac.compare_digest(key.encode(), given.encode())  # constant time
+
+
+api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The server's API key.")
+ApiKey = Annotated[str | None, Depends(api_key)]
+
+
+def require_write_key(request: Request, given: ApiKey) -> None:
+    keys: Keys = request.app.state.keys
+    if keys.write is None:
+        raise HTTPException(
+            403,
+            f"catalog updates are disabled: set {WRITE_KEY_ENV} (or {WRITE_KEY_ENV}_FILE) on the server to enable them",
+        )
+    if given is None:
+        raise HTTPException(401, "missing API key: send it in the X-API-Key header")
+    if not _matches(keys.write, given):
+        raise HTTPException(403, "wrong API key")
+
+
+def require_read_key(request: Request, given: ApiKey) -> None:
+    keys: Keys = request.app.state.keys
+    if keys.read is None:
+        return
+    if given is None:
+        raise HTTPException(401, "missing API key: this server requires one to read (X-API-Key header)")
+    if not (_matches(keys.read, given) or _matches(keys.write, given)):
+        raise HTTPException(403, "wrong API key")
+
+
+def current_recommender(request: Request) -> Recommender:
+    """The recommender, first reloaded if another process changed the index (a cheap check otherwise).
+
+    A plain function, so FastAPI runs it in a thread: a reload never blocks the event loop.
+    """
+    recommender: Recommender = request.app.state.recommender
+    recommender.refresh()
+    return recommender
+
+
+Rec = Annotated[Recommender, Depends(current_recommender)]
+TopK = Annotated[int, Query(ge=1, le=MAX_K, description="How many products to return.")]
+FilterQuery = Annotated[
+    list[str],
+    Query(
+        description="Metadata filter `column:value`; repeat it. Several values of one column mean any of them, "
+        "different columns must all match.",
+        examples=[["gender:Men", "articleType:Shirts", "articleType:Tshirts"]],
+    ),
+]
+
+
+def parse_filters(raw: list[str]) -> dict[str, list[str]]:
+    filters: dict[str, list[str]] = {}
+    for entry in raw:
+        column, sep, value = entry.partition(":")
+        if not sep or not column:
+            raise ValueError(f"filter {entry!r} is not column:value")
+        filters.setdefault(column, []).append(value)
+    return filters
+
+
+async def read_upload(upload: UploadFile) -> bytes:
+    """The uploaded file's bytes, refused past the size limit (its name and content type are ignored)."""
+    data = await upload.read(MAX_UPLOAD_BYTES + 1)
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ImageTooLarge("uploaded image", f"file too large (limit {MAX_UPLOAD_BYTES // 2**20} MiB)")
+    return data
+
+
+async def run_image_work(request: Request, work: Callable[..., T], *args: object) -> T:
+    """Run decoding and embedding in a thread, at most one per core at a time (searches are not limited)."""
+    return await anyio.to_thread.run_sync(lambda: work(*args), limiter=request.app.state.image_threads)
+
+
+def image_url(item_id: str) -> str:
+    return f"/v1/items/{quote(item_id, safe='')}/image"
+
+
+def match_out(match: Match) -> MatchOut:
+    return MatchOut(
+        id=match.id,
+        rank=match.rank,
+        score=round(match.score, 6),
+        metadata=match.metadata,
+        image_url=image_url(match.id),
+    )
+
+
+def media_type(data: bytes) -> str:
+    """The content type of image bytes, from their content (Pillow reads only the header)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return Image.MIME.get(image.format or "", "application/octet-stream")
+    except (UnidentifiedImageError, OSError):
+        return "application/octet-stream"
+
+
+reads = APIRouter(prefix="/v1", dependencies=[Depends(require_read_key)], responses=ERROR_RESPONSES)
+writes = APIRouter(prefix="/v1", dependencies=[Depends(require_write_key)], responses=ERROR_RESPONSES)
+public = APIRouter(prefix="/v1")
+
+
+@reads.post("/search", tags=["search"])
+async def search(
+    request: Request,
+    recommender: Rec,
+    image: Annotated[UploadFile, File(description="Any photo of a garment (JPEG, PNG, WebP, GIF, BMP, TIFF).")],
+    k: TopK = 10,
+    filter: FilterQuery = [],  # noqa: B006 (FastAPI copies defaults)
+) -> MatchesOut:
+    """The k catalog products most similar to an uploaded photo."""
+    filters = parse_filters(filter)
+    vector = await run_image_work(request, recommender.embed_image, await read_upload(image))
+    found = await run_in_threadpool(recommender.similar_to_vector, vector, k, filters)
+    return MatchesOut(results=[match_out(m) for m in found])
+
+
+@reads.get("/items/{item_id}", tags=["items"])
+def get_item(item_id: str, recommender: Rec) -> ItemOut:
+    """One product's metadata."""
+    item = recommender.item(item_id)
+    return ItemOut(id=item.id, metadata=item.metadata, image_url=image_url(item.id))
+
+
+@reads.get(
+    "/items/{item_id}/image",
+    tags=["items"],
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}, "image/png": {}}, "description": "The image bytes."}},
+)
+def get_item_image(item_id: str, recommender: Rec) -> Response:
+    """A product's image, as stored in the catalog (or uploaded)."""
+    try:
+        data = recommender.image_bytes(item_id)
+    except FileNotFoundError:
+        raise HTTPException(404, f"the image of item {item_id!r} is missing from the catalog") from None
+    headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "public, max-age=300"}
+    return Response(data, media_type=media_type(data), headers=headers)
+
+
+@reads.get("/items/{item_id}/similar", tags=["search"])
+def similar_items(item_id: str, recommender: Rec, k: TopK = 10, filter: FilterQuery = []) -> MatchesOut:  # noqa: B006
+    """The k products most similar to a catalog product (from its stored vector; never the product itself)."""
+    return MatchesOut(results=[match_out(m) for m in recommender.similar_to_item(item_id, k, parse_filters(filter))])
+
+
+@writes.post("/items", tags=["catalog updates"], status_code=201)
+async def add_item(
+    request: Request,
+    response: Response,
+    recommender: Rec,
+    id: Annotated[str, Form(pattern=ID_PATTERN, description="New product id: letters, digits, '.', '_', '-'.")],
+    image: Annotated[UploadFile, File(description="The product's image.")],
+    metadata: Annotated[str, Form(description='JSON object of text columns, e.g. {"gender": "Men"}.')] = "{}",
+) -> ItemOut:
+    """Add a product: its image is embedded and stored in the index; the next search can return it."""
+    try:
+        columns = Metadata.validate_json(metadata)
+    except ValidationError as error:
+        raise HTTPException(400, f"metadata must be a JSON object of text values: {_first_error(error)}") from None
+    data = await read_upload(image)
+    item = await run_image_work(request, recommender.add_item, id, data, columns)
+    response.headers["Location"] = f"/v1/items/{quote(item.id, safe='')}"
+    return ItemOut(id=item.id, metadata=item.metadata, image_url=image_url(item.id))
+
+
+@writes.delete("/items/{item_id}", tags=["catalog updates"], status_code=204, response_class=Response)
+def delete_item(item_id: str, recommender: Rec) -> Response:
+    """Remove a product from the index (and its image, if it was uploaded)."""
+    recommender.remove_item(item_id)
+    return Response(status_code=204)
+
+
+@public.get("/health", tags=["service"])
+def health(recommender: Rec) -> HealthOut:
+    """Liveness and the number of products served; never needs a key."""
+    return HealthOut(status="ok", items=len(recommender))
+
+
+@reads.get("/info", tags=["service"])
+def info(recommender: Rec) -> InfoOut:
+    """What the index is: encoder, counts, format (no server paths)."""
+    return InfoOut.model_validate(recommender.info() | {"version": __version__})
+
+
+class BodySizeLimit:
+    """Refuse request bodies over `limit` bytes with a JSON 413 before they are buffered or spooled to disk.
+
+    A declared Content-Length is refused unread; a body sent without one (chunked) is cut off as soon
+    as it passes the limit. (FastAPI's own `max_body_size` answers in plain text, not our error format.)
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.limit:
+            await error_response(413, self.detail)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise HTTPException(413, self.detail)  # reaches the error handlers like any other
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    @property
+    def detail(self) -> str:
+        return f"request body too large (limit {self.limit // 2**20} MiB)"
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{where}: {first['msg']}" if where else first["msg"]
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error is JSON `{"error", "detail"}`; the catch-all only guards against bugs."""
+
+    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        response = error_response(error.status_code, str(error.detail))
+        response.headers.update(error.headers or {})
+        return response
+
+    async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(part) for part in e['loc'])}: {e['msg']}" for e in error.errors())
+        return error_response(400, problems)
+
+    async def user_error(_: Request, error: Exception) -> JSONResponse:
+        status = next(s for kind, s in USER_ERRORS.items() if isinstance(error, kind))
+        return error_response(status, str(error))
+
+    async def unexpected(_: Request, error: Exception) -> JSONResponse:
+        return error_response(500, f"unexpected {type(error).__name__}; the server log has the details")
+
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    for kind in USER_ERRORS:
+        app.add_exception_handler(kind, user_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def create_app(index_dir: str | Path, keys: Keys | None = None) -> FastAPI:
+    """The API over one index directory; the model is loaded now, so the first upload does not wait."""
+    # Concurrent requests already use every core: FAISS's own OpenMP threads per search would only
+    # oversubscribe them (a single search on the full catalog under load: 45 ms with 2 threads, 18 ms with 1).
+    faiss.omp_set_num_threads(1)
+    recommender = Recommender.open(index_dir)
+    recommender.encoder  # noqa: B018 (loads it)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.image_threads = anyio.CapacityLimiter(os.cpu_count() or 1)
+        yield
+
+    app = FastAPI(
+        title="fashionrec",
+        version=__version__,
+        description="Similar products for a photo or a catalog item, and live catalog updates. "
+        'Errors are JSON `{"error": code, "detail": sentence}`.',
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodySizeLimit, limit=MAX_BODY_BYTES)
+    app.state.recommender = recommender
+    app.state.keys = keys or Keys()
+    for router in (reads, writes, public):
+        app.include_router(router)
+    _install_error_handlers(app)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """Factory for uvicorn (each worker process calls it): the index and keys come from the environment."""
+    return create_app(os.environ[INDEX_ENV], Keys.from_env())

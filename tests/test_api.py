@@ -1,0 +1,338 @@
+"""The REST API as a shop uses it: the real server (`fashionrec serve`) in its own process, real HTTP.
+
+Every endpoint, every error path, keys, live updates that survive a restart, several worker
+processes, concurrent reads during writes, and a schemathesis fuzz from the API's own OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings, strategies
+from schemathesis import GenerationMode
+
+from fashionrec.build import BuildReport
+
+KEY = "test-write-key-0123456789"
+READ_KEY = "test-read-key-0123456789"
+WRITE = {"X-API-Key": KEY}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serve(index: Path, log: Path, *args: str, **env: str) -> Iterator[httpx.Client]:
+    """Run `fashionrec serve INDEX` until the block ends; yields a client bound to it."""
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FASHIONREC_")} | env
+    environ["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
+    command = [sys.executable, "-m", "fashionrec.cli", "serve", str(index), "--port", str(port), "--no-access-log"]
+    with open(log, "ab") as output:
+        process = subprocess.Popen([*command, *args], env=environ, stdout=output, stderr=subprocess.STDOUT)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert process.poll() is None, f"server exited: {log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"server did not start: {log.read_text()[-3000:]}"
+            try:
+                if client.get("/v1/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        yield client
+    finally:
+        client.close()
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def copy_index(built_index: tuple[Path, BuildReport], folder: Path) -> Path:
+    return Path(shutil.copytree(built_index[0], folder / "idx"))
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory, built_index: tuple[Path, BuildReport]) -> Iterator[httpx.Client]:
+    """A server with a write key, over a copy of the session index (the tests add and delete items)."""
+    folder = tmp_path_factory.mktemp("api")
+    with serve(copy_index(built_index, folder), folder / "server.log", FASHIONREC_API_KEY=KEY) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def photos(sample_catalog: Path) -> list[Path]:
+    return sorted((sample_catalog / "images").glob("*.jpg"))
+
+
+def upload(path: Path | bytes, name: str = "photo.jpg") -> dict[str, tuple[str, bytes, str]]:
+    data = path if isinstance(path, bytes) else path.read_bytes()
+    return {"image": (name, data, "image/jpeg")}
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims a huge size: only the header, as a decompression bomb would start."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+
+
+def assert_error(response: httpx.Response, status: int, *words: str) -> None:
+    assert response.status_code == status, (response.status_code, response.text)
+    body = response.json()
+    assert set(body) == {"error", "detail"}, body
+    for word in words:
+        assert word in body["detail"], body
+
+
+def test_read_endpoints(api: httpx.Client, photos: list[Path]) -> None:
+    assert api.get("/v1/health").json()["status"] == "ok"
+    info = api.get("/v1/info").json()
+    assert info["encoder"].startswith("efficientnet-lite0@") and info["items"] == 300 and info["format_version"] == 1
+    assert "index" not in info and "catalog" not in info  # no server paths
+
+    photo = photos[0]
+    found = api.post("/v1/search", params={"k": 4}, files=upload(photo)).json()["results"]
+    assert [m["rank"] for m in found] == [1, 2, 3, 4] and found[0]["id"] == photo.stem
+    assert found[0]["score"] > 0.999 and found[0]["image_url"] == f"/v1/items/{photo.stem}/image"
+
+    item = api.get(f"/v1/items/{photo.stem}").json()
+    assert item["id"] == photo.stem and item["metadata"]["productDisplayName"]
+    image = api.get(item["image_url"])
+    assert image.status_code == 200 and image.content == photo.read_bytes()
+    assert image.headers["content-type"] == "image/jpeg" and image.headers["x-content-type-options"] == "nosniff"
+
+    similar = api.get(f"/v1/items/{photo.stem}/similar", params={"k": 7}).json()["results"]
+    assert len(similar) == 7 and photo.stem not in {m["id"] for m in similar}
+    scores = [m["score"] for m in similar]
+    assert scores == sorted(scores, reverse=True)
+    assert "openapi" in api.get("/openapi.json").json() and api.get("/docs").status_code == 200
+
+
+def test_filters_return_k_matching_items(api: httpx.Client, photos: list[Path]) -> None:
+    wanted = {"gender": {"Men"}, "articleType": {"Shirts", "Tshirts"}}
+    params = {"k": 6, "filter": ["gender:Men", "articleType:Shirts", "articleType:Tshirts"]}
+    for found in (
+        api.get(f"/v1/items/{photos[1].stem}/similar", params=params).json()["results"],
+        api.post("/v1/search", params=params, files=upload(photos[2])).json()["results"],
+    ):
+        assert len(found) == 6
+        assert all(m["metadata"][column] in values for m in found for column, values in wanted.items())
+
+
+def test_bad_uploads_are_4xx_with_a_reason(api: httpx.Client, photos: list[Path]) -> None:
+    jpeg = photos[0].read_bytes()
+    cases = [
+        (b"", 422, "empty file"),
+        (b"just some text, not a picture", 422, "not an image"),
+        (b"%PDF-1.4\n" + os.urandom(2000), 422, "not an image"),
+        (jpeg[: len(jpeg) // 2], 422, "truncated"),
+        (png_header(12_000, 12_000), 413, "image too large"),
+        (png_header(8_000, 7_000), 413, "image too large"),
+        (b"\xff" * (10 * 2**20 + 1), 413, "too large"),
+    ]
+    for data, status, words in cases:
+        assert_error(api.post("/v1/search", files=upload(data, "fine.jpg")), status, words)
+    assert_error(api.post("/v1/search", content=b"x" * (12 * 2**20)), 413, "too large")
+    part = b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'
+    chunked = (part if n < 0 else b"x" * 2**20 for n in range(-1, 12))  # no Content-Length: cut off while streaming
+    multipart = {"content-type": "multipart/form-data; boundary=b"}
+    assert_error(api.post("/v1/search", content=chunked, headers=multipart), 413, "too large")
+    assert_error(api.post("/v1/search"), 400, "image")  # no file
+    assert api.get("/v1/health").status_code == 200  # and the server is still up
+
+
+def test_bad_queries(api: httpx.Client, photos: list[Path]) -> None:
+    item = photos[0].stem
+    for k in ("0", "101", "-3", "many", ""):
+        assert_error(api.get(f"/v1/items/{item}/similar", params={"k": k}), 400, "k")
+    assert_error(api.post("/v1/search", params={"k": 0}, files=upload(photos[0])), 400, "k")
+    assert_error(api.get(f"/v1/items/{item}/similar", params={"filter": "colour:Red"}), 400, "unknown filter column")
+    assert_error(api.get(f"/v1/items/{item}/similar", params={"filter": "gender"}), 400, "column:value")
+    empty = api.get(f"/v1/items/{item}/similar", params={"filter": "gender:Nobody"})
+    assert empty.status_code == 200 and empty.json() == {"results": []}
+    for path in ("/v1/items/99999999", "/v1/items/99999999/image", "/v1/items/99999999/similar"):
+        assert_error(api.get(path), 404, "'99999999' is not in the index")
+    for sneaky in ("..%2F..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", "..", "images%2F" + item + ".jpg"):
+        assert api.get(f"/v1/items/{sneaky}/image").status_code == 404  # ids are looked up, never used as paths
+    assert_error(api.get("/v1/nothing-here"), 404)
+    assert_error(api.put(f"/v1/items/{item}"), 405)
+
+
+def test_writes_need_the_key(api: httpx.Client, photos: list[Path]) -> None:
+    form = {"id": "keyless", "metadata": "{}"}
+    assert_error(api.post("/v1/items", data=form, files=upload(photos[3])), 401, "X-API-Key")
+    assert_error(api.post("/v1/items", data=form, files=upload(photos[3]), headers={"X-API-Key": "guess"}), 403)
+    assert_error(api.delete(f"/v1/items/{photos[3].stem}"), 401)
+    assert_error(api.delete(f"/v1/items/{photos[3].stem}", headers={"X-API-Key": KEY[:-1]}), 403, "wrong API key")
+    assert api.get(f"/v1/items/{photos[3].stem}").status_code == 200 and api.get("/v1/items/keyless").status_code == 404
+
+
+def test_add_and_delete_live(api: httpx.Client, photos: list[Path]) -> None:
+    photo = photos[4]
+    metadata = '{"gender": "Unisex", "articleType": "Scarves", "productDisplayName": "API scarf"}'
+    added = api.post("/v1/items", data={"id": "api-scarf-1", "metadata": metadata}, files=upload(photo), headers=WRITE)
+    assert added.status_code == 201, added.text
+    assert added.headers["location"] == "/v1/items/api-scarf-1" and added.json()["metadata"]["articleType"] == "Scarves"
+    assert api.get("/v1/items/api-scarf-1/image").content == photo.read_bytes()
+    found = api.post("/v1/search", params={"k": 3, "filter": "articleType:Scarves"}, files=upload(photo)).json()
+    assert found["results"][0]["id"] == "api-scarf-1"
+    assert api.get("/v1/info").json()["items"] == 301
+
+    again = api.post("/v1/items", data={"id": "api-scarf-1"}, files=upload(photo), headers=WRITE)
+    assert_error(again, 409, "already in the index")
+    bad = [
+        ({"id": "../../etc/passwd"}, upload(photo), 400, "id"),
+        ({"id": ""}, upload(photo), 400, "id"),
+        ({"id": "x2", "metadata": "[1, 2]"}, upload(photo), 400, "JSON object"),
+        ({"id": "x3", "metadata": '{"gender": 3}'}, upload(photo), 400, "gender"),
+        ({"id": "x4", "metadata": "{not json"}, upload(photo), 400, "JSON"),
+        ({"id": "x5"}, upload(b"GIF89a broken"), 422, "uploaded image"),
+        ({"id": "x7", "metadata": json.dumps({f"c{n}": "v" for n in range(101)})}, upload(photo), 400, "metadata"),
+        ({"id": "x6"}, upload(png_header(9_000, 9_000)), 413, "too large"),
+    ]
+    for form, files, status, words in bad:
+        assert_error(api.post("/v1/items", data=form, files=files, headers=WRITE), status, words)
+
+    assert api.delete("/v1/items/api-scarf-1", headers=WRITE).status_code == 204
+    assert_error(api.delete("/v1/items/api-scarf-1", headers=WRITE), 404)
+    assert_error(api.get("/v1/items/api-scarf-1/image"), 404)
+    gone = api.post("/v1/search", params={"k": 3}, files=upload(photo)).json()["results"]
+    assert "api-scarf-1" not in {m["id"] for m in gone} and api.get("/v1/info").json()["items"] == 300
+
+
+def test_concurrent_reads_during_writes_stay_consistent(api: httpx.Client, photos: list[Path]) -> None:
+    def read(n: int) -> list[dict]:
+        if n % 3 == 0:
+            response = api.post("/v1/search", params={"k": 5}, files=upload(photos[n % 20]))
+        else:
+            response = api.get(f"/v1/items/{photos[n % 40].stem}/similar", params={"k": 5})
+        assert response.status_code == 200, response.text
+        return response.json()["results"]
+
+    def write(n: int) -> None:
+        item_id = f"concurrent-{n}"
+        added = api.post("/v1/items", data={"id": item_id}, files=upload(photos[50 + n]), headers=WRITE)
+        assert added.status_code == 201, added.text
+        assert api.delete(f"/v1/items/{item_id}", headers=WRITE).status_code == 204
+
+    with ThreadPoolExecutor(8) as pool:
+        writes = [pool.submit(write, n) for n in range(4)]
+        results = list(pool.map(read, range(60)))
+        for done in writes:
+            done.result()
+    for found in results:
+        assert len(found) == 5 and [m["rank"] for m in found] == [1, 2, 3, 4, 5]
+        assert len({m["id"] for m in found}) == 5
+    assert api.get("/v1/info").json()["items"] == 300
+
+
+def test_updates_survive_a_restart(tmp_path: Path, built_index: tuple[Path, BuildReport], photos: list[Path]) -> None:
+    index = copy_index(built_index, tmp_path)
+    photo, removed = photos[5], photos[6].stem
+    with serve(index, tmp_path / "log", FASHIONREC_API_KEY=KEY) as api:
+        form = {"id": "durable-1", "metadata": '{"gender": "Women"}'}
+        assert api.post("/v1/items", data=form, files=upload(photo), headers=WRITE).status_code == 201
+        assert api.delete(f"/v1/items/{removed}", headers=WRITE).status_code == 204
+    assert [p.parent.name for p in index.glob("uploads/*")] == ["uploads"]  # one file, inside the index
+    with serve(index, tmp_path / "log") as api:
+        assert api.get("/v1/items/durable-1").json()["metadata"] == {"gender": "Women"}
+        assert api.get("/v1/items/durable-1/image").content == photo.read_bytes()
+        assert_error(api.get(f"/v1/items/{removed}"), 404)
+        found = api.post("/v1/search", params={"k": 2}, files=upload(photos[6])).json()["results"]
+        assert removed not in {m["id"] for m in found}
+        assert api.get("/v1/info").json()["items"] == 300
+        assert_error(api.delete("/v1/items/durable-1", headers=WRITE), 403, "FASHIONREC_API_KEY")  # no key here
+
+
+def test_read_key_and_disabled_writes(
+    tmp_path: Path, built_index: tuple[Path, BuildReport], photos: list[Path]
+) -> None:
+    key_file = tmp_path / "read.key"
+    key_file.write_text(READ_KEY + "\n")
+    with serve(built_index[0], tmp_path / "log", FASHIONREC_READ_KEY_FILE=str(key_file)) as api:
+        item = photos[0].stem
+        assert_error(api.get(f"/v1/items/{item}"), 401)
+        assert_error(api.get(f"/v1/items/{item}", headers={"X-API-Key": "nope"}), 403)
+        assert api.get(f"/v1/items/{item}", headers={"X-API-Key": READ_KEY}).status_code == 200
+        assert api.get("/v1/health").status_code == 200  # always open, for load balancers
+        refused = api.post("/v1/items", data={"id": "z"}, files=upload(photos[0]), headers={"X-API-Key": READ_KEY})
+        assert_error(refused, 403, "FASHIONREC_API_KEY")
+
+
+def test_workers_see_each_others_writes(
+    tmp_path: Path, built_index: tuple[Path, BuildReport], photos: list[Path]
+) -> None:
+    index = copy_index(built_index, tmp_path)
+    with serve(index, tmp_path / "log", "--workers", "2", FASHIONREC_API_KEY=KEY) as api:
+        added = api.post("/v1/items", data={"id": "shared-1"}, files=upload(photos[7]), headers=WRITE)
+        assert added.status_code == 201
+        for _ in range(12):  # new connections land on either worker
+            with httpx.Client(base_url=str(api.base_url), timeout=30) as fresh:
+                assert fresh.get("/v1/items/shared-1").status_code == 200
+                assert fresh.get("/v1/info").json()["items"] == 301
+        assert api.delete("/v1/items/shared-1", headers=WRITE).status_code == 204
+        for _ in range(12):
+            with httpx.Client(base_url=str(api.base_url), timeout=30) as fresh:
+                assert fresh.get("/v1/items/shared-1").status_code == 404
+
+
+def test_serve_refuses_a_bad_setup_in_one_line(tmp_path: Path, built_index: tuple[Path, BuildReport]) -> None:
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    cases = [
+        ((str(tmp_path),), {}, "not a fashionrec index"),
+        ((str(built_index[0]),), {"FASHIONREC_API_KEY_FILE": str(tmp_path / "missing.key")}, "missing.key"),
+    ]
+    for args, extra, words in cases:
+        result = subprocess.run(
+            [sys.executable, "-m", "fashionrec.cli", "serve", *args], env=env | extra, capture_output=True, text=True
+        )
+        assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="module")
+def api_schema(api: httpx.Client) -> schemathesis.BaseSchema:
+    return schemathesis.openapi.from_url(f"{api.base_url}/openapi.json")
+
+
+def test_fuzz_from_openapi_schema_never_5xx(api_schema: schemathesis.BaseSchema) -> None:
+    """Valid and invalid requests for every operation of the schema, with the write key (deletes included)."""
+    calls: Counter[str] = Counter()
+    for operation in (result.ok() for result in api_schema.get_all_operations()):
+        modes = [operation.as_strategy(mode) for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)]
+
+        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(case=strategies.one_of(modes))
+        def never_5xx(case: schemathesis.Case) -> None:
+            response = case.call(headers=WRITE, timeout=30)
+            calls[f"{case.method} {case.path}"] += 1
+            assert response.status_code < 500, (case.method, case.formatted_path, response.status_code, response.text)
+            if response.status_code >= 400:
+                assert set(response.json()) == {"error", "detail"}, response.text
+
+        never_5xx()
+    assert len(calls) == 8 and sum(calls.values()) > 150, calls  # every operation was exercised
