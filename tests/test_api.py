@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings, strategies
 from schemathesis import GenerationMode
 
 from fashionrec.build import BuildReport
+from fashionrec.index import FORMAT_VERSION
 
 KEY = "test-write-key-0123456789"
 READ_KEY = "test-read-key-0123456789"
@@ -112,7 +113,11 @@ def assert_error(response: httpx.Response, status: int, *words: str) -> None:
 def test_read_endpoints(api: httpx.Client, photos: list[Path]) -> None:
     assert api.get("/v1/health").json()["status"] == "ok"
     info = api.get("/v1/info").json()
-    assert info["encoder"].startswith("efficientnet-lite0@") and info["items"] == 300 and info["format_version"] == 1
+    assert (
+        info["encoder"].startswith("efficientnet-lite0@")
+        and info["items"] == 300
+        and info["format_version"] == FORMAT_VERSION
+    )
     assert "index" not in info and "catalog" not in info  # no server paths
 
     photo = photos[0]
@@ -127,6 +132,8 @@ def test_read_endpoints(api: httpx.Client, photos: list[Path]) -> None:
     assert image.headers["content-type"] == "image/jpeg" and image.headers["x-content-type-options"] == "nosniff"
 
     similar = api.get(f"/v1/items/{photo.stem}/similar", params={"k": 7}).json()["results"]
+    by_colour = api.get(f"/v1/items/{photo.stem}/similar", params={"k": 7, "colour_weight": 0.8}).json()["results"]
+    assert len(by_colour) == 7 and photo.stem not in {m["id"] for m in by_colour}
     assert len(similar) == 7 and photo.stem not in {m["id"] for m in similar}
     scores = [m["score"] for m in similar]
     assert scores == sorted(scores, reverse=True)
@@ -172,6 +179,7 @@ def test_bad_queries(api: httpx.Client, photos: list[Path]) -> None:
         assert_error(api.get(f"/v1/items/{item}/similar", params={"k": k}), 400, "k")
     assert_error(api.post("/v1/search", params={"k": 0}, files=upload(photos[0])), 400, "k")
     assert_error(api.get(f"/v1/items/{item}/similar", params={"filter": "colour:Red"}), 400, "unknown filter column")
+    assert_error(api.get(f"/v1/items/{item}/similar", params={"colour_weight": 1.5}), 400, "colour_weight")
     assert_error(api.get(f"/v1/items/{item}/similar", params={"filter": "gender"}), 400, "column:value")
     empty = api.get(f"/v1/items/{item}/similar", params={"filter": "gender:Nobody"})
     assert empty.status_code == 200 and empty.json() == {"results": []}

@@ -36,7 +36,7 @@ def test_builds_a_complete_self_describing_index(built_index: tuple[Path, BuildR
     index, report = built_index
     assert report.embedded == report.total == 300 and report.problems == []
     manifest = json.loads((index / "manifest.json").read_text())
-    assert manifest["format_version"] == 1 and manifest["complete"] is True
+    assert manifest["format_version"] == 2 and manifest["complete"] is True
     assert manifest["encoder"]["id"].startswith("efficientnet-lite0@") and manifest["encoder"]["dim"] == 1280
     assert manifest["counts"]["items"] == 300
     assert manifest["catalog"]["path"] == str(sample_catalog)
@@ -46,8 +46,10 @@ def test_builds_a_complete_self_describing_index(built_index: tuple[Path, BuildR
 def test_every_catalog_image_finds_itself_first(built_index: tuple[Path, BuildReport], sample_catalog: Path) -> None:
     recommender = Recommender.open(built_index[0])
     for item in recommender.items[::15]:
-        (best, *_) = recommender.similar_to_image(sample_catalog / item.image, k=3)
-        assert best.id == item.id and best.score > 0.999
+        (best, *others) = recommender.similar_to_image(sample_catalog / item.image, k=3)
+        assert best.score > 0.999
+        tied = {best.id} | {m.id for m in others if m.score > best.score - 1e-4}  # byte-identical photos tie
+        assert item.id in tied
 
 
 def test_bad_files_are_reported_per_item_and_the_rest_is_indexed(tmp_path: Path, encoder: Encoder) -> None:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from fashionrec.build import BuildReport
-from fashionrec.search import Recommender, UnknownItemError
+from fashionrec.colour import COLOUR_DIM
+from fashionrec.search import Query, Recommender, UnknownItemError
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +36,13 @@ def test_results_are_deterministic_and_ties_ordered_by_id(recommender: Recommend
     item = recommender.items[7]
     assert recommender.similar_to_item(item.id, k=10) == recommender.similar_to_item(item.id, k=10)
     twin = recommender.index.vectors([3])
-    ties = recommender.similar_to_vector(twin[0], k=3)
+    query = Query(twin[0], recommender.snapshot.colours[3])
+    ties = recommender.similar(query, k=3)
     assert ties[0].id == recommender.items[3].id
     duplicate = Recommender.open(recommender.store.directory)
     duplicate.index.add(twin)  # an exact duplicate vector at a later position
     duplicate.items.append(duplicate.items[3].__class__("0-duplicate", "x.jpg", {}))
-    tied = duplicate.similar_to_vector(twin, k=2)
+    tied = duplicate.similar(query, k=2)
     assert [m.id for m in tied] == sorted([recommender.items[3].id, "0-duplicate"])
 
 
@@ -55,7 +57,8 @@ def test_filters_apply_inside_the_search(recommender: Recommender) -> None:
     assert all(m.metadata["baseColour"] in colours for m in matches)
     rare = recommender.metadata["articleType"].value_counts().index[-1]
     wanted = int((recommender.metadata["articleType"] == rare).sum())
-    matches = recommender.similar_to_vector(recommender.index.vectors([0])[0], k=50, filters={"articleType": rare})
+    query = Query(recommender.index.vectors([0])[0], recommender.snapshot.colours[0])
+    matches = recommender.similar(query, k=50, filters={"articleType": rare})
     assert len(matches) == wanted  # all of them, however dissimilar
     assert recommender.similar_to_item(recommender.items[0].id, filters={"articleType": "No Such Type"}) == []
 
@@ -66,7 +69,9 @@ def test_bad_queries_raise_clear_errors(recommender: Recommender) -> None:
     with pytest.raises(ValueError, match="unknown filter column 'colour'"):
         recommender.similar_to_item(recommender.items[0].id, filters={"colour": "Red"})
     with pytest.raises(ValueError, match="k must be at least 1"):
-        recommender.similar_to_vector(np.zeros(1280, np.float32), k=0)
+        recommender.similar(Query(np.zeros(1280, np.float32), np.zeros(COLOUR_DIM, np.float32)), k=0)
+    with pytest.raises(ValueError, match="colour weight must be between 0 and 1"):
+        recommender.similar_to_item(recommender.items[0].id, colour_weight=1.5)
 
 
 def test_image_bytes_come_from_the_catalog(recommender: Recommender, sample_catalog: Path) -> None:
@@ -75,3 +80,19 @@ def test_image_bytes_come_from_the_catalog(recommender: Recommender, sample_cata
     info = recommender.info()
     assert info["items"] == len(recommender) == 300 and info["dim"] == 1280
     assert "articleType" in info["metadata_columns"]
+
+
+def test_colour_weight_brings_same_coloured_products_forward(recommender: Recommender) -> None:
+    colours = recommender.snapshot.colours
+    gains = []
+    for item in recommender.items[:40]:
+        query = colours[recommender.positions[item.id]]
+        shape = recommender.similar_to_item(item.id, k=5)
+        blended = recommender.similar_to_item(item.id, k=5, colour_weight=0.7)
+        assert item.id not in {m.id for m in blended}
+        similarity = [[colours[recommender.positions[m.id]] @ query for m in found] for found in (shape, blended)]
+        gains.append(np.mean(similarity[1]) - np.mean(similarity[0]))
+    assert np.mean(gains) > 0.1  # the results' colours are much closer to the query's
+    colour_only = recommender.similar_to_item(recommender.items[0].id, k=5, colour_weight=1.0)
+    scores = [m.score for m in colour_only]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1.0001 for s in scores)

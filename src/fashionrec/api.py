@@ -13,7 +13,7 @@ import io
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, TypeVar
 from urllib.parse import quote
@@ -186,6 +186,10 @@ def current_recommender(request: Request) -> Recommender:
 
 Rec = Annotated[Recommender, Depends(current_recommender)]
 TopK = Annotated[int, Query(ge=1, le=MAX_K, description="How many products to return.")]
+ColourWeight = Annotated[
+    float,
+    Query(ge=0.0, le=1.0, description="How much colour counts in the ranking: 0 shape only (default), 1 colour only."),
+]
 FilterQuery = Annotated[
     list[str],
     Query(
@@ -254,11 +258,12 @@ async def search(
     image: Annotated[UploadFile, File(description="Any photo of a garment (JPEG, PNG, WebP, GIF, BMP, TIFF).")],
     k: TopK = 10,
     filter: FilterQuery = [],  # noqa: B006 (FastAPI copies defaults)
+    colour_weight: ColourWeight = 0.0,
 ) -> MatchesOut:
     """The k catalog products most similar to an uploaded photo."""
     filters = parse_filters(filter)
-    vector = await run_image_work(request, recommender.embed_image, await read_upload(image))
-    found = await run_in_threadpool(recommender.similar_to_vector, vector, k, filters)
+    query = await run_image_work(request, recommender.embed_image, await read_upload(image))
+    found = await run_in_threadpool(recommender.similar, replace(query, colour_weight=colour_weight), k, filters)
     return MatchesOut(results=[match_out(m) for m in found])
 
 
@@ -286,9 +291,16 @@ def get_item_image(item_id: str, recommender: Rec) -> Response:
 
 
 @reads.get("/items/{item_id}/similar", tags=["search"])
-def similar_items(item_id: str, recommender: Rec, k: TopK = 10, filter: FilterQuery = []) -> MatchesOut:  # noqa: B006
-    """The k products most similar to a catalog product (from its stored vector; never the product itself)."""
-    return MatchesOut(results=[match_out(m) for m in recommender.similar_to_item(item_id, k, parse_filters(filter))])
+def similar_items(
+    item_id: str,
+    recommender: Rec,
+    k: TopK = 10,
+    filter: FilterQuery = [],  # noqa: B006 (FastAPI copies defaults)
+    colour_weight: ColourWeight = 0.0,
+) -> MatchesOut:
+    """The k products most similar to a catalog product (from its stored vectors; never the product itself)."""
+    found = recommender.similar_to_item(item_id, k, parse_filters(filter), colour_weight)
+    return MatchesOut(results=[match_out(m) for m in found])
 
 
 @writes.post("/items", tags=["catalog updates"], status_code=201)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,7 @@ from wordcloud import STOPWORDS, WordCloud
 
 from fashionrec.images import ImageError
 from fashionrec.search import Match, Recommender
+from fashionrec.search import Query as SearchQuery
 
 # Metadata columns offered as filters, with the labels a shopper reads; only those in the index are shown.
 FACETS = {
@@ -56,7 +57,7 @@ class Query:
     title: str
     item_id: str | None = None
     image: bytes | None = None
-    vector: np.ndarray | None = None
+    embedding: SearchQuery | None = None  # an image's vector and colour; None for a catalog product
 
 
 def index_dir() -> str:
@@ -121,13 +122,13 @@ def query_image(widget_key: str) -> None:
         return
     data = file.getvalue()
     try:
-        vector = recommender().embed_image(data)
+        embedding = recommender().embed_image(data)
     except ImageError as error:
         st.session_state.image_error = (
             f"We couldn't use **{file.name}**: {error.reason}. Try a JPEG, PNG or WebP photo."
         )
         return
-    set_query(Query(title="Your photo", image=data, vector=vector))
+    set_query(Query(title="Your photo", image=data, embedding=embedding))
 
 
 def query_typed_product() -> None:
@@ -158,11 +159,11 @@ def find_products(recommender: Recommender, text: str, limit: int = FOUND_LIMIT)
     return [recommender.items[p].id for p in np.flatnonzero(mask)[:limit]]
 
 
-def search(query: Query, k: int, filters: dict[str, list[str]]) -> list[Match]:
+def search(query: Query, k: int, filters: dict[str, list[str]], colour_weight: float) -> list[Match]:
     if query.item_id is not None:
-        return recommender().similar_to_item(query.item_id, k, filters)
-    assert query.vector is not None
-    return recommender().similar_to_vector(query.vector, k, filters)
+        return recommender().similar_to_item(query.item_id, k, filters, colour_weight)
+    assert query.embedding is not None
+    return recommender().similar(replace(query.embedding, colour_weight=colour_weight), k, filters)
 
 
 # ---- page pieces ---------------------------------------------------------------------------------
@@ -262,8 +263,8 @@ def sidebar_query_controls() -> None:
         st.sidebar.button("Show me a random product", icon=":material/casino:", on_click=query_random_item)
 
 
-def sidebar_search_settings() -> tuple[int, dict[str, list[str]]]:
-    """How many results, and the filters applied inside the search."""
+def sidebar_search_settings() -> tuple[int, dict[str, list[str]], float]:
+    """How many results, the filters applied inside the search, and how much colour counts."""
     k = st.sidebar.slider("Number of results", 1, 20, 5, key="k")
     filters: dict[str, list[str]] = {}
     with st.sidebar.expander("Filters", icon=":material/filter_list:", expanded=False):
@@ -271,10 +272,11 @@ def sidebar_search_settings() -> tuple[int, dict[str, list[str]]]:
             chosen = st.multiselect(FACETS[column], values, key=f"filter-{column}", placeholder="Any")
             if chosen:
                 filters[column] = chosen
-    # ---- COLOUR WEIGHT: reserved place for the colour-weight slider (not implemented yet) ----
-    # Another change adds `st.sidebar.slider("Colour weight", ...)` here and passes its value to the
-    # Recommender together with k and the filters.
-    return k, filters
+    colour_weight = st.sidebar.slider(
+        "Colour weight", 0.0, 1.0, 0.0, 0.05, key="colour_weight",
+        help="0: shape only. Higher: products of the same colours come first (among the 100 closest shapes).",
+    )  # fmt: skip
+    return k, filters, colour_weight
 
 
 def init_state() -> None:
@@ -287,7 +289,7 @@ def init_state() -> None:
 def find_page() -> None:
     init_state()
     sidebar_query_controls()
-    k, filters = sidebar_search_settings()
+    k, filters, colour_weight = sidebar_search_settings()
     if st.session_state.image_error:
         st.error(st.session_state.image_error, icon=":material/error:")
 
@@ -306,7 +308,7 @@ def find_page() -> None:
 
     show_query(query)
     started = time.perf_counter()
-    matches = search(query, k, filters)
+    matches = search(query, k, filters, colour_weight)
     took_ms = (time.perf_counter() - started) * 1000
     st.subheader("Similar products", anchor=False)
     shown_filters = "; ".join(f"{FACETS[c]}: {', '.join(v)}" for c, v in filters.items())

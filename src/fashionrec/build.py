@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fashionrec.catalog import Catalog, ImageSource, Item, Problem
+from fashionrec.colour import colour_vector
 from fashionrec.encoder import Encoder
 from fashionrec.images import Fit, ImageError, decode, fit_square
 from fashionrec.index import IndexStore
@@ -69,24 +70,24 @@ def _init_worker(source: ImageSource, size: int, fit: Fit, in_pool: bool = True)
     _source, _size, _fit = source, size, fit
 
 
-Prepared = tuple[str, str, "np.ndarray | None", "str | None"]
+Prepared = tuple[str, str, "np.ndarray | None", "np.ndarray | None", "str | None"]
 
 
 def _prepare(task: tuple[str, str, str | None]) -> Prepared:
-    """Read, hash and decode one image: (id, hash, pixels or None if unchanged, error or None)."""
+    """Read, hash and decode one image: (id, hash, pixels and colour or None if unchanged, error or None)."""
     item_id, name, known_hash = task
     try:
         data = _source.read(name)
     except OSError as error:
-        return item_id, "", None, f"cannot read image {name} ({error})"
+        return item_id, "", None, None, f"cannot read image {name} ({error})"
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
     if digest == known_hash:
-        return item_id, digest, None, None
+        return item_id, digest, None, None, None
     try:
         pixels = fit_square(decode(data, name, min_side=_size), _size, _fit)
     except ImageError as error:
-        return item_id, digest, None, f"image {error}"
-    return item_id, digest, pixels, None
+        return item_id, digest, None, None, f"image {error}"
+    return item_id, digest, pixels, colour_vector(pixels), None
 
 
 def _prepared(
@@ -140,18 +141,18 @@ def build_index(
 
     tasks = [(item.id, item.image, known.get(item.id)) for item in catalog.items]
     workers = min(os.cpu_count() or 1, 4) if workers is None else workers
-    pending: list[tuple[Item, str, np.ndarray]] = []
+    pending: list[tuple[Item, str, np.ndarray, np.ndarray]] = []
 
     def commit() -> None:
         if pending:
-            items, hashes, pixels = zip(*pending, strict=True)
-            store.put(items, hashes, encoder.embed_pixels(np.stack(pixels)))
+            items, hashes, pixels, colours = zip(*pending, strict=True)
+            store.put(items, hashes, encoder.embed_pixels(np.stack(pixels)), np.stack(colours))
             report.embedded += len(pending)
             pending.clear()
 
     bar = tqdm(total=len(tasks), unit="img", desc="Indexing", disable=not progress, dynamic_ncols=True)
     try:
-        for item_id, digest, pixels, error in _prepared(tasks, catalog.source, encoder, workers):
+        for item_id, digest, pixels, colour, error in _prepared(tasks, catalog.source, encoder, workers):
             if error is not None:
                 problem = Problem(item_id, error)
                 report.problems.append(problem)
@@ -159,7 +160,7 @@ def build_index(
             elif pixels is None:
                 report.unchanged += 1
             else:
-                pending.append((by_id[item_id], digest, pixels))
+                pending.append((by_id[item_id], digest, pixels, colour))
                 if len(pending) >= COMMIT_EVERY:
                     commit()
             bar.update()

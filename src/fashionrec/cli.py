@@ -43,6 +43,9 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a ta
 SearchKind = Annotated[
     str, typer.Option("--search", help="Search structure: auto (exact for small catalogs, ivf above), exact, ivf.")
 ]
+ColourWeight = Annotated[
+    float, typer.Option(min=0.0, max=1.0, help="How much colour counts: 0 shape only, 1 colour only.")
+]
 PrecisionOption = Annotated[str, typer.Option(help="Vectors in memory: float32, or float16 (half the memory).")]
 FilterOption = Annotated[
     list[str] | None,
@@ -152,12 +155,13 @@ def search(
     filter: FilterOption = None,
     as_json: AsJson = False,
     search: SearchKind = "auto",
-    precision: PrecisionOption = "float32",
+    precision: PrecisionOption = "float16",
+    colour_weight: ColourWeight = 0.0,
 ) -> None:
     """Similar products for an image file."""
     _query(
         index_dir,
-        lambda r: r.similar_to_image(image, k, parse_filters(filter)),
+        lambda r: r.similar_to_image(image, k, parse_filters(filter), colour_weight),
         as_json,
         f"Products similar to {image}",
         search,
@@ -173,12 +177,13 @@ def similar(
     filter: FilterOption = None,
     as_json: AsJson = False,
     search: SearchKind = "auto",
-    precision: PrecisionOption = "float32",
+    precision: PrecisionOption = "float16",
+    colour_weight: ColourWeight = 0.0,
 ) -> None:
     """Similar products for a catalog item (the item itself is never returned)."""
     _query(
         index_dir,
-        lambda r: r.similar_to_item(item_id, k, parse_filters(filter)),
+        lambda r: r.similar_to_item(item_id, k, parse_filters(filter), colour_weight),
         as_json,
         f"Products similar to item {item_id}",
         search,
@@ -225,6 +230,7 @@ def evaluate_index(
         Path | None, typer.Option(help="File of query item ids, one per line (default: every item).")
     ] = None,
     samples: Annotated[int, typer.Option(help="Sample queries shown in the result grid image.")] = 8,
+    colour_weight: ColourWeight = 0.0,
 ) -> None:
     """Measure retrieval quality: leave-one-out P@k, mAP@k and macro P@k per label, with pictures."""
     from fashionrec.evaluate import evaluate
@@ -238,6 +244,7 @@ def evaluate_index(
             ids,
             out,
             samples=samples,
+            colour_weight=colour_weight,
         )
     ks = report["ks"]
     table = Table(title=f"Leave-one-out quality of {index_dir} ({report['items']} items)")

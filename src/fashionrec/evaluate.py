@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fashionrec.search import Recommender
+from fashionrec.search import RERANK_POOL, Recommender, blend
 
 MIN_CLASS = 20
 QUERY_BATCH = 1024
@@ -31,13 +31,20 @@ class Neighbours:
     scores: np.ndarray  # [Q, K]
 
 
-def nearest(recommender: Recommender, queries: np.ndarray, k: int, progress: bool = True) -> Neighbours:
-    """Exact top-k of each query item among all items, its own entry left out."""
+def nearest(
+    recommender: Recommender, queries: np.ndarray, k: int, progress: bool = True, colour_weight: float = 0.0
+) -> Neighbours:
+    """The top k of each query item among all items, its own entry left out, ranked as a search ranks them."""
+    snapshot = recommender.snapshot
+    pool = k + 1 if colour_weight == 0 else max(RERANK_POOL, 4 * k) + 1
     rows, scores = [], []
     bar = tqdm(total=len(queries), unit="query", desc="Searching", disable=not progress)
     for start in range(0, len(queries), QUERY_BATCH):
         batch = queries[start : start + QUERY_BATCH]
-        found_scores, found = recommender.index.search(recommender.index.vectors(batch), k + 1)
+        found_scores, found = snapshot.index.search(snapshot.index.vectors(batch), pool)
+        found_scores = blend(found_scores, found, snapshot.colours[batch], snapshot.colours, colour_weight)
+        order = np.argsort(-found_scores, axis=1, kind="stable")
+        found, found_scores = np.take_along_axis(found, order, 1), np.take_along_axis(found_scores, order, 1)
         for query, row, score in zip(batch, found, found_scores, strict=True):
             keep = row != query
             rows.append(row[keep][:k])
@@ -117,6 +124,7 @@ def evaluate(
     out: str | Path | None = None,
     progress: bool = True,
     samples: int = 8,
+    colour_weight: float = 0.0,
 ) -> dict[str, object]:
     """Measure the index; with `out`, also write report.json and the pictures a person reads."""
     ks = sorted(set(ks))
@@ -129,10 +137,11 @@ def evaluate(
         positions = np.array([recommender.positions[q] for q in queries], dtype=np.int64)
     if len(positions) == 0 or len(recommender.items) < 2:
         raise ValueError("evaluation needs at least one query and two items in the index")
-    neighbours = nearest(recommender, positions, max(ks), progress)
+    neighbours = nearest(recommender, positions, max(ks), progress, colour_weight)
     report = {
         "index": str(recommender.store.directory),
         "encoder": recommender.info()["encoder"],
+        "colour_weight": colour_weight,
         "items": len(recommender.items),
         "ks": ks,
         "min_class": MIN_CLASS,

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from fashionrec.catalog import Item, Problem
+from fashionrec.colour import COLOUR_DIM
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a colour vector per item
 MANIFEST = "manifest.json"
 DATABASE = "index.sqlite"
 UPLOADS = "uploads"
@@ -39,7 +40,8 @@ CREATE TABLE IF NOT EXISTS items (
     image TEXT NOT NULL,
     image_hash TEXT NOT NULL,
     metadata TEXT NOT NULL,
-    vector BLOB NOT NULL
+    vector BLOB NOT NULL,
+    colour BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS problems (
     item TEXT NOT NULL,
@@ -85,6 +87,10 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(tmp, path)
+
+
+def _blobs(vector: np.ndarray, colour: np.ndarray) -> tuple[bytes, bytes]:
+    return np.asarray(vector, np.float32).tobytes(), np.asarray(colour, np.float32).tobytes()
 
 
 class IndexStore:
@@ -162,19 +168,18 @@ class IndexStore:
         with self._lock:
             return dict(self._db.execute("SELECT id, image_hash FROM items"))
 
-    def put(self, items: Sequence[Item], hashes: Sequence[str], vectors: np.ndarray) -> None:
-        """Insert or replace items with their vectors, all in one transaction."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    def put(self, items: Sequence[Item], hashes: Sequence[str], vectors: np.ndarray, colours: np.ndarray) -> None:
+        """Insert or replace items with their vectors and colour vectors, all in one transaction."""
         rows = [
-            (item.id, item.image, digest, json.dumps(item.metadata, ensure_ascii=False), vector.tobytes())
-            for item, digest, vector in zip(items, hashes, vectors, strict=True)
+            (item.id, item.image, digest, json.dumps(item.metadata, ensure_ascii=False), *_blobs(vector, colour))
+            for item, digest, vector, colour in zip(items, hashes, vectors, colours, strict=True)
         ]
         with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
-                "INSERT INTO items (id, image, image_hash, metadata, vector) VALUES (?, ?, ?, ?, ?) "
+                "INSERT INTO items (id, image, image_hash, metadata, vector, colour) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(id) DO UPDATE SET image=excluded.image, image_hash=excluded.image_hash, "
-                "metadata=excluded.metadata, vector=excluded.vector",
+                "metadata=excluded.metadata, vector=excluded.vector, colour=excluded.colour",
                 rows,
             )
 
@@ -192,7 +197,9 @@ class IndexStore:
             cursor = self._db.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in ids])
             return cursor.rowcount
 
-    def add_item(self, item_id: str, image: bytes, metadata: dict[str, str], vector: np.ndarray) -> StoredItem:
+    def add_item(
+        self, item_id: str, image: bytes, metadata: dict[str, str], vector: np.ndarray, colour: np.ndarray
+    ) -> StoredItem:
         """Store one new product: its image under uploads/ (named by hash), then its row, in one transaction.
 
         BEGIN IMMEDIATE takes the database's write lock first, so the duplicate check holds across processes.
@@ -200,14 +207,15 @@ class IndexStore:
         digest = hashlib.blake2b(image, digest_size=16).hexdigest()
         name = f"{UPLOADS}/{digest}-{secrets.token_hex(8)}"  # unique: a concurrent delete never removes this one
         stored = StoredItem(item_id, UPLOADED + name, metadata)
-        vector_bytes = vector.astype(np.float32).tobytes()
-        row = (item_id, stored.image, digest, json.dumps(metadata, ensure_ascii=False), vector_bytes)
+        row = (item_id, stored.image, digest, json.dumps(metadata, ensure_ascii=False), *_blobs(vector, colour))
         with self._lock, self._db:
             self._db.execute("BEGIN IMMEDIATE")
             if self._db.execute("SELECT 1 FROM items WHERE id = ?", (item_id,)).fetchone():
                 raise DuplicateItemError(item_id)
             write_bytes_atomic(self.directory / name, image)
-            self._db.execute("INSERT INTO items (id, image, image_hash, metadata, vector) VALUES (?, ?, ?, ?, ?)", row)
+            self._db.execute(
+                "INSERT INTO items (id, image, image_hash, metadata, vector, colour) VALUES (?, ?, ?, ?, ?, ?)", row
+            )
         return stored
 
     def remove_item(self, item_id: str) -> bool:
@@ -244,14 +252,15 @@ class IndexStore:
         with self._lock:
             return [Problem(*row) for row in self._db.execute("SELECT item, message, action FROM problems")]
 
-    def load(self, chunk: int = 8192) -> Iterator[tuple[list[StoredItem], np.ndarray]]:
-        """All items and their vectors, in a stable order, a chunk at a time (bounded memory)."""
+    def load(self, chunk: int = 8192) -> Iterator[tuple[list[StoredItem], np.ndarray, np.ndarray]]:
+        """All items, their vectors and colour vectors, in a stable order, a chunk at a time (bounded memory)."""
         with self._lock:
-            rows = self._db.execute("SELECT id, image, metadata, vector FROM items ORDER BY row").fetchall()
+            rows = self._db.execute("SELECT id, image, metadata, vector, colour FROM items ORDER BY row").fetchall()
         for start in range(0, len(rows), chunk):
             part = rows[start : start + chunk]
             vectors = np.frombuffer(b"".join(r[3] for r in part), np.float32).reshape(len(part), self.dim)
-            yield [StoredItem(i, image, json.loads(meta)) for i, image, meta, _ in part], vectors
+            colours = np.frombuffer(b"".join(r[4] for r in part), np.float32).reshape(len(part), COLOUR_DIM)
+            yield [StoredItem(i, image, json.loads(meta)) for i, image, meta, _, _ in part], vectors, colours
 
     def close(self) -> None:
         with self._lock:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ import pandas as pd
 from PIL import Image
 
 from fashionrec.catalog import ImageSource, Problem
+from fashionrec.colour import COLOUR_DIM, colour_vector
 from fashionrec.encoder import Encoder, encoder_for_index
 from fashionrec.images import decode, open_image
 from fashionrec.index import UPLOADED, DuplicateItemError, IndexStore, StoredItem
@@ -23,6 +24,7 @@ from fashionrec.vector_index import Kind, Precision, VectorIndex
 
 Filters = Mapping[str, str | Sequence[str]]
 TIE_MARGIN = 8  # extra candidates fetched so equal scores can be ordered by id
+RERANK_POOL = 100  # candidates by shape that a colour-weighted query ranks again
 
 
 class UnknownItemError(KeyError):
@@ -53,6 +55,29 @@ class Match:
 
 
 @dataclass(frozen=True)
+class Query:
+    """What a search looks for: a shape vector, a colour vector, and how much colour counts (0 to 1)."""
+
+    vector: np.ndarray
+    colour: np.ndarray
+    colour_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.colour_weight <= 1.0:
+            raise ValueError(f"colour weight must be between 0 and 1, got {self.colour_weight}")
+
+
+def blend(
+    scores: np.ndarray, positions: np.ndarray, query_colours: np.ndarray, colours: np.ndarray, weight: float
+) -> np.ndarray:
+    """Shape scores [Q, C] of candidates mixed with their colour similarity to each query's colour."""
+    if weight == 0:
+        return scores
+    colour_scores = np.einsum("qcd,qd->qc", colours[np.maximum(positions, 0)], query_colours)
+    return np.where(positions >= 0, (1.0 - weight) * scores + weight * colour_scores, scores)
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything a search reads, replaced as a whole on each change: a query never sees half a write."""
 
@@ -60,25 +85,33 @@ class Snapshot:
     positions: dict[str, int]
     metadata: pd.DataFrame
     index: VectorIndex
+    colours: np.ndarray  # [N, COLOUR_DIM] colour vectors, aligned with items
 
     @classmethod
-    def of(cls, items: list[StoredItem], index: VectorIndex) -> Snapshot:
+    def of(cls, items: list[StoredItem], index: VectorIndex, colours: np.ndarray) -> Snapshot:
         return cls(
             items=items,
             positions={item.id: n for n, item in enumerate(items)},
             metadata=pd.DataFrame([item.metadata for item in items], dtype="string"),
             index=index,
+            colours=colours,
         )
 
-    def search(self, vector: np.ndarray, k: int, filters: Filters | None, exclude: str | None = None) -> list[Match]:
-        """Cosine search (exact or IVF, see vector_index); ties are ordered by id so results are deterministic."""
+    def search(self, query: Query, k: int, filters: Filters | None, exclude: str | None = None) -> list[Match]:
+        """Cosine search (exact or IVF, see vector_index), blended with colour similarity when asked.
+
+        With a colour weight w, the best RERANK_POOL candidates by shape are ranked again by
+        (1 - w) * shape similarity + w * colour similarity. Ties are ordered by id.
+        """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         allowed = self.matching_positions(filters) if filters else None
-        wanted = min(k + 1 + TIE_MARGIN, len(self.items))
+        pool = k + 1 + TIE_MARGIN if query.colour_weight == 0 else max(RERANK_POOL, 4 * k)
+        wanted = min(pool, len(self.items))
         if wanted == 0 or (allowed is not None and len(allowed) == 0):
             return []
-        scores, positions = self.index.search(vector, wanted, allowed)
+        scores, positions = self.index.search(query.vector, wanted, allowed)
+        scores = blend(scores, positions, query.colour[None, :], self.colours, query.colour_weight)
         found = [(float(s), self.items[p]) for s, p in zip(scores[0], positions[0], strict=True) if p >= 0]
         found = [(s, item) for s, item in found if item.id != exclude]
         found.sort(key=lambda pair: (-round(pair[0], 5), pair[1].id))
@@ -106,7 +139,7 @@ class Recommender:
     """
 
     def __init__(
-        self, store: IndexStore, backend: str = "onnx", kind: Kind = "auto", precision: Precision = "float32"
+        self, store: IndexStore, backend: str = "onnx", kind: Kind = "auto", precision: Precision = "float16"
     ) -> None:
         self.store = store
         self.backend = backend
@@ -122,7 +155,7 @@ class Recommender:
 
     @classmethod
     def open(
-        cls, directory: str | Path, *, backend: str = "onnx", kind: Kind = "auto", precision: Precision = "float32"
+        cls, directory: str | Path, *, backend: str = "onnx", kind: Kind = "auto", precision: Precision = "float16"
     ) -> Recommender:
         """Open an index directory; the encoder is loaded on the first image query.
 
@@ -134,14 +167,16 @@ class Recommender:
     def _load(self) -> None:
         self._seen_version = self.store.data_version()  # read before loading: a commit in between reloads again
         items: list[StoredItem] = []
+        colours: list[np.ndarray] = []
 
         def chunks() -> Iterator[np.ndarray]:
-            for part, vectors in self.store.load():
+            for part, vectors, part_colours in self.store.load():
                 items.extend(part)
+                colours.append(part_colours)
                 yield vectors
 
         index = VectorIndex.build(self.store.dim, self.store.count(), chunks(), self.kind, self.precision)
-        self.snapshot = Snapshot.of(items, index)
+        self.snapshot = Snapshot.of(items, index, np.concatenate(colours) if colours else np.zeros((0, COLOUR_DIM)))
 
     # The current snapshot's parts; a method that reads several takes `self.snapshot` once instead.
     items = property(lambda self: self.snapshot.items)
@@ -183,12 +218,16 @@ class Recommender:
         """
         if item_id in self.snapshot.positions:  # known now: spare the embedding (the store checks again)
             raise DuplicateItemError(item_id)
-        vector = self.embed_image(image)
+        query = self.embed_image(image)
         with self._write_lock:
-            stored = self.store.add_item(item_id, image, metadata, vector)
+            stored = self.store.add_item(item_id, image, metadata, query.vector, query.colour)
             if not self._refresh_locked():  # else another process wrote too: reloaded all, this item included
                 old = self.snapshot
-                self.snapshot = Snapshot.of([*old.items, stored], old.index.with_added(vector[None, :]))
+                self.snapshot = Snapshot.of(
+                    [*old.items, stored],
+                    old.index.with_added(query.vector[None, :]),
+                    np.vstack([old.colours, query.colour[None, :]]),
+                )
         return stored
 
     def remove_item(self, item_id: str) -> None:
@@ -200,7 +239,11 @@ class Recommender:
                 return
             old = self.snapshot
             position = old.positions[item_id]
-            self.snapshot = Snapshot.of(old.items[:position] + old.items[position + 1 :], old.index.without(position))
+            self.snapshot = Snapshot.of(
+                old.items[:position] + old.items[position + 1 :],
+                old.index.without(position),
+                np.delete(old.colours, position, axis=0),
+            )
 
     def refresh(self) -> bool:
         """Reload if another process (another API worker, a rebuild) changed the index; cheap when none did."""
@@ -216,34 +259,42 @@ class Recommender:
         self._load()
         return True
 
-    def embed_image(self, image: str | Path | bytes | Image.Image) -> np.ndarray:
-        """The vector of a query image given as a path, raw bytes or a decoded PIL image."""
+    def embed_image(self, image: str | Path | bytes | Image.Image) -> Query:
+        """The query of an image given as a path, raw bytes or a decoded PIL image: its vector and colour."""
         size = self.store.manifest["encoder"]["size"]  # type: ignore[index]
         if isinstance(image, bytes):
             image = decode(image, "uploaded image", min_side=size)
         elif not isinstance(image, Image.Image):
             image = open_image(image, min_side=size)
-        return self.encoder.embed([image])[0]
+        pixels = self.encoder.prepare(image)
+        return Query(self.encoder.embed_pixels(pixels[None])[0], colour_vector(pixels))
 
     def similar_to_image(
-        self, image: str | Path | bytes | Image.Image, k: int = 5, filters: Filters | None = None
+        self,
+        image: str | Path | bytes | Image.Image,
+        k: int = 5,
+        filters: Filters | None = None,
+        colour_weight: float = 0.0,
     ) -> list[Match]:
-        """The k catalog products most similar to an image."""
-        return self.similar_to_vector(self.embed_image(image), k, filters)
+        """The k catalog products most similar to an image; colour_weight 0 is shape only, 1 colour only."""
+        return self.similar(replace(self.embed_image(image), colour_weight=colour_weight), k, filters)
 
-    def similar_to_item(self, item_id: str | int, k: int = 5, filters: Filters | None = None) -> list[Match]:
-        """The k products most similar to a catalog item, from its stored vector; never itself."""
+    def similar_to_item(
+        self, item_id: str | int, k: int = 5, filters: Filters | None = None, colour_weight: float = 0.0
+    ) -> list[Match]:
+        """The k products most similar to a catalog item, from its stored vectors; never itself."""
         snapshot = self.snapshot
         position = snapshot.positions.get(str(item_id))
         if position is None:
             raise UnknownItemError(str(item_id))
-        return snapshot.search(snapshot.index.vectors([position])[0], k, filters, exclude=str(item_id))
+        query = Query(snapshot.index.vectors([position])[0], snapshot.colours[position], colour_weight)
+        return snapshot.search(query, k, filters, exclude=str(item_id))
 
-    def similar_to_vector(
-        self, vector: np.ndarray, k: int = 5, filters: Filters | None = None, exclude: str | None = None
+    def similar(
+        self, query: Query, k: int = 5, filters: Filters | None = None, exclude: str | None = None
     ) -> list[Match]:
-        """Cosine search over the current snapshot; ties are ordered by id so results are deterministic."""
-        return self.snapshot.search(vector, k, filters, exclude)
+        """Search the current snapshot; ties are ordered by id so results are deterministic."""
+        return self.snapshot.search(query, k, filters, exclude)
 
     def matching_positions(self, filters: Filters) -> np.ndarray:
         """Positions of the items whose metadata match every filter (any of its values)."""
