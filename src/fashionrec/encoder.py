@@ -340,11 +340,16 @@ def encoder_for_index(spec: dict[str, object], backend: str = "onnx") -> Encoder
 
 
 def _torch_runner(net: object) -> Callable[[np.ndarray], np.ndarray]:
+    """The torch model as a function of pixels, on the GPU when torch sees one."""
     import torch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net = net.to(device)  # type: ignore[attr-defined]
 
     def run(pixels: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return net(torch.from_numpy(np.ascontiguousarray(pixels))).numpy()  # type: ignore[operator]
+            batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(device)
+            return net(batch).cpu().numpy()  # type: ignore[operator]
 
     return run
 
@@ -369,6 +374,7 @@ def _onnx_runner(make_net: Callable[[], object], path: Path, size: int) -> Calla
 
 
 def _onnx_providers() -> list[str]:
+    """CUDA first when this onnxruntime has it (the onnxruntime-gpu package), else the CPU."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
