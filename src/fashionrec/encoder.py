@@ -15,7 +15,7 @@ import importlib
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ DEFAULT_ENCODER = "efficientnet-lite0"
 DEFAULT_SIZE = 160  # 2.6x the throughput of 224 for -1.6 pt P@5 (bench/results/preprocessing.json)
 DEFAULT_FIT: Fit = "pad"
 BATCH_SIZE = 64
+TRAINED_MANIFEST = "fashionrec-model.json"  # marks a directory made by `fashionrec train`
 
 
 class EncoderError(RuntimeError):
@@ -42,17 +43,22 @@ class EncoderSpec:
     size: int
     fit: Fit
     dim: int
+    model_dir: str | None = field(default=None, compare=False)  # where a trained model lives; not part of the id
 
     @property
     def id(self) -> str:
         return f"{self.name}@{self.weights_sha256[:12]}/{self.fit}{self.size}"
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self) | {"id": self.id}
+        data = asdict(self) | {"id": self.id}
+        if self.model_dir is None:
+            del data["model_dir"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> EncoderSpec:
-        return cls(**{k: data[k] for k in ("name", "weights_sha256", "size", "fit", "dim")})  # type: ignore[arg-type]
+        fields = {k: data[k] for k in ("name", "weights_sha256", "size", "fit", "dim")}
+        return cls(**fields, model_dir=data.get("model_dir"))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -179,11 +185,15 @@ def load_encoder(
     fit: Fit = DEFAULT_FIT,
     backend: str = "onnx",
 ) -> Encoder:
-    """Build an encoder by name; `backend` is "onnx" (fast, default) or "torch" (the reference)."""
-    if name not in BACKBONES:
-        raise EncoderError(f"unknown encoder {name!r}; choose from {', '.join(BACKBONES)}")
+    """Build an encoder by name or trained model directory; `backend` is "onnx" (fast) or "torch" (the reference)."""
     if backend not in ("onnx", "torch"):
         raise EncoderError(f"unknown backend {backend!r}; choose onnx or torch")
+    if (Path(name) / TRAINED_MANIFEST).is_file():
+        from fashionrec.trained import load_trained_encoder  # imported here: trained builds on this module
+
+        return load_trained_encoder(Path(name), size=size, fit=fit, backend=backend)
+    if name not in BACKBONES:
+        raise EncoderError(f"unknown encoder {name!r}; choose from {', '.join(BACKBONES)}")
     backbone = BACKBONES[name]()
     spec = EncoderSpec(name, file_sha256(backbone.weights_path), size, fit, backbone.dim)
     if backend == "torch":
@@ -195,7 +205,9 @@ def load_encoder(
 def encoder_for_index(spec: dict[str, object], backend: str = "onnx") -> Encoder:
     """The encoder an index was built with, or EncoderError if this machine's weights differ."""
     wanted = EncoderSpec.from_dict(spec)
-    encoder = load_encoder(wanted.name, size=wanted.size, fit=wanted.fit, backend=backend)
+    if wanted.model_dir is not None and not (Path(wanted.model_dir) / TRAINED_MANIFEST).is_file():
+        raise EncoderError(f"the index was built with {wanted.id}, whose model directory {wanted.model_dir} is gone")
+    encoder = load_encoder(wanted.model_dir or wanted.name, size=wanted.size, fit=wanted.fit, backend=backend)
     if encoder.spec != wanted:
         raise EncoderError(f"the index was built with encoder {wanted.id}, but this machine has {encoder.id}")
     return encoder
