@@ -58,8 +58,8 @@ BATCH = 8192  # vectors projected at a time
 COSINE_SCALE = 16.0  # logit scale of the cosine classifier heads
 
 
-class TrainError(RuntimeError):
-    """Training that cannot start: too few items, an unusable index, a model directory of other settings."""
+class TrainError(ValueError):
+    """Bad input for training (too few items, an unusable index, other settings in the model directory)."""
 
 
 class TrainInterrupted(RuntimeError):
@@ -71,13 +71,13 @@ class TrainConfig:
     """What training does; all but `epochs` must match to resume (a rerun may train longer, not otherwise)."""
 
     labels: tuple[str, ...] = ("articleType", "baseColour")
-    epochs: int = 30
+    epochs: int = 20
     seed: int = 0
     holdout: float = 0.2
     hidden: int = 1024
     dim: int = 256
     batch_size: int = 1024
-    lr: float = 2e-3
+    lr: float = 4e-3
     temperature: float = 0.1
 
     def settings(self) -> dict[str, object]:
@@ -207,9 +207,7 @@ def _save_atomic(state: dict, path: Path) -> None:
 
 
 def _summary(figures: dict[str, dict[str, float]]) -> str:
-    return "  ".join(
-        f"{name} P@5 {f['P@5']:.3f} (macro {f['macro_P@5'] or 0:.3f})" for name, f in figures.items()
-    )
+    return "  ".join(f"{name} P@5 {f['P@5']:.3f} (macro {f['macro_P@5'] or 0:.3f})" for name, f in figures.items())
 
 
 def train(
