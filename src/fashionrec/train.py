@@ -317,7 +317,8 @@ def train(
                     "optimizer": optimizer.state_dict(),
                 }
                 _save_atomic(state, checkpoint_path)
-                bar.write(f"epoch {epoch + 1}/{config.epochs}  loss {np.mean(losses):.3f}  {_summary(figures)}")
+                with tqdm.external_write_mode():
+                    log(f"epoch {epoch + 1}/{config.epochs}  loss {np.mean(losses):.3f}  {_summary(figures)}")
         except KeyboardInterrupt:
             raise TrainInterrupted(
                 f"interrupted: {state['epoch']} of {config.epochs} epochs are checkpointed in {out}; "
