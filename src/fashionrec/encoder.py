@@ -20,7 +20,7 @@ import re
 import urllib.request
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -43,6 +43,7 @@ HALF: Rgb = (0.5, 0.5, 0.5)  # mean = std = 0.5 scales RGB to [-1, 1]
 WEIGHTS_ENV = {"resnet50": "FASHIONREC_RESNET50_WEIGHTS", "inception-v3": "FASHIONREC_INCEPTION_V3_WEIGHTS"}
 RESNET50_URL = "https://download.pytorch.org/models/resnet50-0676ba61.pth"
 INCEPTION_V3_URL = "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth"
+TRAINED_MANIFEST = "fashionrec-model.json"  # marks a directory made by `fashionrec train`
 
 
 class EncoderError(RuntimeError):
@@ -58,17 +59,22 @@ class EncoderSpec:
     size: int
     fit: Fit
     dim: int
+    model_dir: str | None = field(default=None, compare=False)  # where a trained model lives; not part of the id
 
     @property
     def id(self) -> str:
         return f"{self.name}@{self.weights_sha256[:12]}/{self.fit}{self.size}"
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self) | {"id": self.id}
+        data = asdict(self) | {"id": self.id}
+        if self.model_dir is None:
+            del data["model_dir"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> EncoderSpec:
-        return cls(**{k: data[k] for k in ("name", "weights_sha256", "size", "fit", "dim")})  # type: ignore[arg-type]
+        fields = {k: data[k] for k in ("name", "weights_sha256", "size", "fit", "dim")}
+        return cls(**fields, model_dir=data.get("model_dir"))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -314,11 +320,18 @@ def load_encoder(
     fit: Fit = DEFAULT_FIT,
     backend: str = "onnx",
 ) -> Encoder:
-    """Build an encoder by name; `size` defaults to the encoder's own; `backend` is "onnx" or "torch"."""
-    if name not in BACKBONES:
-        raise EncoderError(f"unknown encoder {name!r}; choose from {', '.join(BACKBONES)}")
+    """Build an encoder by name or trained model directory; `size` defaults to the encoder's own.
+
+    `backend` is "onnx" (fast) or "torch" (the reference).
+    """
     if backend not in ("onnx", "torch"):
         raise EncoderError(f"unknown backend {backend!r}; choose onnx or torch")
+    if (Path(name) / TRAINED_MANIFEST).is_file():
+        from fashionrec.trained import load_trained_encoder  # imported here: trained builds on this module
+
+        return load_trained_encoder(Path(name), size=size, fit=fit, backend=backend)
+    if name not in BACKBONES:
+        raise EncoderError(f"unknown encoder {name!r}; choose from {', '.join(BACKBONES)}")
     backbone = BACKBONES[name]()
     size = size or backbone.size
     spec = EncoderSpec(name, file_sha256(backbone.weights_path), size, fit, backbone.dim)
@@ -331,7 +344,9 @@ def load_encoder(
 def encoder_for_index(spec: dict[str, object], backend: str = "onnx") -> Encoder:
     """The encoder an index was built with, or EncoderError if this machine's weights differ."""
     wanted = EncoderSpec.from_dict(spec)
-    encoder = load_encoder(wanted.name, size=wanted.size, fit=wanted.fit, backend=backend)
+    if wanted.model_dir is not None and not (Path(wanted.model_dir) / TRAINED_MANIFEST).is_file():
+        raise EncoderError(f"the index was built with {wanted.id}, whose model directory {wanted.model_dir} is gone")
+    encoder = load_encoder(wanted.model_dir or wanted.name, size=wanted.size, fit=wanted.fit, backend=backend)
     if encoder.spec != wanted:
         env = WEIGHTS_ENV.get(wanted.name)
         hint = f"; set {env} to the weights it was built with" if env else ""

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fashionrec.search import RERANK_POOL, Recommender, blend
+from fashionrec.search import RERANK_POOL, Recommender, Snapshot, blend
 
 MIN_CLASS = 20
 QUERY_BATCH = 1024
+Searchable = Recommender | Snapshot  # an opened index, or vectors not stored anywhere (training)
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,10 @@ class Neighbours:
 
 
 def nearest(
-    recommender: Recommender, queries: np.ndarray, k: int, progress: bool = True, colour_weight: float = 0.0
+    searchable: Searchable, queries: np.ndarray, k: int, progress: bool = True, colour_weight: float = 0.0
 ) -> Neighbours:
     """The top k of each query item among all items, its own entry left out, ranked as a search ranks them."""
-    snapshot = recommender.snapshot
+    snapshot = searchable.snapshot if isinstance(searchable, Recommender) else searchable
     pool = k + 1 if colour_weight == 0 else max(RERANK_POOL, 4 * k) + 1
     rows, scores = [], []
     bar = tqdm(total=len(queries), unit="query", desc="Searching", disable=not progress)
@@ -54,7 +55,8 @@ def nearest(
     return Neighbours(queries, np.stack(rows), np.stack(scores))
 
 
-def _labels(recommender: Recommender, columns: Sequence[str]) -> dict[str, np.ndarray]:
+def label_values(recommender: Searchable, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """Each item's value of each label column ("" if missing), plus the combined label when there are several."""
     missing = [c for c in columns if c not in recommender.metadata.columns]
     if missing:
         raise ValueError(f"unknown label column(s) {', '.join(missing)}; columns are {', '.join(recommender.metadata)}")
@@ -73,7 +75,7 @@ def _average_precision(relevant: np.ndarray, total_relevant: np.ndarray, k: int)
 
 
 def score(
-    recommender: Recommender,
+    recommender: Searchable,
     neighbours: Neighbours,
     label_columns: Sequence[str],
     ks: Sequence[int],
@@ -81,7 +83,7 @@ def score(
 ) -> dict[str, object]:
     """P@k, mAP@k and macro P@k per label (and combined), with per-class figures and confusions."""
     results: dict[str, object] = {}
-    for name, labels in _labels(recommender, label_columns).items():
+    for name, labels in label_values(recommender, label_columns).items():
         sizes = Counter(labels)
         query_labels = labels[neighbours.queries]
         relevant = labels[neighbours.positions] == query_labels[:, None]

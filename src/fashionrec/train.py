@@ -1,0 +1,384 @@
+"""Train on your own catalog: an adapter over the frozen encoder's vectors, fitted to the catalog's labels.
+
+Why an adapter: the index already stores the backbone's vectors, so an epoch reads them instead of
+decoding and embedding every image again; it takes seconds on 2 CPU cores, where fine-tuning even
+the last backbone blocks takes hours (bench/train.py measures both). The adapter (MLP -> unit
+vector) learns from one classification head per label and a supervised contrastive loss on all
+labels at once, which pulls together the items that share every label.
+
+Items are split by a hash of their id: training never sees the held-out items' labels. After each
+epoch the held-out items query the whole catalog with the project's own evaluation (P@5 per label,
+micro and macro); the epoch is then checkpointed atomically, and rerunning the command resumes
+after the last checkpoint. The result is a model directory (see trained.py) that `index` takes as
+its `--encoder`: the ONNX graph is backbone + adapter, so embedding an image and projecting its
+stored vector give the same result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from fashionrec.build import build_index
+from fashionrec.catalog import load_catalog
+from fashionrec.colour import COLOUR_DIM
+from fashionrec.encoder import (
+    BACKBONES,
+    TRAINED_MANIFEST,
+    Backbone,
+    EncoderSpec,
+    _embedding_net,
+    _export_onnx,
+    file_sha256,
+    load_encoder,
+)
+from fashionrec.evaluate import label_values, nearest, score
+from fashionrec.index import MANIFEST, IndexStore, StoredItem, write_bytes_atomic, write_json_atomic
+from fashionrec.search import Snapshot
+from fashionrec.trained import ADAPTER, CHECKPOINT, HELDOUT, ONNX, trained_spec
+from fashionrec.vector_index import VectorIndex
+
+FORMAT_VERSION = 1
+MIN_ITEMS = 100  # fewer items cannot both train and leave a held-out split worth measuring
+MIN_TRAIN_CLASS = 10  # label values with fewer training items are learnt together as OTHER
+OTHER = "(other)"
+EVAL_K = 5
+BATCH = 8192  # vectors projected at a time
+COSINE_SCALE = 16.0  # logit scale of the cosine classifier heads
+
+
+class TrainError(ValueError):
+    """Bad input for training (too few items, an unusable index, other settings in the model directory)."""
+
+
+class TrainInterrupted(RuntimeError):
+    """Training was stopped (Ctrl-C); every finished epoch is checkpointed."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What training does; all but `epochs` must match to resume (a rerun may train longer, not otherwise)."""
+
+    labels: tuple[str, ...] = ("articleType", "baseColour")
+    epochs: int = 20
+    seed: int = 0
+    holdout: float = 0.2
+    hidden: int = 1024
+    dim: int = 256
+    batch_size: int = 1024
+    lr: float = 4e-3
+    temperature: float = 0.1
+
+    def settings(self) -> dict[str, object]:
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()} | {
+            "epochs": None
+        }
+
+
+class Adapter(nn.Module):
+    """Base vector -> unit vector of `dim`: the part of the encoder that training changes."""
+
+    def __init__(self, in_dim: int, hidden: int, dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(0.1), nn.Linear(hidden, dim)
+        )
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(vectors), dim=1)
+
+
+class Heads(nn.Module):
+    """One cosine classifier per label over the adapter's unit vectors; used by training only."""
+
+    def __init__(self, dim: int, class_counts: Sequence[int]) -> None:
+        super().__init__()
+        self.weights = nn.ParameterList([nn.Parameter(torch.randn(n, dim) * 0.01) for n in class_counts])
+
+    def forward(self, vectors: torch.Tensor) -> list[torch.Tensor]:
+        return [COSINE_SCALE * vectors @ F.normalize(w, dim=1).T for w in self.weights]
+
+
+class TrainedNet(nn.Module):
+    """uint8 pixels -> base encoder -> adapter: the graph exported to ONNX."""
+
+    def __init__(self, base: nn.Module, adapter: Adapter) -> None:
+        super().__init__()
+        self.base = base
+        self.adapter = adapter
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.adapter(self.base(pixels))
+
+
+def trained_net(backbone: Backbone, adapter: dict[str, int], adapter_path: Path) -> nn.Module:
+    """The torch model of a model directory (the reference, and the source of its ONNX graph)."""
+    module = Adapter(adapter["in_dim"], adapter["hidden"], adapter["dim"])
+    module.load_state_dict(torch.load(adapter_path, map_location="cpu", weights_only=True))
+    return TrainedNet(_embedding_net(backbone), module).eval()  # type: ignore[arg-type]
+
+
+def heldout_mask(ids: Sequence[str], fraction: float, seed: int) -> np.ndarray:
+    """Held out by a hash of (seed, id): the same items for a seed, whatever the catalog's order or other items."""
+
+    def draw(item_id: str) -> float:
+        digest = hashlib.blake2b(f"{seed}:{item_id}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest) / 2**64
+
+    return np.array([draw(item_id) < fraction for item_id in ids], dtype=bool)
+
+
+def class_targets(values: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Each item's class number; missing values and values with few training items become OTHER (last)."""
+    counts = Counter(values[train])
+    classes = sorted(value for value, n in counts.items() if n >= MIN_TRAIN_CLASS and value != "")
+    number = {value: n for n, value in enumerate(classes)}
+    return np.array([number.get(value, len(classes)) for value in values], dtype=np.int64), [*classes, OTHER]
+
+
+def supervised_contrastive(vectors: torch.Tensor, groups: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SupCon loss (Khosla et al. 2020): each item's neighbours in the batch should be its own group."""
+    itself = torch.eye(len(vectors), dtype=torch.bool, device=vectors.device)
+    logits = (vectors @ vectors.T / temperature).masked_fill(itself, float("-inf"))
+    log_prob = logits - logits.logsumexp(dim=1, keepdim=True)
+    positive = (groups[:, None] == groups[None, :]) & ~itself
+    count = positive.sum(dim=1)
+    per_item = log_prob.masked_fill(~positive, 0.0).sum(dim=1) / count.clamp(min=1)
+    return -per_item[count > 0].sum() / (count > 0).sum().clamp(min=1)
+
+
+def _open_source(source: Path, out: Path, progress: bool) -> IndexStore:
+    """The index to train from: `source` itself, or one built (or resumed) from the catalog in OUT/base-index."""
+    if not (source / MANIFEST).is_file():
+        build_index(load_catalog(source), out / "base-index", load_encoder(), progress=progress)
+        source = out / "base-index"
+    store = IndexStore.open(source)
+    if not store.manifest.get("complete"):
+        raise TrainError(f"{source}: the index is incomplete; finish it with `fashionrec index` first")
+    return store
+
+
+def _read_all(store: IndexStore) -> tuple[list[StoredItem], np.ndarray, np.ndarray]:
+    """Every item of the index with its vector and colour vector."""
+    items: list[StoredItem] = []
+    vector_chunks, colour_chunks = [], []
+    for part, vectors, colours in store.load():
+        items.extend(part)
+        vector_chunks.append(vectors)
+        colour_chunks.append(colours)
+    if not items:
+        return items, np.zeros((0, store.dim), np.float32), np.zeros((0, COLOUR_DIM), np.float32)
+    return items, np.concatenate(vector_chunks), np.concatenate(colour_chunks)
+
+
+def _snapshot(items: list[StoredItem], vectors: np.ndarray, colours: np.ndarray) -> Snapshot:
+    return Snapshot.of(items, VectorIndex.build(vectors.shape[1], len(vectors), [vectors], "exact"), colours)
+
+
+def validate(snapshot: Snapshot, queries: np.ndarray, labels: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Held-out queries searching every item (themselves excluded): P@5, macro P@5 and mAP@5 per label."""
+    found = score(snapshot, nearest(snapshot, queries, EVAL_K, progress=False), labels, [EVAL_K])
+    keys = (f"P@{EVAL_K}", f"macro_P@{EVAL_K}", f"mAP@{EVAL_K}")
+    return {name: {key: figures[key] for key in keys} for name, figures in found.items()}  # type: ignore[index]
+
+
+def project(adapter: Adapter, vectors: np.ndarray, device: torch.device) -> np.ndarray:
+    adapter.eval()
+    with torch.inference_mode():
+        chunks = np.split(vectors, range(BATCH, len(vectors), BATCH))
+        return torch.cat([adapter(torch.from_numpy(chunk).to(device)).cpu() for chunk in chunks]).numpy()
+
+
+def _save_atomic(state: dict, path: Path) -> None:
+    """torch.save to a temp file, then rename: a kill at any moment leaves the previous file whole."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _summary(figures: dict[str, dict[str, float]]) -> str:
+    return "  ".join(f"{name} P@5 {f['P@5']:.3f} (macro {f['macro_P@5'] or 0:.3f})" for name, f in figures.items())
+
+
+def train(
+    source: str | Path,
+    out: str | Path,
+    config: TrainConfig = TrainConfig(),
+    *,
+    name: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, object]:
+    """Train an adapter on `source` (an index, or a catalog indexed first) into model directory `out`.
+
+    Returns the model manifest. Resumes after the last checkpointed epoch of an earlier run.
+    """
+    started = time.perf_counter()
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    store = _open_source(Path(source).expanduser(), out, progress)
+    base = EncoderSpec.from_dict(store.manifest["encoder"])  # type: ignore[arg-type]
+    if base.name not in BACKBONES:
+        raise TrainError(f"{store.directory} was built with {base.id}; train from an index of a base encoder")
+    items, vectors, colours = _read_all(store)
+    if len(items) < MIN_ITEMS:
+        raise TrainError(f"too few items to train: {len(items)} in {store.directory}, at least {MIN_ITEMS} needed")
+    if not 0 < config.holdout < 1 or config.epochs < 1:
+        raise TrainError("--holdout must be between 0 and 1 and --epochs at least 1")
+    snapshot = _snapshot(items, vectors, colours)
+    values = label_values(snapshot, config.labels)  # ValueError naming the columns if one is unknown
+    ids = [item.id for item in items]
+    heldout = heldout_mask(ids, config.holdout, config.seed)
+    train_rows, heldout_rows = np.flatnonzero(~heldout), np.flatnonzero(heldout)
+    targets, classes = zip(*(class_targets(values[label], ~heldout) for label in config.labels), strict=True)
+    target = np.stack(targets, axis=1)
+    groups = np.unique(target, axis=0, return_inverse=True)[1].reshape(-1)
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(config.seed)
+    adapter = Adapter(base.dim, config.hidden, config.dim).to(device)
+    heads = Heads(config.dim, [len(c) for c in classes]).to(device)
+    optimizer = torch.optim.AdamW([*adapter.parameters(), *heads.parameters()], lr=config.lr, weight_decay=1e-4)
+    checkpoint_path = out / CHECKPOINT
+    state: dict = {"epoch": 0, "history": [], "seconds": 0.0}
+    if checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
+        if (state["settings"], state["base"], state["classes"]) != (config.settings(), base.id, list(classes)):
+            raise TrainError(
+                f"{out} holds a training with other settings, labels or catalog; use another --out or the same ones"
+            )
+        adapter.load_state_dict(state["adapter"])
+        heads.load_state_dict(state["heads"])
+        optimizer.load_state_dict(state["optimizer"])
+        log(f"Resuming after epoch {state['epoch']} of {config.epochs} (checkpoint {checkpoint_path})")
+    else:
+        write_bytes_atomic(out / HELDOUT, "".join(f"{ids[row]}\n" for row in heldout_rows).encode())
+        log(f"Zero-shot ({base.id}) on {len(heldout_rows)} held-out items searching all {len(items)}:")
+        state["zero_shot"] = validate(snapshot, heldout_rows, config.labels)
+        log("  " + _summary(state["zero_shot"]))
+
+    if state["epoch"] < config.epochs:
+        (out / TRAINED_MANIFEST).unlink(missing_ok=True)  # the old model's files are about to change
+        x = torch.from_numpy(vectors[train_rows]).to(device)
+        y = torch.from_numpy(target[train_rows]).to(device)
+        g = torch.from_numpy(groups[train_rows]).to(device)
+        starts = range(0, max(len(train_rows) - config.batch_size, 0) + 1, config.batch_size)  # full batches only
+        bar = tqdm(
+            total=config.epochs * len(starts),
+            initial=state["epoch"] * len(starts),
+            unit="batch",
+            desc="Training",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
+        try:
+            for epoch in range(state["epoch"], config.epochs):
+                epoch_started = time.perf_counter()
+                for group in optimizer.param_groups:  # cosine schedule, a function of the epoch: resumes exactly
+                    group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
+                torch.manual_seed(config.seed * 100_003 + epoch)  # shuffling and dropout: the same after a resume
+                order = torch.randperm(len(train_rows)).to(device)
+                adapter.train()
+                losses = []
+                for start in starts:
+                    batch = order[start : start + config.batch_size]
+                    embedded = adapter(x[batch])
+                    loss = supervised_contrastive(embedded, g[batch], config.temperature)
+                    for column, logits in enumerate(heads(embedded)):
+                        loss = loss + F.cross_entropy(logits, y[batch, column])
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    losses.append(loss.item())
+                    bar.update()
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+                figures = validate(
+                    _snapshot(items, project(adapter, vectors, device), colours), heldout_rows, config.labels
+                )
+                seconds = time.perf_counter() - epoch_started
+                record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": seconds, **figures}
+                state["history"].append(record)
+                state |= {
+                    "epoch": epoch + 1,
+                    "seconds": state["seconds"] + seconds,
+                    "settings": config.settings(),
+                    "base": base.id,
+                    "classes": list(classes),
+                    "adapter": adapter.state_dict(),
+                    "heads": heads.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                }
+                _save_atomic(state, checkpoint_path)
+                with tqdm.external_write_mode():
+                    log(f"epoch {epoch + 1}/{config.epochs}  loss {np.mean(losses):.3f}  {_summary(figures)}")
+        except KeyboardInterrupt:
+            raise TrainInterrupted(
+                f"interrupted: {state['epoch']} of {config.epochs} epochs are checkpointed in {out}; "
+                "run the same command to resume"
+            ) from None
+        finally:
+            bar.close()
+    manifest = _save_model(out, name or out.resolve().name, base, adapter.cpu(), config, state, ids, heldout)
+    manifest["wall_seconds"] = time.perf_counter() - started
+    return manifest
+
+
+def _save_model(
+    out: Path,
+    name: str,
+    base: EncoderSpec,
+    adapter: Adapter,
+    config: TrainConfig,
+    state: dict,
+    ids: list[str],
+    heldout: np.ndarray,
+) -> dict[str, object]:
+    """Write the adapter, the ONNX graph (backbone + adapter), then the manifest: last, so a model dir is whole."""
+    _save_atomic(adapter.state_dict(), out / ADAPTER)
+    adapter_sha256 = file_sha256(out / ADAPTER)
+    spec = trained_spec(name, base, adapter_sha256, config.dim, out)
+    net = TrainedNet(_embedding_net(BACKBONES[base.name]()), adapter.eval())  # type: ignore[arg-type]
+    _export_onnx(net.eval(), out / ONNX, base.size)
+    last = state["history"][-1]
+    manifest: dict[str, object] = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "encoder": spec.to_dict(),
+        "base_encoder": base.to_dict(),
+        "adapter": {"in_dim": base.dim, "hidden": config.hidden, "dim": config.dim},
+        "adapter_sha256": adapter_sha256,
+        "labels": list(config.labels),
+        "classes": dict(zip(config.labels, state["classes"], strict=True)),
+        "split": {
+            "by": "blake2b(f'{seed}:{id}') < holdout",
+            "seed": config.seed,
+            "holdout": config.holdout,
+            "train_items": int((~heldout).sum()),
+            "heldout_items": int(heldout.sum()),
+            "heldout_ids": HELDOUT,
+        },
+        "config": config.settings() | {"epochs": config.epochs},
+        "evaluation": f"held-out items query all {len(ids)} items (themselves excluded); macro over classes >= 20",
+        "zero_shot": state["zero_shot"],
+        "trained": {key: value for key, value in last.items() if key not in ("epoch", "loss", "seconds")},
+        "history": state["history"],
+        "training_seconds": state["seconds"],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_json_atomic(out / TRAINED_MANIFEST, manifest)
+    return manifest

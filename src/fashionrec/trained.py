@@ -1,0 +1,74 @@
+"""A model directory made by `fashionrec train`: the base encoder and a trained adapter, as one encoder.
+
+    MODEL_DIR/fashionrec-model.json   manifest: encoder spec, base encoder, labels, split, metrics per epoch
+    MODEL_DIR/adapter.pt              the adapter's torch state dict (read with weights_only=True)
+    MODEL_DIR/model.onnx              backbone + adapter in one graph: uint8 pixels in, unit vectors out
+    MODEL_DIR/heldout_ids.txt         the items whose labels training never saw
+    MODEL_DIR/checkpoint.pt           the last epoch's training state, to resume or to train longer
+
+With the onnx backend, loading needs no torch: the encoder id is recomputed from the files' hashes
+and must equal the one recorded at training time, so a changed file is refused, never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from fashionrec.encoder import (
+    BACKBONES,
+    TRAINED_MANIFEST,
+    Encoder,
+    EncoderError,
+    EncoderSpec,
+    _onnx_runner,
+    _torch_runner,
+    file_sha256,
+)
+from fashionrec.images import Fit
+
+ADAPTER = "adapter.pt"
+ONNX = "model.onnx"
+HELDOUT = "heldout_ids.txt"
+CHECKPOINT = "checkpoint.pt"
+
+
+def trained_spec(name: str, base: EncoderSpec, adapter_sha256: str, dim: int, directory: Path) -> EncoderSpec:
+    """The trained encoder's spec: its hash covers the base weights and the adapter, so either change shows."""
+    weights = hashlib.sha256(f"{base.weights_sha256}:{adapter_sha256}".encode()).hexdigest()
+    return EncoderSpec(f"trained:{name}", weights, base.size, base.fit, dim, str(directory.resolve()))
+
+
+def read_manifest(directory: Path) -> dict:
+    try:
+        return json.loads((directory / TRAINED_MANIFEST).read_text())
+    except (OSError, ValueError) as error:
+        raise EncoderError(f"{directory}: unreadable model manifest ({error})") from None
+
+
+def load_trained_encoder(directory: Path, *, size: int | None, fit: Fit, backend: str) -> Encoder:
+    """The encoder of a model directory; refused if its files or this machine's base weights changed."""
+    manifest = read_manifest(directory)
+    base = EncoderSpec.from_dict(manifest["base_encoder"])
+    if (size or base.size, fit) != (base.size, base.fit):
+        raise EncoderError(f"{directory} takes {base.fit}{base.size} images, not {fit}{size}: leave --size/--fit out")
+    if base.name not in BACKBONES:
+        raise EncoderError(f"{directory} builds on encoder {base.name!r}, which this fashionrec does not have")
+    backbone = BACKBONES[base.name]()
+    base = EncoderSpec(base.name, file_sha256(backbone.weights_path), base.size, base.fit, base.dim)
+    adapter_path = directory / ADAPTER
+    if not adapter_path.is_file():
+        raise EncoderError(f"{directory}: no {ADAPTER}; the training did not finish (rerun `fashionrec train`)")
+    spec = trained_spec(manifest["name"], base, file_sha256(adapter_path), manifest["adapter"]["dim"], directory)
+    if spec.id != manifest["encoder"]["id"]:
+        raise EncoderError(f"{directory}: the model is {manifest['encoder']['id']} but its files give {spec.id}")
+
+    def make_net() -> object:
+        from fashionrec.train import trained_net  # torch is only needed to export or for the torch backend
+
+        return trained_net(backbone, manifest["adapter"], adapter_path)
+
+    if backend == "torch":
+        return Encoder(spec, _torch_runner(make_net()), "torch")
+    return Encoder(spec, _onnx_runner(make_net, directory / ONNX, spec.size), "onnx")

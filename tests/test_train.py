@@ -1,0 +1,169 @@
+"""`fashionrec train`: a real (tiny) training on the sample index, its model directory as an encoder, resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fashionrec.build import build_index
+from fashionrec.catalog import load_catalog
+from fashionrec.encoder import TRAINED_MANIFEST, Encoder, EncoderError, load_encoder
+from fashionrec.images import open_image
+from fashionrec.index import IndexStore
+from fashionrec.search import Recommender
+from fashionrec.train import Adapter, TrainConfig, heldout_mask, train
+from fashionrec.trained import ADAPTER, CHECKPOINT, HELDOUT
+
+from conftest import run_cli, sample_rows, write_catalog
+
+SMALL = TrainConfig(epochs=2, batch_size=64, hidden=64, dim=32)
+SMALL_OPTIONS = ["--batch-size", "64", "--hidden", "64", "--dim", "32"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, built_index: tuple[Path, object]) -> tuple[Path, dict]:
+    """A model trained for two epochs on the sample index, with every training batch recorded."""
+    batches: list[torch.Tensor] = []
+    forward = Adapter.forward
+
+    def recording(self: Adapter, vectors: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            batches.append(vectors.detach().clone())
+        return forward(self, vectors)
+
+    Adapter.forward = recording  # type: ignore[method-assign]
+    try:
+        out = tmp_path_factory.mktemp("model") / "sample-model"
+        manifest = train(built_index[0], out, SMALL, progress=False, log=lambda _: None)
+    finally:
+        Adapter.forward = forward  # type: ignore[method-assign]
+    return out, manifest | {"batches": torch.cat(batches).numpy()}
+
+
+def stored(index: Path) -> tuple[list[str], np.ndarray, list[str]]:
+    store = IndexStore.open(index)
+    ids, vectors, images = [], [], []
+    for items, part in store.load():
+        ids += [item.id for item in items]
+        images += [item.image for item in items]
+        vectors.append(part)
+    store.close()
+    return ids, np.concatenate(vectors), images
+
+
+def test_split_by_id_is_deterministic_and_never_trained_on(
+    trained: tuple[Path, dict], built_index: tuple[Path, object]
+) -> None:
+    out, manifest = trained
+    ids, vectors, _ = stored(built_index[0])
+    heldout = heldout_mask(ids, 0.2, 0)
+    assert np.array_equal(heldout, heldout_mask(ids, 0.2, 0))
+    assert not np.array_equal(heldout, heldout_mask(ids, 0.2, 1))
+    reordered = list(reversed(ids))
+    assert {i for i, h in zip(reordered, heldout_mask(reordered, 0.2, 0), strict=True) if h} == set(
+        np.array(ids)[heldout]
+    )
+    assert 0.1 < heldout.mean() < 0.3
+    assert (out / HELDOUT).read_text().split() == list(np.array(ids)[heldout])
+    assert manifest["split"]["heldout_items"] == heldout.sum()
+    seen = {row.tobytes() for row in manifest["batches"]}
+    training = {row.tobytes() for row in vectors[~heldout]}
+    assert seen <= training and len(seen) > 0.9 * len(training)  # training items only (a few dropped by shuffling)
+    assert not seen & {row.tobytes() for row in vectors[heldout]}
+    assert len(manifest["history"]) == 2 and manifest["trained"]["articleType"]["P@5"] > 0
+
+
+def test_saved_model_reloads_with_the_same_vectors(trained: tuple[Path, dict], catalog_photo: Path) -> None:
+    out, manifest = trained
+    images = [open_image(p, min_side=160) for p in sorted(catalog_photo.parent.glob("*.jpg"))[:4]]
+    onnx, again, reference = (load_encoder(str(out), backend=b) for b in ("onnx", "onnx", "torch"))
+    assert onnx.id == reference.id == manifest["encoder"]["id"]
+    assert onnx.id.startswith("trained:sample-model@") and onnx.id.endswith("/pad160") and onnx.dim == 32
+    vectors = onnx.embed(images)
+    assert np.array_equal(vectors, again.embed(images))
+    assert np.abs(vectors - reference.embed(images)).max() < 1e-4
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+
+
+def test_graph_equals_adapter_on_stored_vectors(
+    trained: tuple[Path, dict], built_index: tuple[Path, object], sample_catalog: Path
+) -> None:
+    """Evaluating on projected stored vectors measures exactly what an index of the trained encoder holds."""
+    out, _ = trained
+    ids, vectors, images = stored(built_index[0])
+    adapter = Adapter(1280, 64, 32)
+    adapter.load_state_dict(torch.load(out / ADAPTER, weights_only=True))
+    with torch.inference_mode():
+        projected = adapter.eval()(torch.from_numpy(vectors[:5])).numpy()
+    embedded = load_encoder(str(out)).embed([open_image(sample_catalog / name, min_side=160) for name in images[:5]])
+    assert np.abs(projected - embedded).max() < 1e-4
+
+
+def test_index_with_the_trained_encoder(
+    trained: tuple[Path, dict], sample_catalog: Path, tmp_path: Path, catalog_photo: Path
+) -> None:
+    out, manifest = trained
+    index = tmp_path / "idx"
+    built = run_cli("index", str(sample_catalog), "--out", str(index), "--encoder", str(out), "--workers", "0")
+    assert built.returncode == 0, built.stderr
+    recorded = json.loads((index / "manifest.json").read_text())["encoder"]
+    assert recorded["id"] == manifest["encoder"]["id"] and recorded["dim"] == 32
+    recommender = Recommender.open(index)
+    assert recommender.similar_to_image(catalog_photo, k=1)[0].id == catalog_photo.stem
+    refused = run_cli("index", str(sample_catalog), "--out", str(index))
+    assert refused.returncode == 2 and "was built with encoder trained:sample-model@" in refused.stderr
+    moved = out.rename(tmp_path / "moved-model")
+    try:
+        with pytest.raises(EncoderError, match="whose model directory .* is gone"):
+            Recommender.open(index).embed_image(catalog_photo)
+    finally:
+        moved.rename(out)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL])
+def test_stopped_training_resumes_after_the_last_epoch(
+    stop: signal.Signals, built_index: tuple[Path, object], tmp_path: Path
+) -> None:
+    out = tmp_path / "model"
+    command = [sys.executable, "-m", "fashionrec.cli", "train", str(built_index[0]), "--out", str(out)]
+    process = subprocess.Popen([*command, "--epochs", "100000", *SMALL_OPTIONS], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / CHECKPOINT).is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=60)
+    if stop == signal.SIGINT:
+        assert process.returncode == 130 and "run the same command to resume" in stderr
+        assert not list(out.glob(".*.tmp"))
+    assert not (out / TRAINED_MANIFEST).exists()
+    done = torch.load(out / CHECKPOINT, weights_only=True)
+    assert 1 <= done["epoch"] < 100000
+    resumed = run_cli(
+        "train", str(built_index[0]), "--out", str(out), "--epochs", str(done["epoch"] + 1), *SMALL_OPTIONS
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resuming after epoch {done['epoch']}" in resumed.stdout and "Zero-shot" not in resumed.stdout
+    history = json.loads((out / TRAINED_MANIFEST).read_text())["history"]
+    assert history[: done["epoch"]] == json.loads(json.dumps(done["history"]))
+    assert len(history) == done["epoch"] + 1
+
+
+def test_bad_inputs_give_one_line_errors(built_index: tuple[Path, object], tmp_path: Path, encoder: Encoder) -> None:
+    unknown = run_cli("train", str(built_index[0]), "--out", str(tmp_path / "m1"), "--label", "nosuch")
+    assert unknown.returncode == 2 and "unknown label column(s) nosuch" in unknown.stderr
+    assert len(unknown.stderr.strip().splitlines()) == 1
+    header, rows = sample_rows(20, seed=3)
+    tiny = tmp_path / "tiny-index"
+    build_index(load_catalog(write_catalog(tmp_path / "tiny", header, rows)), tiny, encoder, workers=0, progress=False)
+    few = run_cli("train", str(tiny), "--out", str(tmp_path / "m2"))
+    assert few.returncode == 2 and "too few items to train: 20" in few.stderr
+    assert len(few.stderr.strip().splitlines()) == 1
+    assert run_cli("train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m3")).returncode == 2
