@@ -51,7 +51,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, built_index: tuple[Path, o
 def stored(index: Path) -> tuple[list[str], np.ndarray, list[str]]:
     store = IndexStore.open(index)
     ids, vectors, images = [], [], []
-    for items, part in store.load():
+    for items, part, _ in store.load():
         ids += [item.id for item in items]
         images += [item.image for item in items]
         vectors.append(part)
