@@ -19,7 +19,10 @@ MAX_PIXELS = 50_000_000  # about 8000 x 6000; larger images are refused before d
 FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
 BACKGROUND = (255, 255, 255)  # catalog photos are shot on white
 
-Fit = Literal["pad", "crop"]
+Fit = Literal["pad", "crop", "trim-pad", "trim-stretch"]
+TRIM_TOLERANCE = 32  # a pixel further than this (any channel) from the border colour is product, not backdrop
+TRIM_MARGIN = 0.03  # kept around the trimmed product, as a share of its longer side
+TRIM_DETECT_SIDE = 256  # the backdrop is found on a copy reduced to about this size: cheap for big photos
 
 # Pillow checks the pixel count from the header, before decoding; its warning is made an error below.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -105,12 +108,44 @@ def fit_square(image: Image.Image, size: int, fit: Fit = "pad") -> np.ndarray:
     """The image as a size x size x 3 uint8 array, ready for the model.
 
     `pad` keeps the whole product (portrait catalog shots would lose shoes and hems to a crop) and
-    fills the margins with white; `crop` fills the square and cuts the long side.
+    fills the margins with white; `crop` fills the square and cuts the long side. The `trim-` modes
+    first cut the photo to the product (see `trim`), so a shopper's photo with other margins, another
+    resolution or backdrop looks like the catalog shot: `trim-pad` then pads with white, keeping the
+    product's shape; `trim-stretch` stretches it to the square, so an aspect change no longer matters.
     """
+    if fit.startswith("trim-"):
+        image = trim(image)
+    if fit == "trim-stretch":
+        return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0), dtype=np.uint8)
     width, height = image.size
-    scale = size / max(width, height) if fit == "pad" else size / min(width, height)
+    scale = size / min(width, height) if fit == "crop" else size / max(width, height)
     new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
     resized = image.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=3.0)
     canvas = Image.new("RGB", (size, size), BACKGROUND)
     canvas.paste(resized, ((size - new_size[0]) // 2, (size - new_size[1]) // 2))
     return np.asarray(canvas, dtype=np.uint8)
+
+
+def backdrop_colour(pixels: np.ndarray) -> np.ndarray:
+    """The colour the product is shot on: the median of the image's outermost rows and columns."""
+    frame = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    return np.median(frame, axis=0)
+
+
+def trim(image: Image.Image) -> Image.Image:
+    """The image cut to the product: the box of the pixels that differ from the backdrop, plus a margin.
+
+    The backdrop is the border's colour, whatever it is (white, grey, a wall); an image that is all
+    backdrop, or whose border is not one colour (a busy scene), is returned whole.
+    """
+    factor = max(1, max(image.size) // TRIM_DETECT_SIDE)
+    pixels = np.asarray(image.reduce(factor) if factor > 1 else image, dtype=np.int16)
+    product = np.abs(pixels - backdrop_colour(pixels)).max(axis=2) > TRIM_TOLERANCE
+    rows, columns = np.flatnonzero(product.any(axis=1)), np.flatnonzero(product.any(axis=0))
+    if rows.size == 0:
+        return image
+    box = np.array([columns[0], rows[0], columns[-1] + 1, rows[-1] + 1]) * factor
+    margin = round(TRIM_MARGIN * max(box[2] - box[0], box[3] - box[1]))
+    left, top = max(0, box[0] - margin), max(0, box[1] - margin)
+    right, bottom = min(image.width, box[2] + margin), min(image.height, box[3] + margin)
+    return image.crop((left, top, right, bottom))
