@@ -129,7 +129,7 @@ def fit_square(image: Image.Image, size: int, fit: Fit = "pad") -> np.ndarray:
 def backdrop_colour(pixels: np.ndarray) -> np.ndarray:
     """The colour the product is shot on: the median of the image's outermost rows and columns."""
     frame = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    return np.median(frame, axis=0)
+    return np.median(frame, axis=0).astype(np.int16)
 
 
 def trim(image: Image.Image) -> Image.Image:
@@ -140,7 +140,7 @@ def trim(image: Image.Image) -> Image.Image:
     """
     factor = max(1, max(image.size) // TRIM_DETECT_SIDE)
     pixels = np.asarray(image.reduce(factor) if factor > 1 else image, dtype=np.int16)
-    product = np.abs(pixels - backdrop_colour(pixels)).max(axis=2) > TRIM_TOLERANCE
+    product = (np.abs(pixels - backdrop_colour(pixels)) > TRIM_TOLERANCE).any(axis=2)
     rows, columns = np.flatnonzero(product.any(axis=1)), np.flatnonzero(product.any(axis=0))
     if rows.size == 0:
         return image
