@@ -22,6 +22,8 @@ BACKGROUND = (255, 255, 255)  # catalog photos are shot on white
 Fit = Literal["pad", "crop", "trim-pad", "trim-stretch"]
 TRIM_TOLERANCE = 32  # a pixel further than this (any channel) from the border colour is product, not backdrop
 TRIM_MARGIN = 0.03  # kept around the trimmed product, as a share of its longer side
+TRIM_MIN_PIXELS = 2  # in a row or column for it to be product: a lone noisy pixel is not
+TRIM_MAX_BORDER = 0.25  # a border with more pixels off its median colour is no plain backdrop: no cut
 TRIM_DETECT_SIDE = 256  # the backdrop is found on a copy reduced to about this size: cheap for big photos
 
 # Pillow checks the pixel count from the header, before decoding; its warning is made an error below.
@@ -135,14 +137,18 @@ def backdrop_colour(pixels: np.ndarray) -> np.ndarray:
 def trim(image: Image.Image) -> Image.Image:
     """The image cut to the product: the box of the pixels that differ from the backdrop, plus a margin.
 
-    The backdrop is the border's colour, whatever it is (white, grey, a wall); an image that is all
-    backdrop, or whose border is not one colour (a busy scene), is returned whole.
+    The backdrop is the border's colour, whatever it is (white, grey, a wall). An image that is all
+    backdrop, or whose border is not one colour (a gradient, a busy scene), is returned whole: a
+    wrong cut would hurt more than none. A row or column needs TRIM_MIN_PIXELS differing pixels to
+    count, so JPEG noise around the product does not move the box.
     """
     factor = max(1, max(image.size) // TRIM_DETECT_SIDE)
     pixels = np.asarray(image.reduce(factor) if factor > 1 else image, dtype=np.int16)
     product = (np.abs(pixels - backdrop_colour(pixels)) > TRIM_TOLERANCE).any(axis=2)
-    rows, columns = np.flatnonzero(product.any(axis=1)), np.flatnonzero(product.any(axis=0))
-    if rows.size == 0:
+    border = np.concatenate([product[0], product[-1], product[:, 0], product[:, -1]])
+    rows = np.flatnonzero(product.sum(axis=1) >= TRIM_MIN_PIXELS)
+    columns = np.flatnonzero(product.sum(axis=0) >= TRIM_MIN_PIXELS)
+    if border.mean() > TRIM_MAX_BORDER or rows.size == 0 or columns.size == 0:
         return image
     box = np.array([columns[0], rows[0], columns[-1] + 1, rows[-1] + 1]) * factor
     margin = round(TRIM_MARGIN * max(box[2] - box[0], box[3] - box[1]))
