@@ -7,7 +7,7 @@ variant's bytes with `Recommender.similar_to_image`, and counts a hit when the o
 --indexes); leave-one-out P@5 on a --quality-items subset shows what a mode costs in retrieval quality,
 and the time of `fit_square` per image what it costs in indexing speed.
 
-    python bench/robustness.py                          # pad vs trim-pad vs trim-stretch, full catalog
+    python bench/robustness.py                          # pad vs trim-stretch, full catalog
     python bench/robustness.py --catalog-items 5000     # quick: a 5,000-item index (also the P@5 subset)
 """
 
@@ -181,7 +181,7 @@ def bar_chart(recall: dict[str, dict[str, dict[str, float]]], metric: str, path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fits", nargs="+", choices=get_args(Fit), default=["pad", "trim-pad", "trim-stretch"])
+    parser.add_argument("--fits", nargs="+", choices=get_args(Fit), default=["pad", "trim-stretch"])
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE)
     parser.add_argument("--items", type=int, default=500, help="sampled catalog items, each queried in every variant")
     parser.add_argument("--catalog-items", type=int, default=None, help="index a subset (default: the whole catalog)")

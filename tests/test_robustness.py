@@ -18,7 +18,7 @@ from fashionrec.search import Recommender
 
 from conftest import sample_rows, write_catalog
 
-FIT = "trim-pad"
+FIT = "trim-stretch"
 
 
 def product_on(backdrop: tuple[int, int, int], canvas: tuple[int, int] = (300, 200)) -> Image.Image:

@@ -19,7 +19,7 @@ MAX_PIXELS = 50_000_000  # about 8000 x 6000; larger images are refused before d
 FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
 BACKGROUND = (255, 255, 255)  # catalog photos are shot on white
 
-Fit = Literal["pad", "crop", "trim-pad", "trim-stretch"]
+Fit = Literal["pad", "crop", "trim-stretch"]
 TRIM_TOLERANCE = 32  # a pixel further than this (any channel) from the border colour is product, not backdrop
 TRIM_MARGIN = 0.03  # kept around the trimmed product, as a share of its longer side
 TRIM_MIN_PIXELS = 2  # in a row or column for it to be product: a lone noisy pixel is not
@@ -110,17 +110,15 @@ def fit_square(image: Image.Image, size: int, fit: Fit = "pad") -> np.ndarray:
     """The image as a size x size x 3 uint8 array, ready for the model.
 
     `pad` keeps the whole product (portrait catalog shots would lose shoes and hems to a crop) and
-    fills the margins with white; `crop` fills the square and cuts the long side. The `trim-` modes
-    first cut the photo to the product (see `trim`), so a shopper's photo with other margins, another
-    resolution or backdrop looks like the catalog shot: `trim-pad` then pads with white, keeping the
-    product's shape; `trim-stretch` stretches it to the square, so an aspect change no longer matters.
+    fills the margins with white; `crop` fills the square and cuts the long side. `trim-stretch` cuts
+    the photo to the product (see `trim`) and stretches that to the square, so a shopper's photo with
+    other margins, resolution or aspect ratio gives the same pixels as the catalog shot, at the cost of
+    the product's proportions (README, "Robustness to real photos").
     """
-    if fit.startswith("trim-"):
-        image = trim(image)
     if fit == "trim-stretch":
-        return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0), dtype=np.uint8)
+        return np.asarray(trim(image).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0), dtype=np.uint8)
     width, height = image.size
-    scale = size / min(width, height) if fit == "crop" else size / max(width, height)
+    scale = size / max(width, height) if fit == "pad" else size / min(width, height)
     new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
     resized = image.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=3.0)
     canvas = Image.new("RGB", (size, size), BACKGROUND)
