@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageOps  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from fashionrec.build import build_index  # noqa: E402
-from fashionrec.catalog import Catalog, Item  # noqa: E402
+from fashionrec.catalog import Catalog  # noqa: E402
 from fashionrec.encoder import DEFAULT_SIZE, load_encoder  # noqa: E402
 from fashionrec.evaluate import evaluate  # noqa: E402
 from fashionrec.images import Fit, decode, fit_square  # noqa: E402
@@ -141,11 +141,11 @@ def recall_at(hits: np.ndarray) -> dict[str, float]:
     return {"R@1": r1, "R@5": r5}
 
 
-def sample_grid(rows: list[tuple[Item, list[Image.Image], list[bool]]], path: Path) -> None:
+def sample_grid(rows: list[tuple[list[Image.Image], list[bool]]], path: Path) -> None:
     """One row per item, one tile per variant, framed green when the variant found its product first."""
     tile, frame = (72, 96), 4
     grid = Image.new("RGB", ((tile[0] + 2 * frame) * len(VARIANTS), (tile[1] + 2 * frame) * len(rows)), WHITE)
-    for row, (_, images, hits) in enumerate(rows):
+    for row, (images, hits) in enumerate(rows):
         for column, (image, hit) in enumerate(zip(images, hits, strict=True)):
             colour = (40, 160, 60) if hit else (210, 40, 40)
             framed = ImageOps.expand(ImageOps.pad(image, tile, color=WHITE), frame, colour)
@@ -203,7 +203,7 @@ def main() -> None:
     known = set.intersection(*(set(r.positions) for r in recommenders.values()))
     items = random.Random(1).sample([item for item in catalog.items if item.id in known], args.items)
     hits = {fit: {variant: np.zeros((len(items), 2), bool) for variant in VARIANTS} for fit in args.fits}
-    grids: dict[str, list] = {fit: [] for fit in args.fits}
+    grids: dict[str, list[tuple[list[Image.Image], list[bool]]]] = {fit: [] for fit in args.fits}
     originals = []
     for n, item in enumerate(items):
         original = decode(catalog.source.read(item.image), item.image)
@@ -216,7 +216,7 @@ def main() -> None:
                 hits[fit][name][n] = (found[:1] == [item.id], item.id in found)
             if n < args.grid_items:
                 pictures = [decode(data, name) for name, data in queries.items()]
-                grids[fit].append((item, pictures, [bool(hits[fit][v][n, 0]) for v in VARIANTS]))
+                grids[fit].append((pictures, [bool(hits[fit][v][n, 0]) for v in VARIANTS]))
         if n % 50 == 49:
             print(f"{n + 1}/{len(items)} items", flush=True)
 
