@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 from rich.console import Console
@@ -22,7 +22,7 @@ from rich.table import Table
 from fashionrec.build import BuildInterrupted, BuildReport, build_index
 from fashionrec.catalog import CatalogError, load_catalog
 from fashionrec.encoder import BACKBONES, DEFAULT_ENCODER, DEFAULT_FIT, WEIGHTS_ENV, EncoderError, load_encoder
-from fashionrec.images import MAX_BYTES, ImageError
+from fashionrec.images import MAX_BYTES, Fit, ImageError
 from fashionrec.index import IndexStore, IndexStoreError
 from fashionrec.search import Match, Recommender, UnknownItemError
 
@@ -89,7 +89,7 @@ def index(
     size: Annotated[
         int | None, typer.Option(help="Model input size in pixels (default: the encoder's own, e.g. 160 for lite0).")
     ] = None,
-    fit: Annotated[str, typer.Option(help="Fit images to the square input: pad (whole product) or crop.")] = (
+    fit: Annotated[str, typer.Option(help=f"Fit images to the square input: {', '.join(get_args(Fit))}.")] = (
         DEFAULT_FIT
     ),
     id_column: Annotated[str, typer.Option(help="Id column of a CSV/Parquet catalog.")] = "id",
@@ -101,8 +101,8 @@ def index(
 ) -> None:
     """Build or update the index of a catalog; rerun to resume or to pick up catalog changes."""
     with user_errors():
-        if fit not in ("pad", "crop"):
-            raise ValueError(f"--fit must be pad or crop, not {fit!r}")
+        if fit not in get_args(Fit):
+            raise ValueError(f"--fit must be one of {', '.join(get_args(Fit))}, not {fit!r}")
         model = load_encoder(encoder, size=size, fit=fit, backend=backend)  # type: ignore[arg-type]
         loaded = load_catalog(catalog, id_column=id_column, image_column=image_column)
         console.print(f"Catalog {catalog}: {len(loaded.items)} items, {len(loaded.problems)} problems")

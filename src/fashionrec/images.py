@@ -19,7 +19,12 @@ MAX_PIXELS = 50_000_000  # about 8000 x 6000; larger images are refused before d
 FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
 BACKGROUND = (255, 255, 255)  # catalog photos are shot on white
 
-Fit = Literal["pad", "crop"]
+Fit = Literal["pad", "crop", "trim-stretch"]
+TRIM_TOLERANCE = 32  # a pixel further than this (any channel) from the border colour is product, not backdrop
+TRIM_MARGIN = 0.03  # kept around the trimmed product, as a share of its longer side
+TRIM_MIN_PIXELS = 2  # in a row or column for it to be product: a lone noisy pixel is not
+TRIM_MAX_BORDER = 0.25  # a border with more pixels off its median colour is no plain backdrop: no cut
+TRIM_DETECT_SIDE = 256  # the backdrop is found on a copy reduced to about this size: cheap for big photos
 
 # Pillow checks the pixel count from the header, before decoding; its warning is made an error below.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -105,8 +110,13 @@ def fit_square(image: Image.Image, size: int, fit: Fit = "pad") -> np.ndarray:
     """The image as a size x size x 3 uint8 array, ready for the model.
 
     `pad` keeps the whole product (portrait catalog shots would lose shoes and hems to a crop) and
-    fills the margins with white; `crop` fills the square and cuts the long side.
+    fills the margins with white; `crop` fills the square and cuts the long side. `trim-stretch` cuts
+    the photo to the product (see `trim`) and stretches that to the square, so a shopper's photo with
+    other margins, resolution or aspect ratio gives the same pixels as the catalog shot, at the cost of
+    the product's proportions (README, "Robustness to real photos").
     """
+    if fit == "trim-stretch":
+        return np.asarray(trim(image).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0), dtype=np.uint8)
     width, height = image.size
     scale = size / max(width, height) if fit == "pad" else size / min(width, height)
     new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -114,3 +124,32 @@ def fit_square(image: Image.Image, size: int, fit: Fit = "pad") -> np.ndarray:
     canvas = Image.new("RGB", (size, size), BACKGROUND)
     canvas.paste(resized, ((size - new_size[0]) // 2, (size - new_size[1]) // 2))
     return np.asarray(canvas, dtype=np.uint8)
+
+
+def backdrop_colour(pixels: np.ndarray) -> np.ndarray:
+    """The colour the product is shot on: the median of the image's outermost rows and columns."""
+    frame = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    return np.median(frame, axis=0).astype(np.int16)
+
+
+def trim(image: Image.Image) -> Image.Image:
+    """The image cut to the product: the box of the pixels that differ from the backdrop, plus a margin.
+
+    The backdrop is the border's colour, whatever it is (white, grey, a wall). An image that is all
+    backdrop, or whose border is not one colour (a gradient, a busy scene), is returned whole: a
+    wrong cut would hurt more than none. A row or column needs TRIM_MIN_PIXELS differing pixels to
+    count, so JPEG noise around the product does not move the box.
+    """
+    factor = max(1, max(image.size) // TRIM_DETECT_SIDE)
+    pixels = np.asarray(image.reduce(factor) if factor > 1 else image, dtype=np.int16)
+    product = (np.abs(pixels - backdrop_colour(pixels)) > TRIM_TOLERANCE).any(axis=2)
+    border = np.concatenate([product[0], product[-1], product[:, 0], product[:, -1]])
+    rows = np.flatnonzero(product.sum(axis=1) >= TRIM_MIN_PIXELS)
+    columns = np.flatnonzero(product.sum(axis=0) >= TRIM_MIN_PIXELS)
+    if border.mean() > TRIM_MAX_BORDER or rows.size == 0 or columns.size == 0:
+        return image
+    box = np.array([columns[0], rows[0], columns[-1] + 1, rows[-1] + 1]) * factor
+    margin = round(TRIM_MARGIN * max(box[2] - box[0], box[3] - box[1]))
+    left, top = max(0, box[0] - margin), max(0, box[1] - margin)
+    right, bottom = min(image.width, box[2] + margin), min(image.height, box[3] + margin)
+    return image.crop((left, top, right, bottom))
