@@ -1,6 +1,6 @@
 """Index throughput: `fashionrec index` end to end on the shared catalog, against the seed-style pipeline.
 
-1. Where the time goes, per stage (read, decode, fit/resize, model, store), on a subset.
+1. Where the time goes, per stage (read, decode, fit/resize, colour, model, store), on a subset.
 2. The seed-style pipeline on a 1,000-image subset: one image at a time through the torch model,
    then scikit-learn NearestNeighbors(brute, euclidean) refit for every query, as the reference
    projects did; and fashionrec on the same subset.
@@ -23,6 +23,7 @@ import numpy as np
 from common import SHARED_ZIP, catalog_subset, write_results
 
 from fashionrec.build import build_index
+from fashionrec.colour import colour_vector
 from fashionrec.encoder import load_encoder
 from fashionrec.images import decode, fit_square
 from fashionrec.index import IndexStore
@@ -45,6 +46,9 @@ def stage_profile(items: int) -> dict[str, float]:
     started = time.perf_counter()
     pixels = np.stack([fit_square(image, size, fit) for image in images])
     fitting = time.perf_counter() - started
+    started = time.perf_counter()
+    colours = np.stack([colour_vector(square) for square in pixels])
+    colouring = time.perf_counter() - started
     encoder.embed_pixels(pixels[:64])  # warm-up
     started = time.perf_counter()
     vectors = encoder.embed_pixels(pixels)
@@ -53,14 +57,18 @@ def stage_profile(items: int) -> dict[str, float]:
         store = IndexStore.create_or_open(directory, encoder.spec.to_dict(), catalog.describe())
         started = time.perf_counter()
         for start in range(0, len(vectors), 256):
-            store.put(
-                catalog.items[start : start + 256],
-                ["h"] * len(vectors[start : start + 256]),
-                vectors[start : start + 256],
-            )
+            batch = slice(start, start + 256)
+            store.put(catalog.items[batch], ["h"] * len(vectors[batch]), vectors[batch], colours[batch])
         storing = time.perf_counter() - started
     per_thousand = 1000 / items
-    stages = {"read": read, "decode": decoding, "fit_resize": fitting, "model": model, "store": storing}
+    stages = {
+        "read": read,
+        "decode": decoding,
+        "fit_resize": fitting,
+        "colour": colouring,
+        "model": model,
+        "store": storing,
+    }
     total = sum(stages.values())
     return {
         **{f"{name}_s_per_1000": round(value * per_thousand, 3) for name, value in stages.items()},

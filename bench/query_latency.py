@@ -40,7 +40,7 @@ def timed(calls: list[Callable[[], object]]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("index")
-    parser.add_argument("--precision", default="float32", choices=["float32", "float16"])
+    parser.add_argument("--precision", default="float16", choices=["float32", "float16"])
     parser.add_argument("--kind", default="auto", choices=["auto", "exact", "ivf"])
     parser.add_argument("--image-queries", type=int, default=200)
     parser.add_argument("--item-queries", type=int, default=2000)

@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=5000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--hnsw-items", type=int, default=200_000)
+    parser.add_argument("--precisions", nargs="+", default=["float32", "float16"], choices=["float32", "float16"])
     args = parser.parse_args()
     faiss.omp_set_num_threads(1)  # single queries: what a server answering one request at a time sees
     centres = np.random.default_rng(1).standard_normal((args.clusters, DIM), dtype=np.float32)
@@ -76,7 +77,7 @@ def main() -> None:
     figures["exact"] = {"build_s": None, **sweep[args.items], "recall@10": 1.0}
     del exact
 
-    for precision in ("float32", "float16"):
+    for precision in args.precisions:
         faiss.omp_set_num_threads(2)
         started = time.perf_counter()
         ivf = VectorIndex(DIM, args.items, "ivf", precision)

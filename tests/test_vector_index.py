@@ -41,8 +41,8 @@ def test_auto_picks_exact_for_small_and_ivf_for_large_catalogs(data: np.ndarray)
 @pytest.mark.parametrize("precision", ["float32", "float16"])
 def test_ivf_recall_against_exact_search(data: np.ndarray, precision: str) -> None:
     queries = clustered(100, seed=2)
-    exact = VectorIndex.build(DIM, len(data), [data[:20_000], data[20_000:]], "exact")
-    ivf = VectorIndex.build(DIM, len(data), [data[:20_000], data[20_000:]], "ivf", precision)  # type: ignore[arg-type]
+    exact = VectorIndex.build(DIM, len(data), lambda: [data[:20_000], data[20_000:]], "exact")
+    ivf = VectorIndex.build(DIM, len(data), lambda: [data[:20_000], data[20_000:]], "ivf", precision)  # type: ignore[arg-type]
     assert ivf.index.nprobe < ivf.index.nlist  # really approximate
     truth = exact.search(queries, 10)[1]
     assert recall_at_10(ivf.search(queries, 10)[1], truth) >= 0.95
@@ -50,8 +50,8 @@ def test_ivf_recall_against_exact_search(data: np.ndarray, precision: str) -> No
 
 
 def test_filters_keep_their_recall_with_ivf(data: np.ndarray) -> None:
-    exact = VectorIndex.build(DIM, len(data), [data], "exact")
-    ivf = VectorIndex.build(DIM, len(data), [data], "ivf")
+    exact = VectorIndex.build(DIM, len(data), lambda: [data], "exact")
+    ivf = VectorIndex.build(DIM, len(data), lambda: [data], "ivf")
     rng = np.random.default_rng(3)
     queries = clustered(50, seed=4)
     for size in (500, SMALL_SELECTION + 5_000):

@@ -252,15 +252,15 @@ class IndexStore:
         with self._lock:
             return [Problem(*row) for row in self._db.execute("SELECT item, message, action FROM problems")]
 
-    def load(self, chunk: int = 8192) -> Iterator[tuple[list[StoredItem], np.ndarray, np.ndarray]]:
+    def load(self, chunk: int = 4096) -> Iterator[tuple[list[StoredItem], np.ndarray, np.ndarray]]:
         """All items, their vectors and colour vectors, in a stable order, a chunk at a time (bounded memory)."""
         with self._lock:
-            rows = self._db.execute("SELECT id, image, metadata, vector, colour FROM items ORDER BY row").fetchall()
-        for start in range(0, len(rows), chunk):
-            part = rows[start : start + chunk]
-            vectors = np.frombuffer(b"".join(r[3] for r in part), np.float32).reshape(len(part), self.dim)
-            colours = np.frombuffer(b"".join(r[4] for r in part), np.float32).reshape(len(part), COLOUR_DIM)
-            yield [StoredItem(i, image, json.loads(meta)) for i, image, meta, _, _ in part], vectors, colours
+            cursor = self._db.execute("SELECT id, image, metadata, vector, colour FROM items ORDER BY row")
+            parts = iter(lambda: cursor.fetchmany(chunk), [])
+            for part in parts:
+                vectors = np.frombuffer(b"".join(r[3] for r in part), np.float32).reshape(len(part), self.dim)
+                colours = np.frombuffer(b"".join(r[4] for r in part), np.float32).reshape(len(part), COLOUR_DIM)
+                yield [StoredItem(i, image, json.loads(meta)) for i, image, meta, _, _ in part], vectors, colours
 
     def close(self) -> None:
         with self._lock:

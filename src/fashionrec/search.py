@@ -169,13 +169,15 @@ class Recommender:
         items: list[StoredItem] = []
         colours: list[np.ndarray] = []
 
-        def chunks() -> Iterator[np.ndarray]:
+        def chunks() -> Iterator[np.ndarray]:  # read once, or twice for IVF: items are kept the first time
+            first = not items
             for part, vectors, part_colours in self.store.load():
-                items.extend(part)
-                colours.append(part_colours)
+                if first:
+                    items.extend(part)
+                    colours.append(part_colours)
                 yield vectors
 
-        index = VectorIndex.build(self.store.dim, self.store.count(), chunks(), self.kind, self.precision)
+        index = VectorIndex.build(self.store.dim, self.store.count(), chunks, self.kind, self.precision)
         self.snapshot = Snapshot.of(items, index, np.concatenate(colours) if colours else np.zeros((0, COLOUR_DIM)))
 
     # The current snapshot's parts; a method that reads several takes `self.snapshot` once instead.

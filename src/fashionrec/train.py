@@ -184,7 +184,7 @@ def _read_all(store: IndexStore) -> tuple[list[StoredItem], np.ndarray, np.ndarr
 
 
 def _snapshot(items: list[StoredItem], vectors: np.ndarray, colours: np.ndarray) -> Snapshot:
-    return Snapshot.of(items, VectorIndex.build(vectors.shape[1], len(vectors), [vectors], "exact"), colours)
+    return Snapshot.of(items, VectorIndex.build(vectors.shape[1], len(vectors), lambda: [vectors], "exact"), colours)
 
 
 def validate(snapshot: Snapshot, queries: np.ndarray, labels: Sequence[str]) -> dict[str, dict[str, float]]:

@@ -8,14 +8,15 @@
 - `auto`: exact up to ANN_THRESHOLD items, ivf above.
 
 Vectors are held once, inside FAISS, as float32 or float16 (half the memory, see bench/vector_size.py).
-Filtered queries stay exact whenever the filter leaves few items, and widen the IVF probe otherwise,
-so filters keep their recall.
+Filtered queries probe every IVF cell when the filter leaves few items (exact over them: only
+selected vectors are compared, a few ms at 44k), and widen the probe otherwise, so filters keep
+their recall.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
 import faiss
@@ -27,7 +28,7 @@ KINDS: tuple[str, ...] = ("auto", "exact", "ivf")
 PRECISIONS: tuple[str, ...] = ("float32", "float16")
 ANN_THRESHOLD = 20_000  # above this, exact p50 passes ~2 ms on 2 cores (bench/scale.py)
 NPROBE = 48  # recall@10 >= 0.95 on the scale benchmark
-SMALL_SELECTION = 20_000  # a filter leaving fewer items is answered exactly from those items
+SMALL_SELECTION = 20_000  # a filter leaving fewer items probes every IVF cell: exact over those items
 TRAIN_PER_CELL = 48  # k-means sample per cell (FAISS asks for >= 39): bounds the training time
 
 
@@ -67,16 +68,24 @@ class VectorIndex:
 
     @classmethod
     def build(
-        cls, dim: int, size: int, chunks: Iterable[np.ndarray], kind: Kind = "auto", precision: Precision = "float32"
+        cls,
+        dim: int,
+        size: int,
+        chunks: Callable[[], Iterable[np.ndarray]],
+        kind: Kind = "auto",
+        precision: Precision = "float32",
     ) -> VectorIndex:
-        """An index over `size` vectors given in chunks; IVF cells are trained on a sample of all of them."""
+        """An index over `size` vectors read in chunks by `chunks()`, never all in memory at once.
+
+        IVF reads them twice: a strided sample trains the cells, then every vector is added.
+        """
         index = cls(dim, size, kind, precision)
-        if index.kind == "exact":
-            for vectors in chunks:
-                index.add(vectors)
-        else:
-            everything = list(chunks)
-            index.add(np.concatenate(everything) if everything else np.zeros((0, dim), np.float32))
+        if index.kind == "ivf":
+            stride = max(1, size // (TRAIN_PER_CELL * index.index.nlist))
+            sample = [vectors[(-start) % stride :: stride] for start, vectors in _offsets(chunks())]
+            index.train(np.concatenate(sample) if sample else np.zeros((0, dim), np.float32))
+        for vectors in chunks():
+            index.add(vectors)
         return index
 
     def __len__(self) -> int:
@@ -85,14 +94,17 @@ class VectorIndex:
     def add(self, vectors: np.ndarray) -> None:
         """Append vectors; their positions follow the ones already there."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if not self.index.is_trained:  # IVF: learn the cells from (a sample of) the first vectors added
-            sample = vectors[np.random.default_rng(0).permutation(len(vectors))[: TRAIN_PER_CELL * self.index.nlist]]
-            self.index.cp.niter = 10
-            self.index.train(sample)
+        if not self.index.is_trained:  # IVF built by add() alone: learn the cells from the first vectors
+            self.train(vectors[np.random.default_rng(0).permutation(len(vectors))[: TRAIN_PER_CELL * self.index.nlist]])
         if self.kind == "ivf":
             self.index.add_with_ids(vectors, np.arange(len(self), len(self) + len(vectors), dtype=np.int64))
         else:
             self.index.add(vectors)
+
+    def train(self, sample: np.ndarray) -> None:
+        """Learn the IVF cells (k-means) from a sample of the vectors."""
+        self.index.cp.niter = 10
+        self.index.train(np.ascontiguousarray(sample, dtype=np.float32))
 
     def _copy(self) -> VectorIndex:
         clone = object.__new__(VectorIndex)
@@ -119,30 +131,25 @@ class VectorIndex:
 
     def vectors(self, positions: np.ndarray) -> np.ndarray:
         """The stored vectors at these positions (decoded to float32)."""
-        positions = np.asarray(positions, dtype=np.int64)
-        if self.kind == "exact":
-            return self.index.reconstruct_batch(positions)
-        return np.stack([self.index.reconstruct(int(p)) for p in positions])
+        return self.index.reconstruct_batch(np.asarray(positions, dtype=np.int64))
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Scores and positions [n, k] of the best matches; position -1 where fewer than k exist."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         if allowed is None:
             return self.index.search(queries, k)
-        if self.kind == "ivf" and len(allowed) <= SMALL_SELECTION:
-            return self._search_subset(queries, k, allowed)
         selector = faiss.IDSelectorBatch(allowed)
         if self.kind == "exact":
             return self.index.search(queries, k, params=faiss.SearchParameters(sel=selector))
         share = len(allowed) / max(len(self), 1)
-        nprobe = min(self.index.nlist, math.ceil(self.index.nprobe / share))
-        return self.index.search(queries, k, params=faiss.SearchParametersIVF(sel=selector, nprobe=nprobe))
+        nprobe = math.ceil(self.index.nprobe / share) if len(allowed) > SMALL_SELECTION else self.index.nlist
+        params = faiss.SearchParametersIVF(sel=selector, nprobe=min(self.index.nlist, nprobe))
+        return self.index.search(queries, k, params=params)
 
-    def _search_subset(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores = queries @ self.vectors(allowed).T
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        found = np.full((len(queries), k), -1, dtype=np.int64)
-        found_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        found[:, : order.shape[1]] = allowed[order]
-        found_scores[:, : order.shape[1]] = np.take_along_axis(scores, order, axis=1)
-        return found_scores, found
+
+def _offsets(chunks: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+    """Each chunk with the position of its first vector."""
+    start = 0
+    for vectors in chunks:
+        yield start, vectors
+        start += len(vectors)
