@@ -43,6 +43,12 @@ CREATE TABLE IF NOT EXISTS items (
     vector BLOB NOT NULL,
     colour BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS generation (value INTEGER NOT NULL);
+INSERT INTO generation SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM generation);
+CREATE TRIGGER IF NOT EXISTS item_added AFTER INSERT ON items BEGIN UPDATE generation SET value = value + 1; END;
+CREATE TRIGGER IF NOT EXISTS item_removed AFTER DELETE ON items BEGIN UPDATE generation SET value = value + 1; END;
+CREATE TRIGGER IF NOT EXISTS item_changed AFTER UPDATE OF vector ON items
+    BEGIN UPDATE generation SET value = value + 1; END;
 CREATE TABLE IF NOT EXISTS problems (
     item TEXT NOT NULL,
     message TEXT NOT NULL,
@@ -228,6 +234,11 @@ class IndexStore:
             (self.directory / found[0].removeprefix(UPLOADED)).unlink(missing_ok=True)
         return found is not None
 
+    def generation(self) -> int:
+        """A number that changes, durably, whenever an item or vector is added, replaced or removed."""
+        with self._lock:
+            return self._db.execute("SELECT value FROM generation").fetchone()[0]
+
     def data_version(self) -> int:
         """Changes whenever another connection (another process) commits to the database: cheap to poll."""
         with self._lock:
@@ -252,13 +263,18 @@ class IndexStore:
         with self._lock:
             return [Problem(*row) for row in self._db.execute("SELECT item, message, action FROM problems")]
 
-    def load(self, chunk: int = 4096) -> Iterator[tuple[list[StoredItem], np.ndarray, np.ndarray]]:
-        """All items, their vectors and colour vectors, in a stable order, a chunk at a time (bounded memory)."""
+    def load(
+        self, chunk: int = 4096, with_vectors: bool = True
+    ) -> Iterator[tuple[list[StoredItem], np.ndarray, np.ndarray]]:
+        """All items, their vectors and colour vectors, in a stable order, a chunk at a time (bounded memory).
+
+        With with_vectors=False the vectors are not read (an empty [n, 0] array stands for them).
+        """
+        vector_column = "vector" if with_vectors else "x''"
         with self._lock:
-            cursor = self._db.execute("SELECT id, image, metadata, vector, colour FROM items ORDER BY row")
-            parts = iter(lambda: cursor.fetchmany(chunk), [])
-            for part in parts:
-                vectors = np.frombuffer(b"".join(r[3] for r in part), np.float32).reshape(len(part), self.dim)
+            cursor = self._db.execute(f"SELECT id, image, metadata, {vector_column}, colour FROM items ORDER BY row")
+            for part in iter(lambda: cursor.fetchmany(chunk), []):
+                vectors = np.frombuffer(b"".join(r[3] for r in part), np.float32).reshape(len(part), -1)
                 colours = np.frombuffer(b"".join(r[4] for r in part), np.float32).reshape(len(part), COLOUR_DIM)
                 yield [StoredItem(i, image, json.loads(meta)) for i, image, meta, _, _ in part], vectors, colours
 

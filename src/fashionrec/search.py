@@ -20,7 +20,7 @@ from fashionrec.colour import COLOUR_DIM, colour_vector
 from fashionrec.encoder import Encoder, encoder_for_index
 from fashionrec.images import decode, open_image
 from fashionrec.index import UPLOADED, DuplicateItemError, IndexStore, StoredItem
-from fashionrec.vector_index import Kind, Precision, VectorIndex
+from fashionrec.vector_index import Kind, Precision, VectorIndex, resolve_kind
 
 Filters = Mapping[str, str | Sequence[str]]
 TIE_MARGIN = 8  # extra candidates fetched so equal scores can be ordered by id
@@ -168,16 +168,28 @@ class Recommender:
         self._seen_version = self.store.data_version()  # read before loading: a commit in between reloads again
         items: list[StoredItem] = []
         colours: list[np.ndarray] = []
+        count = self.store.count()
+        cache = self.store.directory / f"ivf-{self.precision}-{self.store.generation()}.faiss"
+        if resolve_kind(self.kind, count) == "ivf" and cache.is_file():  # trained before: no k-means now
+            for part, _, part_colours in self.store.load(with_vectors=False):
+                items.extend(part)
+                colours.append(part_colours)
+            index = VectorIndex.read(cache, self.precision)
+        else:
 
-        def chunks() -> Iterator[np.ndarray]:  # read once, or twice for IVF: items are kept the first time
-            first = not items
-            for part, vectors, part_colours in self.store.load():
-                if first:
-                    items.extend(part)
-                    colours.append(part_colours)
-                yield vectors
+            def chunks() -> Iterator[np.ndarray]:  # read once, or twice for IVF: items are kept the first time
+                first = not items
+                for part, vectors, part_colours in self.store.load():
+                    if first:
+                        items.extend(part)
+                        colours.append(part_colours)
+                    yield vectors
 
-        index = VectorIndex.build(self.store.dim, self.store.count(), chunks, self.kind, self.precision)
+            index = VectorIndex.build(self.store.dim, count, chunks, self.kind, self.precision)
+            if index.kind == "ivf":
+                for stale in self.store.directory.glob(f"ivf-{self.precision}-*.faiss"):
+                    stale.unlink(missing_ok=True)
+                index.write(cache)
         self.snapshot = Snapshot.of(items, index, np.concatenate(colours) if colours else np.zeros((0, COLOUR_DIM)))
 
     # The current snapshot's parts; a method that reads several takes `self.snapshot` once instead.

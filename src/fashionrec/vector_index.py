@@ -16,7 +16,9 @@ their recall.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Literal
 
 import faiss
@@ -26,7 +28,7 @@ Kind = Literal["auto", "exact", "ivf"]
 Precision = Literal["float32", "float16"]
 KINDS: tuple[str, ...] = ("auto", "exact", "ivf")
 PRECISIONS: tuple[str, ...] = ("float32", "float16")
-ANN_THRESHOLD = 20_000  # above this, exact p50 passes ~2 ms on 2 cores (bench/scale.py)
+ANN_THRESHOLD = 10_000  # exact p50 is 1.8 ms at 10k and 5.5 ms at 20k on 2 cores (bench/scale.py)
 NPROBE = 48  # recall@10 >= 0.95 on the scale benchmark
 SMALL_SELECTION = 20_000  # a filter leaving fewer items probes every IVF cell: exact over those items
 TRAIN_PER_CELL = 48  # k-means sample per cell (FAISS asks for >= 39): bounds the training time
@@ -36,12 +38,10 @@ class VectorIndex:
     """Top-k inner-product search over unit vectors, optionally restricted to allowed positions."""
 
     def __init__(self, dim: int, size: int, kind: Kind = "auto", precision: Precision = "float32") -> None:
-        if kind not in KINDS:
-            raise ValueError(f"unknown index kind {kind!r}; choose from {', '.join(KINDS)}")
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
         self.dim = dim
-        self.kind = "ivf" if kind == "ivf" or (kind == "auto" and size > ANN_THRESHOLD) else "exact"
+        self.kind = resolve_kind(kind, size)
         self.precision = precision
         self.index = self._empty(dim, size)
 
@@ -101,6 +101,20 @@ class VectorIndex:
         else:
             self.index.add(vectors)
 
+    @classmethod
+    def read(cls, path: Path, precision: Precision) -> VectorIndex:
+        """An IVF index written by `write` (FAISS's own file format, not pickle)."""
+        loaded = object.__new__(cls)
+        loaded.index = faiss.read_index(str(path))
+        loaded.dim, loaded.kind, loaded.precision = loaded.index.d, "ivf", precision
+        return loaded
+
+    def write(self, path: Path) -> None:
+        """Save the index (trained cells and lists) to a temp file renamed into place: readers never see half."""
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        faiss.write_index(self.index, str(tmp))
+        os.replace(tmp, path)
+
     def train(self, sample: np.ndarray) -> None:
         """Learn the IVF cells (k-means) from a sample of the vectors."""
         self.index.cp.niter = 10
@@ -145,6 +159,13 @@ class VectorIndex:
         nprobe = math.ceil(self.index.nprobe / share) if len(allowed) > SMALL_SELECTION else self.index.nlist
         params = faiss.SearchParametersIVF(sel=selector, nprobe=min(self.index.nlist, nprobe))
         return self.index.search(queries, k, params=params)
+
+
+def resolve_kind(kind: Kind, size: int) -> str:
+    """The structure `kind` means for a catalog of `size` items: "exact" or "ivf"."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown index kind {kind!r}; choose from {', '.join(KINDS)}")
+    return "ivf" if kind == "ivf" or (kind == "auto" and size > ANN_THRESHOLD) else "exact"
 
 
 def _offsets(chunks: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
