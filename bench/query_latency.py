@@ -51,7 +51,7 @@ def main() -> None:
     rng = random.Random(0)
     ids = [item.id for item in rng.sample(recommender.items, args.item_queries)]
     photos = [recommender.image_bytes(i) for i in ids[: args.image_queries]]
-    filters = {c: v for c, v in FILTERS.items() if c in recommender.metadata.columns}
+    filters = {c: v for c, v in FILTERS.items() if c in recommender.info()["metadata_columns"]}
     figures: dict[str, object] = {
         "index": args.index,
         "items": len(recommender),

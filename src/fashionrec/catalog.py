@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
-
 KAGGLE_STYLES = "styles.csv"
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
@@ -179,6 +177,8 @@ def _read_csv_rows(data: bytes) -> Table:
 
 
 def _read_parquet_rows(path: Path) -> Table:
+    import pandas as pd  # here: only Parquet catalogs need it, and it is heavy to import
+
     frame = pd.read_parquet(path)
     frame = frame.astype(object).where(frame.notna(), "").astype(str)
     header = [str(c) for c in frame.columns]

@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -93,6 +94,11 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(tmp, path)
+
+
+def _interned(metadata: dict[str, str]) -> dict[str, str]:
+    """The same metadata with shared strings: 44k items hold only a few hundred distinct keys and values."""
+    return {sys.intern(key): sys.intern(value) for key, value in metadata.items()}
 
 
 def _blobs(vector: np.ndarray, colour: np.ndarray) -> tuple[bytes, bytes]:
@@ -276,7 +282,11 @@ class IndexStore:
             for part in iter(lambda: cursor.fetchmany(chunk), []):
                 vectors = np.frombuffer(b"".join(r[3] for r in part), np.float32).reshape(len(part), -1)
                 colours = np.frombuffer(b"".join(r[4] for r in part), np.float32).reshape(len(part), COLOUR_DIM)
-                yield [StoredItem(i, image, json.loads(meta)) for i, image, meta, _, _ in part], vectors, colours
+                yield (
+                    [StoredItem(i, image, _interned(json.loads(meta))) for i, image, meta, _, _ in part],
+                    vectors,
+                    colours,
+                )
 
     def close(self) -> None:
         with self._lock:

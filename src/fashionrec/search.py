@@ -9,10 +9,11 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from PIL import Image
 
 from fashionrec.catalog import ImageSource, Problem
@@ -21,6 +22,9 @@ from fashionrec.encoder import Encoder, encoder_for_index
 from fashionrec.images import decode, open_image
 from fashionrec.index import UPLOADED, DuplicateItemError, IndexStore, StoredItem
 from fashionrec.vector_index import Kind, Precision, VectorIndex, resolve_kind
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 Filters = Mapping[str, str | Sequence[str]]
 TIE_MARGIN = 8  # extra candidates fetched so equal scores can be ordered by id
@@ -78,24 +82,51 @@ def blend(
 
 
 @dataclass(frozen=True)
+class Column:
+    """One metadata column as small integer codes: a filter compares integers, not strings."""
+
+    codes: np.ndarray  # [N] int32, an index into `values`
+    values: dict[str, int]
+
+    @classmethod
+    def of(cls, cells: Sequence[str]) -> Column:
+        values: dict[str, int] = {}
+        codes = np.fromiter((values.setdefault(cell, len(values)) for cell in cells), np.int32, len(cells))
+        return cls(codes, values)
+
+    def matches(self, wanted: Sequence[str]) -> np.ndarray:
+        """[N] bool: which items hold any of the wanted values."""
+        return np.isin(self.codes, [self.values[v] for v in wanted if v in self.values])
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything a search reads, replaced as a whole on each change: a query never sees half a write."""
 
     items: list[StoredItem]
     positions: dict[str, int]
-    metadata: pd.DataFrame
+    columns: dict[str, Column]  # per metadata column: what filters compare
     index: VectorIndex
     colours: np.ndarray  # [N, COLOUR_DIM] colour vectors, aligned with items
 
     @classmethod
     def of(cls, items: list[StoredItem], index: VectorIndex, colours: np.ndarray) -> Snapshot:
+        names = dict.fromkeys(name for item in items for name in item.metadata)
         return cls(
             items=items,
             positions={item.id: n for n, item in enumerate(items)},
-            metadata=pd.DataFrame([item.metadata for item in items], dtype="string"),
+            columns={name: Column.of([item.metadata.get(name, "") for item in items]) for name in names},
             index=index,
             colours=colours,
         )
+
+    @cached_property
+    def metadata(self) -> pd.DataFrame:
+        """Every item's metadata as a table, for the app and the evaluation (built on first use: serving
+        needs only `columns`, and pandas costs ~75 MB to import)."""
+        import pandas
+
+        return pandas.DataFrame([item.metadata for item in self.items], columns=list(self.columns), dtype="string")
 
     def search(self, query: Query, k: int, filters: Filters | None, exclude: str | None = None) -> list[Match]:
         """Cosine search (exact or IVF, see vector_index), blended with colour similarity when asked.
@@ -124,10 +155,9 @@ class Snapshot:
         """Positions of the items whose metadata match every filter (any of its values)."""
         mask = np.ones(len(self.items), dtype=bool)
         for column, wanted in filters.items():
-            if column not in self.metadata.columns:
-                raise ValueError(f"unknown filter column {column!r}; columns are {', '.join(self.metadata.columns)}")
-            values = [wanted] if isinstance(wanted, str) else list(wanted)
-            mask &= self.metadata[column].isin(values).to_numpy(dtype=bool, na_value=False)
+            if column not in self.columns:
+                raise ValueError(f"unknown filter column {column!r}; columns are {', '.join(self.columns)}")
+            mask &= self.columns[column].matches([wanted] if isinstance(wanted, str) else wanted)
         return np.flatnonzero(mask).astype(np.int64)
 
 
@@ -331,5 +361,5 @@ class Recommender:
             "catalog": manifest.get("catalog", {}).get("path"),  # type: ignore[union-attr]
             "complete": manifest.get("complete", False),
             "updated": manifest.get("updated"),
-            "metadata_columns": list(self.metadata.columns),
+            "metadata_columns": list(self.snapshot.columns),
         }
