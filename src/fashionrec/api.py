@@ -415,7 +415,7 @@ def create_app(index_dir: str | Path, keys: Keys | None = None) -> FastAPI:
     # Concurrent requests already use every core: FAISS's own OpenMP threads per search would only
     # oversubscribe them (a single search on the full catalog under load: 45 ms with 2 threads, 18 ms with 1).
     faiss.omp_set_num_threads(1)
-    recommender = Recommender.open(index_dir)
+    recommender = Recommender.open(index_dir, threads=1)  # requests embed side by side, one core each
     recommender.encoder  # noqa: B018 (loads it)
 
     @asynccontextmanager

@@ -169,10 +169,16 @@ class Recommender:
     """
 
     def __init__(
-        self, store: IndexStore, backend: str = "onnx", kind: Kind = "auto", precision: Precision = "float16"
+        self,
+        store: IndexStore,
+        backend: str = "onnx",
+        kind: Kind = "auto",
+        precision: Precision = "float16",
+        threads: int = 0,
     ) -> None:
         self.store = store
         self.backend = backend
+        self.threads = threads
         self.kind = kind
         self.precision = precision
         self._encoder: Encoder | None = None
@@ -185,14 +191,21 @@ class Recommender:
 
     @classmethod
     def open(
-        cls, directory: str | Path, *, backend: str = "onnx", kind: Kind = "auto", precision: Precision = "float16"
+        cls,
+        directory: str | Path,
+        *,
+        backend: str = "onnx",
+        kind: Kind = "auto",
+        precision: Precision = "float16",
+        threads: int = 0,
     ) -> Recommender:
         """Open an index directory; the encoder is loaded on the first image query.
 
         `kind` picks exact or approximate (ivf) search, `auto` by catalog size; `precision` float16
-        halves the memory the vectors take.
+        halves the memory the vectors take; `threads` is the cores one image embedding uses (0: all;
+        1 for a server that embeds several requests side by side).
         """
-        return cls(IndexStore.open(directory), backend, kind, precision)
+        return cls(IndexStore.open(directory), backend, kind, precision, threads)
 
     def _load(self) -> None:
         self._seen_version = self.store.data_version()  # read before loading: a commit in between reloads again
@@ -233,7 +246,7 @@ class Recommender:
         """The index's own encoder, loaded once (a few hundred ms) when first needed."""
         with self._lock:
             if self._encoder is None:
-                self._encoder = encoder_for_index(self.store.manifest["encoder"], self.backend)
+                self._encoder = encoder_for_index(self.store.manifest["encoder"], self.backend, self.threads)
             return self._encoder
 
     def __len__(self) -> int:

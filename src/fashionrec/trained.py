@@ -47,7 +47,7 @@ def read_manifest(directory: Path) -> dict:
         raise EncoderError(f"{directory}: unreadable model manifest ({error})") from None
 
 
-def load_trained_encoder(directory: Path, *, size: int | None, fit: Fit, backend: str) -> Encoder:
+def load_trained_encoder(directory: Path, *, size: int | None, fit: Fit, backend: str, threads: int = 0) -> Encoder:
     """The encoder of a model directory; refused if its files or this machine's base weights changed."""
     manifest = read_manifest(directory)
     base = EncoderSpec.from_dict(manifest["base_encoder"])
@@ -71,4 +71,4 @@ def load_trained_encoder(directory: Path, *, size: int | None, fit: Fit, backend
 
     if backend == "torch":
         return Encoder(spec, _torch_runner(make_net()), "torch")
-    return Encoder(spec, _onnx_runner(make_net, directory / ONNX, spec.size), "onnx")
+    return Encoder(spec, _onnx_runner(make_net, directory / ONNX, spec.size, threads), "onnx")
