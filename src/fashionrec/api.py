@@ -174,13 +174,15 @@ def require_read_key(request: Request, given: ApiKey) -> None:
         raise HTTPException(403, "wrong API key")
 
 
-def current_recommender(request: Request) -> Recommender:
-    """The recommender, first reloaded if another process changed the index (a cheap check otherwise).
+async def current_recommender(request: Request) -> Recommender:
+    """The recommender, first reloaded if another process changed the index.
 
-    A plain function, so FastAPI runs it in a thread: a reload never blocks the event loop.
+    The check takes microseconds and runs on the event loop (no thread hop per request); a reload,
+    which takes seconds, runs in a thread so it never blocks the event loop.
     """
     recommender: Recommender = request.app.state.recommender
-    recommender.refresh()
+    if recommender.is_stale():
+        await run_in_threadpool(recommender.refresh)
     return recommender
 
 
@@ -268,7 +270,7 @@ async def search(
 
 
 @reads.get("/items/{item_id}", tags=["items"])
-def get_item(item_id: str, recommender: Rec) -> ItemOut:
+async def get_item(item_id: str, recommender: Rec) -> ItemOut:
     """One product's metadata."""
     item = recommender.item(item_id)
     return ItemOut(id=item.id, metadata=item.metadata, image_url=image_url(item.id))

@@ -302,9 +302,13 @@ class Recommender:
                 np.delete(old.colours, position, axis=0),
             )
 
+    def is_stale(self) -> bool:
+        """Whether another process (another API worker, a rebuild) changed the index: microseconds."""
+        return self.store.data_version() != self._seen_version
+
     def refresh(self) -> bool:
         """Reload if another process (another API worker, a rebuild) changed the index; cheap when none did."""
-        if self.store.data_version() == self._seen_version:
+        if not self.is_stale():
             return False
         with self._write_lock:
             return self._refresh_locked()
