@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,17 +11,19 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 import torch
 
 from fashionrec.build import build_index
 from fashionrec.catalog import load_catalog
+from fashionrec.colour import COLOUR_DIM
 from fashionrec.encoder import TRAINED_MANIFEST, Encoder, EncoderError, load_encoder
 from fashionrec.images import open_image
 from fashionrec.index import IndexStore
 from fashionrec.search import Recommender
 from fashionrec.train import Adapter, TrainConfig, heldout_mask, train
-from fashionrec.trained import ADAPTER, CHECKPOINT, HELDOUT
+from fashionrec.trained import ADAPTER, CHECKPOINT, HELDOUT, ONNX
 
 from conftest import run_cli, sample_rows, write_catalog
 
@@ -34,10 +37,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory, built_index: tuple[Path, o
     batches: list[torch.Tensor] = []
     forward = Adapter.forward
 
-    def recording(self: Adapter, vectors: torch.Tensor) -> torch.Tensor:
+    def recording(self: Adapter, vectors: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
         if self.training:
-            batches.append(vectors.detach().clone())
-        return forward(self, vectors)
+            batches.append(torch.cat([vectors, colours], dim=1).detach().clone())
+        return forward(self, vectors, colours)
 
     Adapter.forward = recording  # type: ignore[method-assign]
     try:
@@ -48,22 +51,25 @@ def trained(tmp_path_factory: pytest.TempPathFactory, built_index: tuple[Path, o
     return out, manifest | {"batches": torch.cat(batches).numpy()}
 
 
-def stored(index: Path) -> tuple[list[str], np.ndarray, list[str]]:
+def stored(index: Path) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+    """Ids, vectors, colour vectors and image names of an index."""
     store = IndexStore.open(index)
-    ids, vectors, images = [], [], []
-    for items, part, _ in store.load():
+    ids, vectors, colours, images = [], [], [], []
+    for items, part, colour_part in store.load():
         ids += [item.id for item in items]
         images += [item.image for item in items]
         vectors.append(part)
+        colours.append(colour_part)
     store.close()
-    return ids, np.concatenate(vectors), images
+    return ids, np.concatenate(vectors), np.concatenate(colours), images
 
 
 def test_split_by_id_is_deterministic_and_never_trained_on(
     trained: tuple[Path, dict], built_index: tuple[Path, object]
 ) -> None:
     out, manifest = trained
-    ids, vectors, _ = stored(built_index[0])
+    ids, vectors, colours, _ = stored(built_index[0])
+    inputs = np.concatenate([vectors, colours], axis=1)  # what the adapter sees of each item
     heldout = heldout_mask(ids, 0.2, 0)
     assert np.array_equal(heldout, heldout_mask(ids, 0.2, 0))
     assert not np.array_equal(heldout, heldout_mask(ids, 0.2, 1))
@@ -75,9 +81,9 @@ def test_split_by_id_is_deterministic_and_never_trained_on(
     assert (out / HELDOUT).read_text().split() == list(np.array(ids)[heldout])
     assert manifest["split"]["heldout_items"] == heldout.sum()
     seen = {row.tobytes() for row in manifest["batches"]}
-    training = {row.tobytes() for row in vectors[~heldout]}
+    training = {row.tobytes() for row in inputs[~heldout]}
     assert seen <= training and len(seen) > 0.9 * len(training)  # training items only (a few dropped by shuffling)
-    assert not seen & {row.tobytes() for row in vectors[heldout]}
+    assert not seen & {row.tobytes() for row in inputs[heldout]}
     assert len(manifest["history"]) == 2 and manifest["trained"]["articleType"]["P@5"] > 0
 
 
@@ -87,6 +93,19 @@ def test_saved_model_reloads_with_the_same_vectors(trained: tuple[Path, dict], c
     onnx, again, reference = (load_encoder(str(out), backend=b) for b in ("onnx", "onnx", "torch"))
     assert onnx.id == reference.id == manifest["encoder"]["id"]
     assert onnx.id.startswith("trained:sample-model@") and onnx.id.endswith("/pad160") and onnx.dim == 32
+    assert manifest["adapter"] == {
+        "inputs": ["vector", "colour"],
+        "base_dim": 1280,
+        "colour_dim": COLOUR_DIM,
+        "in_dim": 1280 + COLOUR_DIM,
+        "hidden": 64,
+        "dim": 32,
+    }
+    graph = onnxruntime.InferenceSession(str(out / ONNX), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.type, i.shape[1:]) for i in graph.get_inputs()] == [
+        ("pixels", "tensor(uint8)", [160, 160, 3]),
+        ("colour", "tensor(float)", [COLOUR_DIM]),
+    ]
     vectors = onnx.embed(images)
     assert np.array_equal(vectors, again.embed(images))
     assert np.abs(vectors - reference.embed(images)).max() < 1e-4
@@ -96,13 +115,13 @@ def test_saved_model_reloads_with_the_same_vectors(trained: tuple[Path, dict], c
 def test_graph_equals_adapter_on_stored_vectors(
     trained: tuple[Path, dict], built_index: tuple[Path, object], sample_catalog: Path
 ) -> None:
-    """Evaluating on projected stored vectors measures exactly what an index of the trained encoder holds."""
+    """Projecting stored vectors and colours gives exactly what an index of the trained encoder holds."""
     out, _ = trained
-    ids, vectors, images = stored(built_index[0])
+    _, vectors, colours, images = stored(built_index[0])
     adapter = Adapter(1280, 64, 32)
     adapter.load_state_dict(torch.load(out / ADAPTER, weights_only=True))
     with torch.inference_mode():
-        projected = adapter.eval()(torch.from_numpy(vectors[:5])).numpy()
+        projected = adapter.eval()(torch.from_numpy(vectors[:5]), torch.from_numpy(colours[:5])).numpy()
     embedded = load_encoder(str(out)).embed([open_image(sample_catalog / name, min_side=160) for name in images[:5]])
     assert np.abs(projected - embedded).max() < 1e-4
 
@@ -167,3 +186,14 @@ def test_bad_inputs_give_one_line_errors(built_index: tuple[Path, object], tmp_p
     assert few.returncode == 2 and "too few items to train: 20" in few.stderr
     assert len(few.stderr.strip().splitlines()) == 1
     assert run_cli("train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m3")).returncode == 2
+
+
+def test_model_without_colour_input_is_refused(trained: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = trained
+    old = tmp_path / "old-model"
+    shutil.copytree(out, old)
+    manifest = json.loads((old / TRAINED_MANIFEST).read_text())
+    manifest["adapter"] = {"in_dim": 1280, "hidden": 64, "dim": 32}  # the manifest before the colour input
+    (old / TRAINED_MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(EncoderError, match="older fashionrec .* train it again"):
+        load_encoder(str(old))

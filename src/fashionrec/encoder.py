@@ -358,7 +358,15 @@ def encoder_for_index(spec: dict[str, object], backend: str = "onnx", threads: i
     return encoder
 
 
-def _torch_runner(net: object) -> Callable[[np.ndarray], np.ndarray]:
+Inputs = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+def pixel_inputs(pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """The model's inputs for a batch of square uint8 pixels: a base encoder takes the pixels alone."""
+    return {"pixels": np.ascontiguousarray(pixels, dtype=np.uint8)}
+
+
+def _torch_runner(net: object, inputs: Inputs = pixel_inputs) -> Callable[[np.ndarray], np.ndarray]:
     """The torch model as a function of pixels, on the GPU when torch sees one."""
     import torch
 
@@ -367,19 +375,19 @@ def _torch_runner(net: object) -> Callable[[np.ndarray], np.ndarray]:
 
     def run(pixels: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(device)
-            return net(batch).cpu().numpy()  # type: ignore[operator]
+            batch = {name: torch.from_numpy(value).to(device) for name, value in inputs(pixels).items()}
+            return net(**batch).cpu().numpy()  # type: ignore[operator]
 
     return run
 
 
 def _onnx_runner(
-    make_net: Callable[[], object], path: Path, size: int, threads: int = 0
+    make_net: Callable[[], object], path: Path, size: int, threads: int = 0, inputs: Inputs = pixel_inputs
 ) -> Callable[[np.ndarray], np.ndarray]:
     import onnxruntime as ort
 
     if not path.is_file():
-        _export_onnx(make_net(), path, size)
+        _export_onnx(make_net(), path, size, inputs)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.enable_cpu_mem_arena = False  # the arena keeps its peak allocation: ~30 MB more to serve
@@ -387,11 +395,11 @@ def _onnx_runner(
     try:
         session = ort.InferenceSession(str(path), options, providers=_onnx_providers())
     except Exception:  # a cache file damaged on disk: export it again
-        _export_onnx(make_net(), path, size)
+        _export_onnx(make_net(), path, size, inputs)
         session = ort.InferenceSession(str(path), options, providers=_onnx_providers())
 
     def run(pixels: np.ndarray) -> np.ndarray:
-        return session.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.uint8)})[0]
+        return session.run(None, inputs(pixels))[0]
 
     return run
 
@@ -404,22 +412,25 @@ def _onnx_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def _export_onnx(net: object, path: Path, size: int) -> None:
-    """Export the torch model once; written to a temp file and renamed, so a cache file is whole."""
+def _export_onnx(net: object, path: Path, size: int, inputs: Inputs = pixel_inputs) -> None:
+    """Export the torch model once; written to a temp file and renamed, so a cache file is whole.
+
+    The graph's inputs are those `inputs` gives for a batch of pixels, in its order and by its names.
+    """
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    example = torch.zeros(1, size, size, 3, dtype=torch.uint8)
+    example = inputs(np.zeros((1, size, size, 3), np.uint8))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             net,  # type: ignore[arg-type]
-            (example,),
+            tuple(torch.from_numpy(value) for value in example.values()),
             str(tmp),
-            input_names=["pixels"],
+            input_names=list(example),
             output_names=["vectors"],
-            dynamic_axes={"pixels": {0: "batch"}, "vectors": {0: "batch"}},
+            dynamic_axes={name: {0: "batch"} for name in [*example, "vectors"]},
             opset_version=17,
             dynamo=False,
         )

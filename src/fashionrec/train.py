@@ -4,7 +4,9 @@ Why an adapter: the index already stores the backbone's vectors, so an epoch rea
 decoding and embedding every image again; it takes seconds on 2 CPU cores, where fine-tuning even
 the last backbone blocks takes hours (bench/train.py measures both). The adapter (MLP -> unit
 vector) learns from one classification head per label and a supervised contrastive loss on all
-labels at once, which pulls together the items that share every label.
+labels at once, which pulls together the items that share every label. Its input is the backbone
+vector and the item's colour vector (colour.py, also stored in the index) side by side: pooled
+ImageNet features keep little colour, the 77-number histogram keeps it well.
 
 Items are split by a hash of their id: training never sees the held-out items' labels. After each
 epoch the held-out items query the whole catalog with the project's own evaluation (P@5 per label,
@@ -47,7 +49,7 @@ from fashionrec.encoder import (
 from fashionrec.evaluate import label_values, nearest, score
 from fashionrec.index import MANIFEST, IndexStore, StoredItem, write_bytes_atomic, write_json_atomic
 from fashionrec.search import Snapshot
-from fashionrec.trained import ADAPTER, CHECKPOINT, HELDOUT, ONNX, trained_spec
+from fashionrec.trained import ADAPTER, CHECKPOINT, HELDOUT, ONNX, colour_inputs, trained_spec
 from fashionrec.vector_index import VectorIndex
 
 FORMAT_VERSION = 1
@@ -78,7 +80,7 @@ class TrainConfig:
     hidden: int = 1024
     dim: int = 256
     batch_size: int = 1024
-    lr: float = 4e-3
+    lr: float = 2e-3
     temperature: float = 0.1
 
     def settings(self) -> dict[str, object]:
@@ -88,16 +90,20 @@ class TrainConfig:
 
 
 class Adapter(nn.Module):
-    """Base vector -> unit vector of `dim`: the part of the encoder that training changes."""
+    """Base vector + colour vector -> unit vector of `dim`: the part of the encoder that training changes.
 
-    def __init__(self, in_dim: int, hidden: int, dim: int) -> None:
+    Both inputs are unit length, so neither outweighs the other in the concatenation at the start.
+    """
+
+    def __init__(self, base_dim: int, hidden: int, dim: int) -> None:
         super().__init__()
+        in_dim = base_dim + COLOUR_DIM
         self.net = nn.Sequential(
             nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(0.1), nn.Linear(hidden, dim)
         )
 
-    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.net(vectors), dim=1)
+    def forward(self, vectors: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(torch.cat([vectors, colours], dim=1)), dim=1)
 
 
 class Heads(nn.Module):
@@ -112,20 +118,20 @@ class Heads(nn.Module):
 
 
 class TrainedNet(nn.Module):
-    """uint8 pixels -> base encoder -> adapter: the graph exported to ONNX."""
+    """uint8 pixels -> base encoder, with their colour vector -> adapter: the graph exported to ONNX."""
 
     def __init__(self, base: nn.Module, adapter: Adapter) -> None:
         super().__init__()
         self.base = base
         self.adapter = adapter
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.adapter(self.base(pixels))
+    def forward(self, pixels: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+        return self.adapter(self.base(pixels), colour)
 
 
 def trained_net(backbone: Backbone, adapter: dict[str, int], adapter_path: Path) -> nn.Module:
     """The torch model of a model directory (the reference, and the source of its ONNX graph)."""
-    module = Adapter(adapter["in_dim"], adapter["hidden"], adapter["dim"])
+    module = Adapter(adapter["base_dim"], adapter["hidden"], adapter["dim"])
     module.load_state_dict(torch.load(adapter_path, map_location="cpu", weights_only=True))
     return TrainedNet(_embedding_net(backbone), module).eval()  # type: ignore[arg-type]
 
@@ -194,11 +200,20 @@ def validate(snapshot: Snapshot, queries: np.ndarray, labels: Sequence[str]) -> 
     return {name: {key: figures[key] for key in keys} for name, figures in found.items()}  # type: ignore[index]
 
 
-def project(adapter: Adapter, vectors: np.ndarray, device: torch.device) -> np.ndarray:
+def project(adapter: Adapter, vectors: np.ndarray, colours: np.ndarray, device: torch.device) -> np.ndarray:
+    """Stored vectors and colours -> what the trained encoder gives for the same images."""
     adapter.eval()
     with torch.inference_mode():
-        chunks = np.split(vectors, range(BATCH, len(vectors), BATCH))
-        return torch.cat([adapter(torch.from_numpy(chunk).to(device)).cpu() for chunk in chunks]).numpy()
+        starts = range(0, len(vectors), BATCH)
+        return torch.cat(
+            [
+                adapter(
+                    torch.from_numpy(vectors[i : i + BATCH]).to(device),
+                    torch.from_numpy(colours[i : i + BATCH]).to(device),
+                ).cpu()
+                for i in starts
+            ]
+        ).numpy()
 
 
 def _save_atomic(state: dict, path: Path) -> None:
@@ -275,6 +290,7 @@ def train(
     if state["epoch"] < config.epochs:
         (out / TRAINED_MANIFEST).unlink(missing_ok=True)  # the old model's files are about to change
         x = torch.from_numpy(vectors[train_rows]).to(device)
+        c = torch.from_numpy(colours[train_rows]).to(device)
         y = torch.from_numpy(target[train_rows]).to(device)
         g = torch.from_numpy(groups[train_rows]).to(device)
         starts = range(0, max(len(train_rows) - config.batch_size, 0) + 1, config.batch_size)  # full batches only
@@ -297,7 +313,7 @@ def train(
                 losses = []
                 for start in starts:
                     batch = order[start : start + config.batch_size]
-                    embedded = adapter(x[batch])
+                    embedded = adapter(x[batch], c[batch])
                     loss = supervised_contrastive(embedded, g[batch], config.temperature)
                     for column, logits in enumerate(heads(embedded)):
                         loss = loss + F.cross_entropy(logits, y[batch, column])
@@ -308,7 +324,7 @@ def train(
                     bar.update()
                     bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
                 figures = validate(
-                    _snapshot(items, project(adapter, vectors, device), colours), heldout_rows, config.labels
+                    _snapshot(items, project(adapter, vectors, colours, device), colours), heldout_rows, config.labels
                 )
                 seconds = time.perf_counter() - epoch_started
                 record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": seconds, **figures}
@@ -353,14 +369,21 @@ def _save_model(
     adapter_sha256 = file_sha256(out / ADAPTER)
     spec = trained_spec(name, base, adapter_sha256, config.dim, out)
     net = TrainedNet(_embedding_net(BACKBONES[base.name]()), adapter.eval())  # type: ignore[arg-type]
-    _export_onnx(net.eval(), out / ONNX, base.size)
+    _export_onnx(net.eval(), out / ONNX, base.size, colour_inputs)
     last = state["history"][-1]
     manifest: dict[str, object] = {
         "format_version": FORMAT_VERSION,
         "name": name,
         "encoder": spec.to_dict(),
         "base_encoder": base.to_dict(),
-        "adapter": {"in_dim": base.dim, "hidden": config.hidden, "dim": config.dim},
+        "adapter": {
+            "inputs": ["vector", "colour"],
+            "base_dim": base.dim,
+            "colour_dim": COLOUR_DIM,
+            "in_dim": base.dim + COLOUR_DIM,
+            "hidden": config.hidden,
+            "dim": config.dim,
+        },
         "adapter_sha256": adapter_sha256,
         "labels": list(config.labels),
         "classes": dict(zip(config.labels, state["classes"], strict=True)),

@@ -2,7 +2,8 @@
 
     MODEL_DIR/fashionrec-model.json   manifest: encoder spec, base encoder, labels, split, metrics per epoch
     MODEL_DIR/adapter.pt              the adapter's torch state dict (read with weights_only=True)
-    MODEL_DIR/model.onnx              backbone + adapter in one graph: uint8 pixels in, unit vectors out
+    MODEL_DIR/model.onnx              backbone + adapter in one graph: uint8 pixels and their colour
+                                      vectors in, unit vectors out
     MODEL_DIR/heldout_ids.txt         the items whose labels training never saw
     MODEL_DIR/checkpoint.pt           the last epoch's training state, to resume or to train longer
 
@@ -16,6 +17,9 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
+
+from fashionrec.colour import COLOUR_DIM, colour_vector
 from fashionrec.encoder import (
     BACKBONES,
     TRAINED_MANIFEST,
@@ -32,6 +36,12 @@ ADAPTER = "adapter.pt"
 ONNX = "model.onnx"
 HELDOUT = "heldout_ids.txt"
 CHECKPOINT = "checkpoint.pt"
+
+
+def colour_inputs(pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """The trained graph's inputs: the square uint8 pixels and each image's colour vector, as the index stores it."""
+    pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+    return {"pixels": pixels, "colour": np.stack([colour_vector(image) for image in pixels])}
 
 
 def trained_spec(name: str, base: EncoderSpec, adapter_sha256: str, dim: int, directory: Path) -> EncoderSpec:
@@ -55,6 +65,8 @@ def load_trained_encoder(directory: Path, *, size: int | None, fit: Fit, backend
         raise EncoderError(f"{directory} takes {base.fit}{base.size} images, not {fit}{size}: leave --size/--fit out")
     if base.name not in BACKBONES:
         raise EncoderError(f"{directory} builds on encoder {base.name!r}, which this fashionrec does not have")
+    if manifest["adapter"].get("colour_dim") != COLOUR_DIM:
+        raise EncoderError(f"{directory}: made by an older fashionrec (no colour input); train it again")
     backbone = BACKBONES[base.name]()
     base = EncoderSpec(base.name, file_sha256(backbone.weights_path), base.size, base.fit, base.dim)
     adapter_path = directory / ADAPTER
@@ -70,5 +82,5 @@ def load_trained_encoder(directory: Path, *, size: int | None, fit: Fit, backend
         return trained_net(backbone, manifest["adapter"], adapter_path)
 
     if backend == "torch":
-        return Encoder(spec, _torch_runner(make_net()), "torch")
-    return Encoder(spec, _onnx_runner(make_net, directory / ONNX, spec.size, threads), "onnx")
+        return Encoder(spec, _torch_runner(make_net(), colour_inputs), "torch")
+    return Encoder(spec, _onnx_runner(make_net, directory / ONNX, spec.size, threads, colour_inputs), "onnx")
