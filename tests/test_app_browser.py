@@ -148,11 +148,19 @@ def test_explore_map_opens_a_product(server: str, browser: Browser) -> None:
     expect(page.locator(".js-plotly-plot")).to_have_count(3)  # types, colours, the embedding map
     chart = page.locator(".js-plotly-plot").nth(2)
     chart.scroll_into_view_if_needed()
-    # Where plotly drew the first product: a click there selects it (AppTest cannot click charts).
+    # Where plotly drew the product farthest from any other (so a click there selects it and no
+    # overlapping neighbour); AppTest cannot click charts.
     x, y, item_id = chart.evaluate(
         """chart => { const layout = chart._fullLayout, trace = chart._fullData[0];
-        return [layout.xaxis.l2p(trace.x[0]) + layout._size.l, layout.yaxis.l2p(trace.y[0]) + layout._size.t,
-                trace.customdata[0][0]]; }"""
+        const px = Array.from(trace.x, (v, i) => [layout.xaxis.l2p(v) + layout._size.l,
+                                                  layout.yaxis.l2p(trace.y[i]) + layout._size.t]);
+        let best = 0, bestGap = -1;
+        px.forEach((p, i) => {
+            let gap = Infinity;
+            px.forEach((q, j) => { if (i !== j) gap = Math.min(gap, Math.hypot(p[0] - q[0], p[1] - q[1])); });
+            if (gap > bestGap) { bestGap = gap; best = i; }
+        });
+        return [px[best][0], px[best][1], trace.customdata[best][0]]; }"""
     )
     box = chart.bounding_box()
     page.mouse.click(box["x"] + x, box["y"] + y)
