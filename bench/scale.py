@@ -66,8 +66,7 @@ def main() -> None:
 
     sweep = {}
     for size in (10_000, 20_000, 50_000, 100_000, 200_000, args.items):
-        exact = VectorIndex(DIM, size, "exact")
-        exact.add(data[:size])
+        exact = VectorIndex.build(DIM, size, lambda n=size: [data[:n]], "exact")
         sweep[size], _ = latency(lambda q, e=exact: e.search(q, K), queries[:50])
         print("exact", size, sweep[size], flush=True)
     figures["exact_latency_by_size"] = sweep
@@ -80,8 +79,7 @@ def main() -> None:
     for precision in args.precisions:
         faiss.omp_set_num_threads(2)
         started = time.perf_counter()
-        ivf = VectorIndex(DIM, args.items, "ivf", precision)
-        ivf.add(data)
+        ivf = VectorIndex.build(DIM, args.items, lambda: [data], "ivf", precision)
         build_s = time.perf_counter() - started
         faiss.omp_set_num_threads(1)
         rows = {}

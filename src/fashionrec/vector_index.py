@@ -92,10 +92,8 @@ class VectorIndex:
         return self.index.ntotal
 
     def add(self, vectors: np.ndarray) -> None:
-        """Append vectors; their positions follow the ones already there."""
+        """Append vectors; their positions follow the ones already there (IVF: cells trained, see `build`)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if not self.index.is_trained:  # IVF built by add() alone: learn the cells from the first vectors
-            self.train(vectors[np.random.default_rng(0).permutation(len(vectors))[: TRAIN_PER_CELL * self.index.nlist]])
         if self.kind == "ivf":
             self.index.add_with_ids(vectors, np.arange(len(self), len(self) + len(vectors), dtype=np.int64))
         else:
