@@ -52,9 +52,7 @@ def per_class_chart(name: str, figures: dict, path: Path) -> None:
     ax.set_xlabel("P@5 (share of the top 5 with the same label)")
     ax.set_title(f"{name}: P@5 per class (classes with >= 20 items)")
     ax.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def confusion_chart(name: str, figures: dict, path: Path) -> None:
@@ -67,6 +65,10 @@ def confusion_chart(name: str, figures: dict, path: Path) -> None:
     ax.set_xlabel("wrong results in the top 5")
     ax.set_title(f"{name}: most confused pairs (query class -> result class)")
     ax.tick_params(axis="y", labelsize=8)
+    _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
