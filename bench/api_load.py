@@ -5,7 +5,9 @@
 Starts `fashionrec serve INDEX_DIR` on a free port (or uses --url, a server already running on that
 index), runs the clients for --duration seconds after a short warm-up, prints requests/s, p50/p99
 latency and errors per kind of request, and writes bench/results/api_load.json. The clients run on
-the same machine as the server and take some of its CPU: the figures are a lower bound.
+the same machine as the server and take some of its CPU: the figures are a lower bound. They use
+aiohttp, which takes a quarter of the CPU httpx takes per request (measured: 3 s instead of 11 s of
+CPU for the same 20 s run), so more of the cores go to the server.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import aiohttp
 import httpx
 import numpy as np
 
@@ -92,7 +95,7 @@ def catalog_photos(catalog: Path, ids: list[str], count: int) -> list[bytes]:
 
 
 async def client(
-    http: httpx.AsyncClient, args: argparse.Namespace, ids: list[str], photos: list[bytes], seed: int, stop: float
+    http: aiohttp.ClientSession, args: argparse.Namespace, ids: list[str], photos: list[bytes], seed: int, stop: float
 ) -> list[tuple[str, float, float, int]]:
     """One client's requests as (kind, start, seconds, status); status 0 is a transport error."""
     rng = random.Random(seed)
@@ -101,7 +104,9 @@ async def client(
         roll = rng.random()
         if roll < args.upload_share:
             kind = "search (upload)"
-            request = http.post("/v1/search", params={"k": args.k}, files={"image": ("q.jpg", rng.choice(photos))})
+            form = aiohttp.FormData()
+            form.add_field("image", rng.choice(photos), filename="q.jpg")
+            request = http.post("/v1/search", params={"k": args.k}, data=form)
         elif roll < args.upload_share + (1 - args.upload_share) * 0.75:
             kind = "similar (id)"
             request = http.get(f"/v1/items/{rng.choice(ids)}/similar", params={"k": args.k})
@@ -109,8 +114,10 @@ async def client(
             kind = "item (id)"
             request = http.get(f"/v1/items/{rng.choice(ids)}")
         try:
-            status = (await request).status_code
-        except httpx.HTTPError:
+            async with request as response:
+                await response.read()
+                status = response.status
+        except aiohttp.ClientError:
             status = 0
         done.append((kind, started, time.perf_counter() - started, status))
     return done
@@ -129,8 +136,9 @@ def summarise(samples: list[tuple[str, float, float, int]], seconds: float) -> d
 
 
 async def load(url: str, args: argparse.Namespace, ids: list[str], photos: list[bytes]) -> dict[str, object]:
-    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+    connector = aiohttp.TCPConnector(limit=args.clients)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(base_url=url, connector=connector, timeout=timeout) as http:
         begin = time.perf_counter()
         measured_from = begin + args.warmup
         stop = measured_from + args.duration
