@@ -2,8 +2,9 @@
 
 Everything CPU-bound (decoding, embedding, searching, reloading) runs in worker threads, never on
 the event loop, in one thread per core for searches and one per core for image work: more threads
-only fight over the cores and the GIL, and a burst of uploads cannot pile up decoded images in memory. Each process holds its own in-memory index and reloads it when another
-process (another worker, a rebuild) commits to the index's SQLite database.
+only fight over the cores and the GIL, and a burst of uploads cannot pile up decoded images in
+memory. Each process holds its own in-memory index and reloads it when another process (another
+worker, a rebuild) commits to the index's SQLite database.
 """
 
 from __future__ import annotations
