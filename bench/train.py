@@ -4,7 +4,7 @@ Writes bench/results/train.json: the validation figures of every epoch and the f
 zero-shot vs trained P@5 (held-out items searching the whole catalog, micro and macro), plus the
 measured cost of the alternative, fine-tuning the last backbone blocks on CPU (`--finetune-probe`).
 
-    python bench/train.py [--index indexes/full] [--out indexes/trained-full] [--epochs 20]
+    python bench/train.py [--index indexes/full] [--out indexes/trained-full] [--epochs 40] [--results train]
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--index", type=Path, default=REPO / "indexes" / "full")
     parser.add_argument("--out", type=Path, default=REPO / "indexes" / "trained-full")
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument("--results", default="train", help="Name of the results file in bench/results.")
     parser.add_argument("--finetune-probe", action="store_true", help="Also time a partial backbone fine-tune.")
     args = parser.parse_args()
     if not (args.index / "manifest.json").is_file():
@@ -83,9 +84,9 @@ def main() -> None:
     for label, figures in table.items():
         print(label, figures)
     write_results(
-        "train",
+        args.results,
         {
-            "command": f"python bench/train.py --index {args.index} --epochs {args.epochs}",
+            "command": f"python bench/train.py --index {args.index} --epochs {args.epochs} --results {args.results}",
             "base_encoder": manifest["base_encoder"]["id"],
             "trained_encoder": manifest["encoder"]["id"],
             "split": manifest["split"],

@@ -277,11 +277,11 @@ def train_encoder(
     label: Annotated[
         list[str] | None, typer.Option("--label", "-l", help="Metadata column to learn; repeat (default: both).")
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training items.")] = 20,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training items.")] = 40,
     holdout: Annotated[float, typer.Option(help="Share of the items held out (by id): never trained on.")] = 0.2,
     seed: Annotated[int, typer.Option(help="Seed of the split, the initial weights and the shuffling.")] = 0,
     batch_size: Annotated[int, typer.Option(min=2, help="Items per training step.")] = 1024,
-    hidden: Annotated[int, typer.Option(min=1, help="Width of the adapter's hidden layer.")] = 1024,
+    hidden: Annotated[int, typer.Option(min=1, help="Width of the adapter's hidden layer.")] = 2048,
     dim: Annotated[int, typer.Option(min=2, help="Dimension of the trained vectors.")] = 256,
     name: Annotated[str | None, typer.Option(help="Model name in its encoder id (default: the --out folder).")] = None,
 ) -> None:

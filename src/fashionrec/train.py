@@ -1,12 +1,12 @@
 """Train on your own catalog: an adapter over the frozen encoder's vectors, fitted to the catalog's labels.
 
 Why an adapter: the index already stores the backbone's vectors, so an epoch reads them instead of
-decoding and embedding every image again; it takes seconds on 2 CPU cores, where fine-tuning even
-the last backbone blocks takes hours (bench/train.py measures both). The adapter (MLP -> unit
-vector) learns from one classification head per label and a supervised contrastive loss on all
-labels at once, which pulls together the items that share every label. Its input is the backbone
-vector and the item's colour vector (colour.py, also stored in the index) side by side: pooled
-ImageNet features keep little colour, the 77-number histogram keeps it well.
+decoding and embedding every image again; it takes seconds on 2 CPU cores, where a training step
+through even the last backbone blocks makes an epoch take minutes (bench/train.py measures both).
+The adapter (MLP -> unit vector) learns from one classification head per label and a supervised
+contrastive loss on all labels at once, which pulls together the items that share every label. Its
+input is the backbone vector and the item's colour vector (colour.py, also stored in the index) side
+by side: pooled ImageNet features keep little colour, the 77-number histogram keeps it well.
 
 Items are split by a hash of their id: training never sees the held-out items' labels. After each
 epoch the held-out items query the whole catalog with the project's own evaluation (P@5 per label,
@@ -74,10 +74,10 @@ class TrainConfig:
     """What training does; all but `epochs` must match to resume (a rerun may train longer, not otherwise)."""
 
     labels: tuple[str, ...] = ("articleType", "baseColour")
-    epochs: int = 20
+    epochs: int = 40
     seed: int = 0
     holdout: float = 0.2
-    hidden: int = 1024
+    hidden: int = 2048
     dim: int = 256
     batch_size: int = 1024
     lr: float = 2e-3
