@@ -423,9 +423,8 @@ def create_app(index_dir: str | Path, keys: Keys | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # CPU-bound work gets one thread per core, searches and embeddings each: more threads only fight
-        # over the cores and the GIL, and the slow requests (uploads) starve. Measured with
-        # bench/api_load.py: p99 124 ms with anyio's default of 40 threads, 57 ms with one per core.
+        # One thread per core (see the module docstring). Measured with bench/api_load.py: p99 124 ms
+        # with anyio's default of 40 search threads, 57 ms with one per core, as uploads no longer starve.
         cores = os.cpu_count() or 1
         anyio.to_thread.current_default_thread_limiter().total_tokens = cores
         app.state.image_threads = anyio.CapacityLimiter(cores)

@@ -25,6 +25,7 @@ from fashionrec.encoder import BACKBONES, DEFAULT_ENCODER, DEFAULT_FIT, WEIGHTS_
 from fashionrec.images import MAX_BYTES, Fit, ImageError
 from fashionrec.index import IndexStore, IndexStoreError
 from fashionrec.search import Match, Recommender, UnknownItemError
+from fashionrec.trained import TrainConfig
 
 app = typer.Typer(
     help="fashionrec: find the most similar products of a catalog for any garment photo.",
@@ -277,18 +278,22 @@ def train_encoder(
     label: Annotated[
         list[str] | None, typer.Option("--label", "-l", help="Metadata column to learn; repeat (default: both).")
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training items.")] = 40,
-    holdout: Annotated[float, typer.Option(help="Share of the items held out (by id): never trained on.")] = 0.2,
-    seed: Annotated[int, typer.Option(help="Seed of the split, the initial weights and the shuffling.")] = 0,
-    batch_size: Annotated[int, typer.Option(min=2, help="Items per training step.")] = 1024,
-    hidden: Annotated[int, typer.Option(min=1, help="Width of the adapter's hidden layer.")] = 2048,
-    dim: Annotated[int, typer.Option(min=2, help="Dimension of the trained vectors.")] = 256,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training items.")] = TrainConfig.epochs,
+    holdout: Annotated[
+        float, typer.Option(help="Share of the items held out (by id): never trained on.")
+    ] = TrainConfig.holdout,
+    seed: Annotated[
+        int, typer.Option(help="Seed of the split, the initial weights and the shuffling.")
+    ] = TrainConfig.seed,
+    batch_size: Annotated[int, typer.Option(min=2, help="Items per training step.")] = TrainConfig.batch_size,
+    hidden: Annotated[int, typer.Option(min=1, help="Width of the adapter's hidden layer.")] = TrainConfig.hidden,
+    dim: Annotated[int, typer.Option(min=2, help="Dimension of the trained vectors.")] = TrainConfig.dim,
     name: Annotated[str | None, typer.Option(help="Model name in its encoder id (default: the --out folder).")] = None,
 ) -> None:
     """Train an encoder on the catalog's labels (an adapter on the stored vectors); rerun to resume."""
-    from fashionrec.train import TrainConfig, TrainInterrupted, train  # torch is only imported for training
+    from fashionrec.train import TrainInterrupted, train  # torch is only imported for training
 
-    labels = tuple(label or ("articleType", "baseColour"))
+    labels = tuple(label or TrainConfig.labels)
     config = TrainConfig(labels, epochs, seed, holdout, hidden, dim, batch_size)
     with user_errors():
         try:

@@ -24,7 +24,6 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +48,7 @@ from fashionrec.encoder import (
 from fashionrec.evaluate import label_values, nearest, score
 from fashionrec.index import MANIFEST, IndexStore, StoredItem, write_bytes_atomic, write_json_atomic
 from fashionrec.search import Snapshot
-from fashionrec.trained import ADAPTER, CHECKPOINT, HELDOUT, ONNX, colour_inputs, trained_spec
+from fashionrec.trained import ADAPTER, CHECKPOINT, HELDOUT, ONNX, TrainConfig, colour_inputs, trained_spec
 from fashionrec.vector_index import VectorIndex
 
 FORMAT_VERSION = 1
@@ -67,26 +66,6 @@ class TrainError(ValueError):
 
 class TrainInterrupted(RuntimeError):
     """Training was stopped (Ctrl-C); every finished epoch is checkpointed."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """What training does; all but `epochs` must match to resume (a rerun may train longer, not otherwise)."""
-
-    labels: tuple[str, ...] = ("articleType", "baseColour")
-    epochs: int = 40
-    seed: int = 0
-    holdout: float = 0.2
-    hidden: int = 2048
-    dim: int = 256
-    batch_size: int = 1024
-    lr: float = 2e-3
-    temperature: float = 0.1
-
-    def settings(self) -> dict[str, object]:
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()} | {
-            "epochs": None
-        }
 
 
 class Adapter(nn.Module):

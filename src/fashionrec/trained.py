@@ -7,14 +7,17 @@
     MODEL_DIR/heldout_ids.txt         the items whose labels training never saw
     MODEL_DIR/checkpoint.pt           the last epoch's training state, to resume or to train longer
 
-With the onnx backend, loading needs no torch: the encoder id is recomputed from the files' hashes
-and must equal the one recorded at training time, so a changed file is refused, never used.
+`TrainConfig`, the settings a model records, lives here too, so the CLI can show its defaults
+without importing torch. With the onnx backend, loading needs no torch: the encoder id is
+recomputed from the files' hashes and must equal the one recorded at training time, so a changed
+file is refused, never used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +39,26 @@ ADAPTER = "adapter.pt"
 ONNX = "model.onnx"
 HELDOUT = "heldout_ids.txt"
 CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What training does; all but `epochs` must match to resume (a rerun may train longer, not otherwise)."""
+
+    labels: tuple[str, ...] = ("articleType", "baseColour")
+    epochs: int = 40
+    seed: int = 0
+    holdout: float = 0.2
+    hidden: int = 2048
+    dim: int = 256
+    batch_size: int = 1024
+    lr: float = 2e-3
+    temperature: float = 0.1
+
+    def settings(self) -> dict[str, object]:
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()} | {
+            "epochs": None
+        }
 
 
 def colour_inputs(pixels: np.ndarray) -> dict[str, np.ndarray]:
