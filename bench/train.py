@@ -1,8 +1,9 @@
 """Train on the whole shared catalog (`fashionrec train` on the full index) and compare with zero-shot.
 
 Writes bench/results/train.json: the validation figures of every epoch and the final table of
-zero-shot vs trained P@5 (held-out items searching the whole catalog, micro and macro), plus the
-measured cost of the alternative, fine-tuning the last backbone blocks on CPU (`--finetune-probe`).
+zero-shot vs trained P@5 (held-out items searching the whole catalog, micro and macro), what each
+part of the trained vector adds (one member or all, with or without the class probabilities), plus
+the measured cost of the alternative, fine-tuning the last backbone blocks on CPU (`--finetune-probe`).
 
     python bench/train.py [--index indexes/full] [--out indexes/trained-full] [--epochs 40] [--results train]
 """
@@ -21,7 +22,9 @@ from common import REPO, SHARED_ZIP, catalog_subset, write_results
 
 from fashionrec.encoder import BACKBONES, _embedding_net
 from fashionrec.images import decode, fit_square
-from fashionrec.train import TrainConfig, train
+from fashionrec.index import IndexStore
+from fashionrec.train import _read_all, _snapshot, heldout_mask, load_adapter, project, train, validate
+from fashionrec.trained import ADAPTER, TrainConfig
 
 LABELS = ("articleType", "baseColour")
 
@@ -57,6 +60,31 @@ def finetune_probe(blocks: int, images: int = 64, batch: int = 32) -> dict[str, 
         "images_per_s": round(rate, 1),
         "hours_per_epoch_35k": round(35_500 / rate / 3600, 2),
     }
+
+
+def ablation(index: Path, model: Path, manifest: dict) -> dict[str, dict[str, float]]:
+    """Held-out P@5 of parts of the trained vector: one member or all, with or without class probabilities."""
+    store = IndexStore.open(index)
+    items, vectors, colours = _read_all(store)
+    store.close()
+    heldout = np.flatnonzero(
+        heldout_mask([item.id for item in items], manifest["split"]["holdout"], manifest["split"]["seed"])
+    )
+    adapter = load_adapter(manifest["adapter"], model / ADAPTER)
+    members, label_scale = adapter.members, adapter.label_scale
+    found = {}
+    for name, count, with_labels in (
+        ("one member, no class probabilities", 1, False),
+        ("one member + class probabilities", 1, True),
+        (f"{len(members)} members, no class probabilities", len(members), False),
+        (f"{len(members)} members + class probabilities", len(members), True),
+    ):
+        adapter.members, adapter.label_scale = members[:count], label_scale if with_labels else 0.0
+        projected = project(adapter, vectors, colours, torch.device("cpu"))
+        figures = validate(_snapshot(items, projected, colours), heldout, manifest["labels"])
+        found[name] = {label: round(f["P@5"], 4) for label, f in figures.items()}
+        print(name, found[name])
+    return found
 
 
 def main() -> None:
@@ -96,6 +124,7 @@ def main() -> None:
             "device": "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
             "table": table,
             "epochs": manifest["history"],
+            "ablation_P@5": ablation(args.index, args.out, manifest),
             "finetune_probe": [finetune_probe(blocks) for blocks in (2, 4)] if args.finetune_probe else None,
         },
     )

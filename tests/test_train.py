@@ -22,32 +22,32 @@ from fashionrec.encoder import TRAINED_MANIFEST, Encoder, EncoderError, load_enc
 from fashionrec.images import open_image
 from fashionrec.index import IndexStore
 from fashionrec.search import Recommender
-from fashionrec.train import Adapter, TrainConfig, heldout_mask, train
+from fashionrec.train import Adapter, TrainConfig, heldout_mask, load_adapter, train
 from fashionrec.trained import ADAPTER, CHECKPOINT, HELDOUT, ONNX
 
 from conftest import run_cli, sample_rows, write_catalog
 
-SMALL = TrainConfig(epochs=2, batch_size=64, hidden=64, dim=32)
-SMALL_OPTIONS = ["--batch-size", "64", "--hidden", "64", "--dim", "32"]
+SMALL = TrainConfig(epochs=2, batch_size=64, hidden=64, dim=32, members=2)
+SMALL_OPTIONS = ["--batch-size", "64", "--hidden", "64", "--dim", "32", "--members", "2"]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, built_index: tuple[Path, object]) -> tuple[Path, dict]:
     """A model trained for two epochs on the sample index, with every training batch recorded."""
     batches: list[torch.Tensor] = []
-    forward = Adapter.forward
+    parts = Adapter.parts
 
-    def recording(self: Adapter, vectors: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
+    def recording(self: Adapter, vectors: torch.Tensor, colours: torch.Tensor) -> list:
         if self.training:
             batches.append(torch.cat([vectors, colours], dim=1).detach().clone())
-        return forward(self, vectors, colours)
+        return parts(self, vectors, colours)
 
-    Adapter.forward = recording  # type: ignore[method-assign]
+    Adapter.parts = recording  # type: ignore[method-assign]
     try:
         out = tmp_path_factory.mktemp("model") / "sample-model"
         manifest = train(built_index[0], out, SMALL, progress=False, log=lambda _: None)
     finally:
-        Adapter.forward = forward  # type: ignore[method-assign]
+        Adapter.parts = parts  # type: ignore[method-assign]
     return out, manifest | {"batches": torch.cat(batches).numpy()}
 
 
@@ -92,7 +92,9 @@ def test_saved_model_reloads_with_the_same_vectors(trained: tuple[Path, dict], c
     images = [open_image(p, min_side=160) for p in sorted(catalog_photo.parent.glob("*.jpg"))[:4]]
     onnx, again, reference = (load_encoder(str(out), backend=b) for b in ("onnx", "onnx", "torch"))
     assert onnx.id == reference.id == manifest["encoder"]["id"]
-    assert onnx.id.startswith("trained:sample-model@") and onnx.id.endswith("/pad160") and onnx.dim == 32
+    class_counts = [len(manifest["classes"][label]) for label in ("articleType", "baseColour")]
+    out_dim = 2 * 32 + sum(class_counts)
+    assert onnx.id.startswith("trained:sample-model@") and onnx.id.endswith("/pad160") and onnx.dim == out_dim
     assert manifest["adapter"] == {
         "inputs": ["vector", "colour"],
         "base_dim": 1280,
@@ -100,6 +102,10 @@ def test_saved_model_reloads_with_the_same_vectors(trained: tuple[Path, dict], c
         "in_dim": 1280 + COLOUR_DIM,
         "hidden": 64,
         "dim": 32,
+        "members": 2,
+        "class_counts": class_counts,
+        "label_weight": 1.0,
+        "out_dim": out_dim,
     }
     graph = onnxruntime.InferenceSession(str(out / ONNX), providers=["CPUExecutionProvider"])
     assert [(i.name, i.type, i.shape[1:]) for i in graph.get_inputs()] == [
@@ -109,19 +115,25 @@ def test_saved_model_reloads_with_the_same_vectors(trained: tuple[Path, dict], c
     vectors = onnx.embed(images)
     assert np.array_equal(vectors, again.embed(images))
     assert np.abs(vectors - reference.embed(images)).max() < 1e-4
-    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    # two members' unit vectors, each scaled by 1/sqrt(2), then two labels' class probabilities; all / sqrt(3)
+    scale = 1 / np.sqrt(3)
+    members = vectors[:, :64].reshape(len(vectors), 2, 32)
+    assert np.allclose(np.linalg.norm(members, axis=2), scale / np.sqrt(2), atol=1e-5)
+    probabilities = np.split(vectors[:, 64:], np.cumsum(class_counts)[:-1], axis=1)
+    for part in probabilities:
+        assert (part >= 0).all() and np.allclose(part.sum(axis=1), scale, atol=1e-5)
+    assert (np.linalg.norm(vectors, axis=1) <= 1 + 1e-5).all()
 
 
 def test_graph_equals_adapter_on_stored_vectors(
     trained: tuple[Path, dict], built_index: tuple[Path, object], sample_catalog: Path
 ) -> None:
     """Projecting stored vectors and colours gives exactly what an index of the trained encoder holds."""
-    out, _ = trained
     _, vectors, colours, images = stored(built_index[0])
-    adapter = Adapter(1280, 64, 32)
-    adapter.load_state_dict(torch.load(out / ADAPTER, weights_only=True))
+    out, manifest = trained
+    adapter = load_adapter(manifest["adapter"], out / ADAPTER)
     with torch.inference_mode():
-        projected = adapter.eval()(torch.from_numpy(vectors[:5]), torch.from_numpy(colours[:5])).numpy()
+        projected = adapter(torch.from_numpy(vectors[:5]), torch.from_numpy(colours[:5])).numpy()
     embedded = load_encoder(str(out)).embed([open_image(sample_catalog / name, min_side=160) for name in images[:5]])
     assert np.abs(projected - embedded).max() < 1e-4
 
@@ -134,7 +146,7 @@ def test_index_with_the_trained_encoder(
     built = run_cli("index", str(sample_catalog), "--out", str(index), "--encoder", str(out), "--workers", "0")
     assert built.returncode == 0, built.stderr
     recorded = json.loads((index / "manifest.json").read_text())["encoder"]
-    assert recorded["id"] == manifest["encoder"]["id"] and recorded["dim"] == 32
+    assert recorded["id"] == manifest["encoder"]["id"] and recorded["dim"] == manifest["adapter"]["out_dim"]
     recommender = Recommender.open(index)
     assert recommender.similar_to_image(catalog_photo, k=1)[0].id == catalog_photo.stem
     refused = run_cli("index", str(sample_catalog), "--out", str(index))
@@ -188,12 +200,18 @@ def test_bad_inputs_give_one_line_errors(built_index: tuple[Path, object], tmp_p
     assert run_cli("train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m3")).returncode == 2
 
 
-def test_model_without_colour_input_is_refused(trained: tuple[Path, dict], tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "older",
+    [
+        {"format_version": 1},  # one adapter, no class probabilities
+        {"adapter": {"in_dim": 1280, "hidden": 64, "dim": 32}},  # before the colour input
+    ],
+)
+def test_model_of_an_older_fashionrec_is_refused(trained: tuple[Path, dict], tmp_path: Path, older: dict) -> None:
     out, _ = trained
     old = tmp_path / "old-model"
     shutil.copytree(out, old)
     manifest = json.loads((old / TRAINED_MANIFEST).read_text())
-    manifest["adapter"] = {"in_dim": 1280, "hidden": 64, "dim": 32}  # the manifest before the colour input
-    (old / TRAINED_MANIFEST).write_text(json.dumps(manifest))
+    (old / TRAINED_MANIFEST).write_text(json.dumps(manifest | older))
     with pytest.raises(EncoderError, match="older fashionrec .* train it again"):
         load_encoder(str(old))

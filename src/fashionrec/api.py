@@ -64,7 +64,7 @@ class ItemOut(BaseModel):
 
 class MatchOut(ItemOut):
     rank: int
-    score: float = Field(description="Cosine similarity, 1 = identical.")
+    score: float = Field(description="Similarity, at most 1: the cosine for a base encoder (1 = identical).")
 
 
 class MatchesOut(BaseModel):

@@ -287,14 +287,23 @@ def train_encoder(
     ] = TrainConfig.seed,
     batch_size: Annotated[int, typer.Option(min=2, help="Items per training step.")] = TrainConfig.batch_size,
     hidden: Annotated[int, typer.Option(min=1, help="Width of the adapter's hidden layer.")] = TrainConfig.hidden,
-    dim: Annotated[int, typer.Option(min=2, help="Dimension of the trained vectors.")] = TrainConfig.dim,
+    dim: Annotated[int, typer.Option(min=2, help="Dimension of each member's shape vector.")] = TrainConfig.dim,
+    members: Annotated[
+        int, typer.Option(min=1, help="Adapters trained side by side (an ensemble); each adds its vector.")
+    ] = TrainConfig.members,
+    label_weight: Annotated[
+        float,
+        typer.Option(min=0.0, help="Weight, in the similarity, of two items' predicted classes agreeing (0: none)."),
+    ] = TrainConfig.label_weight,
     name: Annotated[str | None, typer.Option(help="Model name in its encoder id (default: the --out folder).")] = None,
 ) -> None:
     """Train an encoder on the catalog's labels (an adapter on the stored vectors); rerun to resume."""
     from fashionrec.train import TrainInterrupted, train  # torch is only imported for training
 
     labels = tuple(label or TrainConfig.labels)
-    config = TrainConfig(labels, epochs, seed, holdout, hidden, dim, batch_size)
+    config = TrainConfig(
+        labels, epochs, seed, holdout, hidden, dim, batch_size, members=members, label_weight=label_weight
+    )
     with user_errors():
         try:
             manifest = train(source, out, config, name=name, log=console.print)

@@ -1,7 +1,8 @@
 """Search stage: the `Recommender`, one object that the CLI, the API and the app all share.
 
-Exact cosine similarity over unit vectors (inner product) with FAISS. Filters on metadata are
-applied inside the search through an id selector, so k results that all match come back.
+Inner product with FAISS (vector_index.py): the cosine for base encoders' unit vectors, the trained
+similarity for a trained encoder's (train.Adapter). Filters on metadata are applied inside the
+search through an id selector, so k results that all match come back.
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@
 Why an adapter: the index already stores the backbone's vectors, so an epoch reads them instead of
 decoding and embedding every image again; it takes seconds on 2 CPU cores, where a training step
 through even the last backbone blocks makes an epoch take minutes (bench/train.py measures both).
-The adapter (MLP -> unit vector) learns from one classification head per label and a supervised
-contrastive loss on all labels at once, which pulls together the items that share every label. Its
-input is the backbone vector and the item's colour vector (colour.py, also stored in the index) side
-by side: pooled ImageNet features keep little colour, the 77-number histogram keeps it well.
+The adapter is a small ensemble of MLPs (-> unit vectors), each learning from one classification
+head per label and a supervised contrastive loss on all labels at once, which pulls together the
+items that share every label; its output also carries the heads' class probabilities (Adapter).
+Its input is the backbone vector and the item's colour vector (colour.py, also stored in the index)
+side by side: pooled ImageNet features keep little colour, the 77-number histogram keeps it well.
 
 Items are split by a hash of their id: training never sees the held-out items' labels. After each
 epoch the held-out items query the whole catalog with the project's own evaluation (P@5 per label,
@@ -25,6 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,10 +50,18 @@ from fashionrec.encoder import (
 from fashionrec.evaluate import label_values, nearest, score
 from fashionrec.index import MANIFEST, IndexStore, StoredItem, write_bytes_atomic, write_json_atomic
 from fashionrec.search import Snapshot
-from fashionrec.trained import ADAPTER, CHECKPOINT, HELDOUT, ONNX, TrainConfig, colour_inputs, trained_spec
+from fashionrec.trained import (
+    ADAPTER,
+    CHECKPOINT,
+    HELDOUT,
+    MODEL_FORMAT,
+    ONNX,
+    TrainConfig,
+    colour_inputs,
+    trained_spec,
+)
 from fashionrec.vector_index import VectorIndex
 
-FORMAT_VERSION = 1
 MIN_ITEMS = 100  # fewer items cannot both train and leave a held-out split worth measuring
 MIN_TRAIN_CLASS = 10  # label values with fewer training items are learnt together as OTHER
 OTHER = "(other)"
@@ -68,32 +78,56 @@ class TrainInterrupted(RuntimeError):
     """Training was stopped (Ctrl-C); every finished epoch is checkpointed."""
 
 
-class Adapter(nn.Module):
-    """Base vector + colour vector -> unit vector of `dim`: the part of the encoder that training changes.
+class Member(nn.Module):
+    """One MLP (base vector + colour vector -> unit vector) with a cosine classifier per label on its output."""
 
-    Both inputs are unit length, so neither outweighs the other in the concatenation at the start.
-    """
-
-    def __init__(self, base_dim: int, hidden: int, dim: int) -> None:
+    def __init__(self, in_dim: int, hidden: int, dim: int, class_counts: Sequence[int]) -> None:
         super().__init__()
-        in_dim = base_dim + COLOUR_DIM
         self.net = nn.Sequential(
             nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(0.1), nn.Linear(hidden, dim)
         )
+        self.heads = nn.ParameterList([nn.Parameter(torch.randn(n, dim) * 0.01) for n in class_counts])
+
+    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        embedded = F.normalize(self.net(inputs), dim=1)
+        return embedded, [COSINE_SCALE * embedded @ F.normalize(w, dim=1).T for w in self.heads]
+
+
+class Adapter(nn.Module):
+    """Base vector + colour vector -> the trained vector: the part of the encoder that training changes.
+
+    It is an ensemble of `members` MLPs, trained side by side from different initial weights. The
+    trained vector holds each member's unit vector (scaled by 1/sqrt(members)), then, per label,
+    the members' mean class probabilities scaled by sqrt(label_weight). So the dot product of two
+    trained vectors is the members' mean cosine plus label_weight x the probability that both items
+    have the same class, for each label; the whole is divided by 1 + labels x label_weight, so
+    scores stay at most 1. Both parts were measured to pay (README, "Training"). The vectors are
+    not normalised again: that would favour items whose class is uncertain. The two inputs are
+    unit length, so neither outweighs the other at the start.
+    """
+
+    def __init__(
+        self, base_dim: int, hidden: int, dim: int, class_counts: Sequence[int], members: int, label_weight: float
+    ) -> None:
+        super().__init__()
+        in_dim = base_dim + COLOUR_DIM
+        self.members = nn.ModuleList([Member(in_dim, hidden, dim, class_counts) for _ in range(members)])
+        self.label_scale = math.sqrt(label_weight)
+        self.out_scale = 1 / math.sqrt(1 + len(class_counts) * label_weight)
+
+    def parts(self, vectors: torch.Tensor, colours: torch.Tensor) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
+        """Each member's unit vector and class logits per label: what training scores."""
+        inputs = torch.cat([vectors, colours], dim=1)
+        return [member(inputs) for member in self.members]
 
     def forward(self, vectors: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.net(torch.cat([vectors, colours], dim=1)), dim=1)
-
-
-class Heads(nn.Module):
-    """One cosine classifier per label over the adapter's unit vectors; used by training only."""
-
-    def __init__(self, dim: int, class_counts: Sequence[int]) -> None:
-        super().__init__()
-        self.weights = nn.ParameterList([nn.Parameter(torch.randn(n, dim) * 0.01) for n in class_counts])
-
-    def forward(self, vectors: torch.Tensor) -> list[torch.Tensor]:
-        return [COSINE_SCALE * vectors @ F.normalize(w, dim=1).T for w in self.weights]
+        parts = self.parts(vectors, colours)
+        shape = torch.cat([embedded for embedded, _ in parts], dim=1) / math.sqrt(len(parts))
+        labels = len(parts[0][1])
+        probabilities = [
+            torch.stack([F.softmax(logits[label], dim=1) for _, logits in parts]).mean(dim=0) for label in range(labels)
+        ]
+        return self.out_scale * torch.cat([shape, *(self.label_scale * p for p in probabilities)], dim=1)
 
 
 class TrainedNet(nn.Module):
@@ -108,11 +142,23 @@ class TrainedNet(nn.Module):
         return self.adapter(self.base(pixels), colour)
 
 
-def trained_net(backbone: Backbone, adapter: dict[str, int], adapter_path: Path) -> nn.Module:
+def trained_net(backbone: Backbone, adapter: dict[str, Any], adapter_path: Path) -> nn.Module:
     """The torch model of a model directory (the reference, and the source of its ONNX graph)."""
-    module = Adapter(adapter["base_dim"], adapter["hidden"], adapter["dim"])
+    return TrainedNet(_embedding_net(backbone), load_adapter(adapter, adapter_path)).eval()  # type: ignore[arg-type]
+
+
+def load_adapter(adapter: dict[str, Any], adapter_path: Path) -> Adapter:
+    """The adapter of a model directory, from its manifest's "adapter" entry and its state dict."""
+    module = Adapter(
+        adapter["base_dim"],
+        adapter["hidden"],
+        adapter["dim"],
+        adapter["class_counts"],
+        adapter["members"],
+        adapter["label_weight"],
+    )
     module.load_state_dict(torch.load(adapter_path, map_location="cpu", weights_only=True))
-    return TrainedNet(_embedding_net(backbone), module).eval()  # type: ignore[arg-type]
+    return module.eval()
 
 
 def heldout_mask(ids: Sequence[str], fraction: float, seed: int) -> np.ndarray:
@@ -245,9 +291,10 @@ def train(
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(config.seed)
-    adapter = Adapter(base.dim, config.hidden, config.dim).to(device)
-    heads = Heads(config.dim, [len(c) for c in classes]).to(device)
-    optimizer = torch.optim.AdamW([*adapter.parameters(), *heads.parameters()], lr=config.lr, weight_decay=1e-4)
+    class_counts = [len(c) for c in classes]
+    adapter = Adapter(base.dim, config.hidden, config.dim, class_counts, config.members, config.label_weight)
+    adapter = adapter.to(device)
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=1e-4)
     checkpoint_path = out / CHECKPOINT
     state: dict = {"epoch": 0, "history": [], "seconds": 0.0}
     if checkpoint_path.is_file():
@@ -257,7 +304,6 @@ def train(
                 f"{out} holds a training with other settings, labels or catalog; use another --out or the same ones"
             )
         adapter.load_state_dict(state["adapter"])
-        heads.load_state_dict(state["heads"])
         optimizer.load_state_dict(state["optimizer"])
         log(f"Resuming after epoch {state['epoch']} of {config.epochs} (checkpoint {checkpoint_path})")
     else:
@@ -292,10 +338,11 @@ def train(
                 losses = []
                 for start in starts:
                     batch = order[start : start + config.batch_size]
-                    embedded = adapter(x[batch], c[batch])
-                    loss = supervised_contrastive(embedded, g[batch], config.temperature)
-                    for column, logits in enumerate(heads(embedded)):
-                        loss = loss + F.cross_entropy(logits, y[batch, column])
+                    loss = torch.zeros((), device=device)
+                    for embedded, logits in adapter.parts(x[batch], c[batch]):
+                        loss = loss + supervised_contrastive(embedded, g[batch], config.temperature)
+                        for column, label_logits in enumerate(logits):
+                            loss = loss + F.cross_entropy(label_logits, y[batch, column])
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
@@ -315,7 +362,6 @@ def train(
                     "base": base.id,
                     "classes": list(classes),
                     "adapter": adapter.state_dict(),
-                    "heads": heads.state_dict(),
                     "optimizer": optimizer.state_dict(),
                 }
                 _save_atomic(state, checkpoint_path)
@@ -346,12 +392,14 @@ def _save_model(
     """Write the adapter, the ONNX graph (backbone + adapter), then the manifest: last, so a model dir is whole."""
     _save_atomic(adapter.state_dict(), out / ADAPTER)
     adapter_sha256 = file_sha256(out / ADAPTER)
-    spec = trained_spec(name, base, adapter_sha256, config.dim, out)
+    class_counts = [len(classes) for classes in state["classes"]]
+    out_dim = config.members * config.dim + sum(class_counts)
+    spec = trained_spec(name, base, adapter_sha256, out_dim, out)
     net = TrainedNet(_embedding_net(BACKBONES[base.name]()), adapter.eval())  # type: ignore[arg-type]
     _export_onnx(net.eval(), out / ONNX, base.size, colour_inputs)
     last = state["history"][-1]
     manifest: dict[str, object] = {
-        "format_version": FORMAT_VERSION,
+        "format_version": MODEL_FORMAT,
         "name": name,
         "encoder": spec.to_dict(),
         "base_encoder": base.to_dict(),
@@ -362,6 +410,10 @@ def _save_model(
             "in_dim": base.dim + COLOUR_DIM,
             "hidden": config.hidden,
             "dim": config.dim,
+            "members": config.members,
+            "class_counts": class_counts,
+            "label_weight": config.label_weight,
+            "out_dim": out_dim,
         },
         "adapter_sha256": adapter_sha256,
         "labels": list(config.labels),

@@ -3,7 +3,7 @@
     MODEL_DIR/fashionrec-model.json   manifest: encoder spec, base encoder, labels, split, metrics per epoch
     MODEL_DIR/adapter.pt              the adapter's torch state dict (read with weights_only=True)
     MODEL_DIR/model.onnx              backbone + adapter in one graph: uint8 pixels and their colour
-                                      vectors in, unit vectors out
+                                      vectors in, trained vectors out (see train.Adapter)
     MODEL_DIR/heldout_ids.txt         the items whose labels training never saw
     MODEL_DIR/checkpoint.pt           the last epoch's training state, to resume or to train longer
 
@@ -39,6 +39,7 @@ ADAPTER = "adapter.pt"
 ONNX = "model.onnx"
 HELDOUT = "heldout_ids.txt"
 CHECKPOINT = "checkpoint.pt"
+MODEL_FORMAT = 2  # 2: an ensemble of adapters and class probabilities in the vector; 1 had one adapter
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class TrainConfig:
     batch_size: int = 1024
     lr: float = 2e-3
     temperature: float = 0.1
+    members: int = 3
+    label_weight: float = 1.0
 
     def settings(self) -> dict[str, object]:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()} | {
@@ -88,14 +91,16 @@ def load_trained_encoder(directory: Path, *, size: int | None, fit: Fit, backend
         raise EncoderError(f"{directory} takes {base.fit}{base.size} images, not {fit}{size}: leave --size/--fit out")
     if base.name not in BACKBONES:
         raise EncoderError(f"{directory} builds on encoder {base.name!r}, which this fashionrec does not have")
-    if manifest["adapter"].get("colour_dim") != COLOUR_DIM:
-        raise EncoderError(f"{directory}: made by an older fashionrec (no colour input); train it again")
+    if manifest.get("format_version") != MODEL_FORMAT or manifest["adapter"].get("colour_dim") != COLOUR_DIM:
+        raise EncoderError(
+            f"{directory}: made by an older fashionrec (model format {manifest.get('format_version')}); train it again"
+        )
     backbone = BACKBONES[base.name]()
     base = EncoderSpec(base.name, file_sha256(backbone.weights_path), base.size, base.fit, base.dim)
     adapter_path = directory / ADAPTER
     if not adapter_path.is_file():
         raise EncoderError(f"{directory}: no {ADAPTER}; the training did not finish (rerun `fashionrec train`)")
-    spec = trained_spec(manifest["name"], base, file_sha256(adapter_path), manifest["adapter"]["dim"], directory)
+    spec = trained_spec(manifest["name"], base, file_sha256(adapter_path), manifest["adapter"]["out_dim"], directory)
     if spec.id != manifest["encoder"]["id"]:
         raise EncoderError(f"{directory}: the model is {manifest['encoder']['id']} but its files give {spec.id}")
 

@@ -35,7 +35,7 @@ TRAIN_PER_CELL = 48  # k-means sample per cell (FAISS asks for >= 39): bounds th
 
 
 class VectorIndex:
-    """Top-k inner-product search over unit vectors, optionally restricted to allowed positions."""
+    """Top-k inner-product search (the cosine for unit vectors), optionally restricted to allowed positions."""
 
     def __init__(self, dim: int, size: int, kind: Kind = "auto", precision: Precision = "float32") -> None:
         if precision not in PRECISIONS:
