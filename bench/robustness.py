@@ -9,6 +9,7 @@ and the time of `fit_square` per image what it costs in indexing speed.
 
     python bench/robustness.py                          # pad vs trim-stretch, full catalog
     python bench/robustness.py --catalog-items 5000     # quick: a 5,000-item index (also the P@5 subset)
+    python bench/robustness.py --encoder MODEL_DIR --fits pad   # a trained encoder (setting "<name>-pad")
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from scipy import ndimage  # noqa: E402
 
 from fashionrec.build import build_index  # noqa: E402
 from fashionrec.catalog import Catalog  # noqa: E402
-from fashionrec.encoder import DEFAULT_SIZE, load_encoder  # noqa: E402
+from fashionrec.encoder import DEFAULT_ENCODER, Encoder, load_encoder  # noqa: E402
 from fashionrec.evaluate import evaluate  # noqa: E402
 from fashionrec.images import Fit, decode, fit_square  # noqa: E402
 from fashionrec.search import Recommender  # noqa: E402
@@ -117,13 +118,18 @@ def make_query(image: Image.Image, variant: Variant, rng: random.Random) -> byte
     return buffer.getvalue()
 
 
-def open_index(catalog: Catalog, root: Path, fit: Fit, size: int) -> tuple[Recommender, float | None]:
-    """The index of `catalog` with this fit, built under `root` unless complete there; and the build's images/s."""
-    directory = root / f"{len(catalog.items)}-{fit}{size}"
-    manifest = directory / "manifest.json"
+def setting_name(encoder: str, name: str | None, fit: Fit) -> str:
+    """The fit alone for the default encoder (the names of earlier results), else `<name or encoder>-<fit>`."""
+    return fit if encoder == DEFAULT_ENCODER and name is None else f"{name or Path(encoder).name}-{fit}"
+
+
+def open_index(catalog: Catalog, root: Path, name: str, encoder: Encoder) -> tuple[Recommender, float | None]:
+    """The index of `catalog` with this encoder, built under `root` unless complete there; and its images/s."""
+    directory = root / f"{len(catalog.items)}-{name}{encoder.spec.size}"
+    manifest = json.loads((directory / "manifest.json").read_text()) if (directory / "manifest.json").is_file() else {}
     rate = None
-    if not (manifest.is_file() and json.loads(manifest.read_text()).get("complete")):
-        rate = round(build_index(catalog, directory, load_encoder(size=size, fit=fit)).rate, 1)
+    if not (manifest.get("complete") and manifest["encoder"]["id"] == encoder.id):  # else build refuses or resumes
+        rate = round(build_index(catalog, directory, encoder).rate, 1)
     return Recommender.open(directory), rate
 
 
@@ -172,7 +178,7 @@ def bar_chart(recall: dict[str, dict[str, dict[str, float]]], metric: str, path:
     ax.set_ylabel(f"exact-product {metric}")
     ax.axhline(0.95, color="grey", lw=0.6, ls="--")
     ax.axhline(0.80, color="grey", lw=0.6, ls=":")
-    ax.legend(title="fit", fontsize=8)
+    ax.legend(title="setting", fontsize=8)
     ax.set_title(f"Query photos of catalog products: {metric} per kind of photo")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -182,7 +188,9 @@ def bar_chart(recall: dict[str, dict[str, dict[str, float]]], metric: str, path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fits", nargs="+", choices=get_args(Fit), default=["pad", "trim-stretch"])
-    parser.add_argument("--size", type=int, default=DEFAULT_SIZE)
+    parser.add_argument("--size", type=int, default=None, help="model input size (default: the encoder's own)")
+    parser.add_argument("--encoder", default=DEFAULT_ENCODER, help="encoder name or trained model directory")
+    parser.add_argument("--name", help="the encoder's name in the results (default: its name or folder)")
     parser.add_argument("--items", type=int, default=500, help="sampled catalog items, each queried in every variant")
     parser.add_argument("--catalog-items", type=int, default=None, help="index a subset (default: the whole catalog)")
     parser.add_argument("--quality-items", type=int, default=5000, help="subset for leave-one-out P@5")
@@ -193,30 +201,33 @@ def main() -> None:
     catalog = catalog_subset(args.catalog_items)
     quality_catalog = catalog_subset(args.quality_items)
     recommenders, quality, rates = {}, {}, {}
-    for fit in args.fits:
-        recommenders[fit], rates[fit] = open_index(catalog, args.indexes, fit, args.size)
-        subset, _ = open_index(quality_catalog, args.indexes, fit, args.size)
+    fits = {setting_name(args.encoder, args.name, fit): fit for fit in args.fits}
+    encoders = {setting: load_encoder(args.encoder, size=args.size, fit=fit) for setting, fit in fits.items()}
+    size = next(iter(encoders.values())).spec.size
+    for setting, encoder in encoders.items():
+        recommenders[setting], rates[setting] = open_index(catalog, args.indexes, setting, encoder)
+        subset, _ = open_index(quality_catalog, args.indexes, setting, encoder)
         labels = evaluate(subset, ["articleType", "baseColour"], [5], progress=False)["labels"]
-        quality[fit] = {name: round(figures["P@5"], 4) for name, figures in labels.items()}
-        print(fit, "P@5", quality[fit], flush=True)
+        quality[setting] = {name: round(figures["P@5"], 4) for name, figures in labels.items()}
+        print(setting, "P@5", quality[setting], flush=True)
 
     known = set.intersection(*(set(r.positions) for r in recommenders.values()))
     items = random.Random(1).sample([item for item in catalog.items if item.id in known], args.items)
-    hits = {fit: {variant: np.zeros((len(items), 2), bool) for variant in VARIANTS} for fit in args.fits}
-    grids: dict[str, list[tuple[list[Image.Image], list[bool]]]] = {fit: [] for fit in args.fits}
+    hits = {setting: {variant: np.zeros((len(items), 2), bool) for variant in VARIANTS} for setting in fits}
+    grids: dict[str, list[tuple[list[Image.Image], list[bool]]]] = {setting: [] for setting in fits}
     originals = []
     for n, item in enumerate(items):
         original = decode(catalog.source.read(item.image), item.image)
         originals.append(original)
         rng = random.Random(f"{item.id}")
         queries = {name: make_query(original, variant, rng) for name, variant in VARIANTS.items()}
-        for fit, recommender in recommenders.items():
+        for setting, recommender in recommenders.items():
             for name, data in queries.items():
                 found = [match.id for match in recommender.similar_to_image(data, k=5)]
-                hits[fit][name][n] = (found[:1] == [item.id], item.id in found)
+                hits[setting][name][n] = (found[:1] == [item.id], item.id in found)
             if n < args.grid_items:
                 pictures = [decode(data, name) for name, data in queries.items()]
-                grids[fit].append((pictures, [bool(hits[fit][v][n, 0]) for v in VARIANTS]))
+                grids[setting].append((pictures, [bool(hits[setting][v][n, 0]) for v in VARIANTS]))
         if n % 50 == 49:
             print(f"{n + 1}/{len(items)} items", flush=True)
 
@@ -224,18 +235,19 @@ def main() -> None:
         "index_items": len(catalog.items),
         "query_items": len(items),
         "quality_items": len(quality_catalog.items),
-        "size": args.size,
+        "size": size,
         "variants": list(VARIANTS),
     }
     settings = {
-        fit: {
-            "fit": fit,
+        setting: {
+            "fit": setting,
+            "encoder": recommenders[setting].info()["encoder"],
             "recall": {variant: recall_at(found) for variant, found in per.items()},
-            "leave-one-out P@5": quality[fit],
-            "fit_square_us_per_catalog_image": fit_cost_us(originals, fit, args.size),
-            "build_images_per_s": rates[fit],
+            "leave-one-out P@5": quality[setting],
+            "fit_square_us_per_catalog_image": fit_cost_us(originals, fits[setting], size),
+            "build_images_per_s": rates[setting],
         }
-        for fit, per in hits.items()
+        for setting, per in hits.items()
     }
     for setting in settings.values():
         print(json.dumps(setting), flush=True)
@@ -245,9 +257,9 @@ def main() -> None:
         if all(old.get(key) == value for key, value in setup.items()):
             settings = {setting["fit"]: setting for setting in old["settings"]} | settings
     OUT.mkdir(parents=True, exist_ok=True)
-    for fit, rows in grids.items():
-        sample_grid(rows, OUT / f"samples_{fit}.png")
-    recall = {fit: setting["recall"] for fit, setting in settings.items()}
+    for setting, rows in grids.items():
+        sample_grid(rows, OUT / f"samples_{setting}.png")
+    recall = {name: setting["recall"] for name, setting in settings.items()}
     bar_chart(recall, "R@1", OUT / "r1_by_variant.png")
     bar_chart(recall, "R@5", OUT / "r5_by_variant.png")
     note = "hit = the original item is ranked 1 (R@1) / within 5 (R@5) for the variant's JPEG bytes"

@@ -63,7 +63,7 @@ def finetune_probe(blocks: int, images: int = 64, batch: int = 32) -> dict[str, 
 
 
 def ablation(index: Path, model: Path, manifest: dict) -> dict[str, dict[str, float]]:
-    """Held-out P@5 of parts of the trained vector: one member or all, with or without class probabilities."""
+    """Held-out P@5 of parts of the trained vector: one member or all, with or without the other parts."""
     store = IndexStore.open(index)
     items, vectors, colours = _read_all(store)
     store.close()
@@ -71,15 +71,19 @@ def ablation(index: Path, model: Path, manifest: dict) -> dict[str, dict[str, fl
         heldout_mask([item.id for item in items], manifest["split"]["holdout"], manifest["split"]["seed"])
     )
     adapter = load_adapter(manifest["adapter"], model / ADAPTER)
-    members, label_scale = adapter.members, adapter.label_scale
+    members, label_weight, base_weight = adapter.members, float(adapter.label_weight), float(adapter.base_weight)
+    many = f"{len(members)} members"
     found = {}
-    for name, count, with_labels in (
-        ("one member, no class probabilities", 1, False),
-        ("one member + class probabilities", 1, True),
-        (f"{len(members)} members, no class probabilities", len(members), False),
-        (f"{len(members)} members + class probabilities", len(members), True),
+    for name, count, with_labels, with_base in (
+        ("one member, no class probabilities", 1, False, False),
+        ("one member + class probabilities", 1, True, False),
+        (f"{many}, no class probabilities", len(members), False, False),
+        (f"{many} + class probabilities", len(members), True, False),
+        (f"{many} + class probabilities + base vector", len(members), True, True),
     ):
-        adapter.members, adapter.label_scale = members[:count], label_scale if with_labels else 0.0
+        adapter.members = members[:count]
+        adapter.label_weight.fill_(label_weight if with_labels else 0.0)
+        adapter.base_weight.fill_(base_weight if with_base else 0.0)
         projected = project(adapter, vectors, colours, torch.device("cpu"))
         figures = validate(_snapshot(items, projected, colours), heldout, manifest["labels"])
         found[name] = {label: round(f["P@5"], 4) for label, f in figures.items()}

@@ -27,8 +27,8 @@ from fashionrec.trained import ADAPTER, CHECKPOINT, HELDOUT, ONNX
 
 from conftest import run_cli, sample_rows, write_catalog
 
-SMALL = TrainConfig(epochs=2, batch_size=64, hidden=64, dim=32, members=2)
-SMALL_OPTIONS = ["--batch-size", "64", "--hidden", "64", "--dim", "32", "--members", "2"]
+SMALL = TrainConfig(epochs=2, batch_size=64, hidden=64, dim=32, members=2, base_components=16)
+SMALL_OPTIONS = ["--batch-size", "64", "--hidden", "64", "--dim", "32", "--members", "2", "--base-components", "16"]
 
 
 @pytest.fixture(scope="module")
@@ -93,18 +93,20 @@ def test_saved_model_reloads_with_the_same_vectors(trained: tuple[Path, dict], c
     onnx, again, reference = (load_encoder(str(out), backend=b) for b in ("onnx", "onnx", "torch"))
     assert onnx.id == reference.id == manifest["encoder"]["id"]
     class_counts = [len(manifest["classes"][label]) for label in ("articleType", "baseColour")]
-    out_dim = 2 * 32 + sum(class_counts)
+    out_dim = 2 * 32 + sum(class_counts) + 16
     assert onnx.id.startswith("trained:sample-model@") and onnx.id.endswith("/pad160") and onnx.dim == out_dim
     assert manifest["adapter"] == {
         "inputs": ["vector", "colour"],
         "base_dim": 1280,
         "colour_dim": COLOUR_DIM,
         "in_dim": 1280 + COLOUR_DIM,
+        "class_counts": class_counts,
         "hidden": 64,
         "dim": 32,
         "members": 2,
-        "class_counts": class_counts,
         "label_weight": 1.0,
+        "base_weight": 0.4,
+        "base_components": 16,
         "out_dim": out_dim,
     }
     graph = onnxruntime.InferenceSession(str(out / ONNX), providers=["CPUExecutionProvider"])
@@ -115,13 +117,15 @@ def test_saved_model_reloads_with_the_same_vectors(trained: tuple[Path, dict], c
     vectors = onnx.embed(images)
     assert np.array_equal(vectors, again.embed(images))
     assert np.abs(vectors - reference.embed(images)).max() < 1e-4
-    # two members' unit vectors, each scaled by 1/sqrt(2), then two labels' class probabilities; all / sqrt(3)
-    scale = 1 / np.sqrt(3)
+    # two members' unit vectors, each scaled by 1/sqrt(2), then two labels' class probabilities, all of it
+    # scaled by sqrt(1 - 0.4) / sqrt(1 + 2); then the base vector's 16 main components, unit length, x sqrt(0.4)
+    scale = np.sqrt(0.6 / 3)
     members = vectors[:, :64].reshape(len(vectors), 2, 32)
     assert np.allclose(np.linalg.norm(members, axis=2), scale / np.sqrt(2), atol=1e-5)
-    probabilities = np.split(vectors[:, 64:], np.cumsum(class_counts)[:-1], axis=1)
+    *probabilities, base = np.split(vectors[:, 64:], np.cumsum(class_counts), axis=1)
     for part in probabilities:
         assert (part >= 0).all() and np.allclose(part.sum(axis=1), scale, atol=1e-5)
+    assert base.shape[1] == 16 and np.allclose(np.linalg.norm(base, axis=1), np.sqrt(0.4), atol=1e-5)
     assert (np.linalg.norm(vectors, axis=1) <= 1 + 1e-5).all()
 
 
@@ -157,6 +161,30 @@ def test_index_with_the_trained_encoder(
             Recommender.open(index).embed_image(catalog_photo)
     finally:
         moved.rename(out)
+
+
+def test_rerun_with_other_weights_re_exports_without_training(
+    trained: tuple[Path, dict], built_index: tuple[Path, object], tmp_path: Path, catalog_photo: Path
+) -> None:
+    out, manifest = trained
+    again = tmp_path / "sample-model"
+    shutil.copytree(out, again)
+    weights = ["--label-weight", "0", "--base-weight", "0"]
+    rerun = run_cli("train", str(built_index[0]), "--out", str(again), "--epochs", "2", *SMALL_OPTIONS, *weights)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (
+        "Resuming after epoch 2" in rerun.stdout
+        and "Re-exporting with label weight 0.0 and base weight 0.0" in rerun.stdout
+    )
+    assert torch.load(again / CHECKPOINT, weights_only=True)["epoch"] == 2  # nothing trained again
+    remade = json.loads((again / TRAINED_MANIFEST).read_text())
+    assert remade["history"] == json.loads(json.dumps(manifest["history"]))
+    assert (remade["adapter"]["label_weight"], remade["adapter"]["base_weight"]) == (0.0, 0.0)
+    assert remade["encoder"]["id"] != manifest["encoder"]["id"]  # the weights are in the adapter's hash
+    assert remade["trained"] != manifest["trained"]  # measured again, on the model as saved
+    vector = load_encoder(str(again)).embed([open_image(catalog_photo, min_side=160)])[0]
+    members, probabilities, base = np.split(vector, [64, remade["adapter"]["out_dim"] - 16])
+    assert np.isclose(np.linalg.norm(members), 1, atol=1e-5) and not probabilities.any() and not base.any()
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGKILL])
@@ -198,12 +226,15 @@ def test_bad_inputs_give_one_line_errors(built_index: tuple[Path, object], tmp_p
     assert few.returncode == 2 and "too few items to train: 20" in few.stderr
     assert len(few.stderr.strip().splitlines()) == 1
     assert run_cli("train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m3")).returncode == 2
+    wide = run_cli("train", str(built_index[0]), "--out", str(tmp_path / "m4"), "--base-components", "2000")
+    assert wide.returncode == 2 and "--base-components between 0 and 1280" in wide.stderr
 
 
 @pytest.mark.parametrize(
     "older",
     [
         {"format_version": 1},  # one adapter, no class probabilities
+        {"format_version": 2},  # no base vector
         {"adapter": {"in_dim": 1280, "hidden": 64, "dim": 32}},  # before the colour input
     ],
 )

@@ -295,6 +295,15 @@ def train_encoder(
         float,
         typer.Option(min=0.0, help="Weight, in the similarity, of two items' predicted classes agreeing (0: none)."),
     ] = TrainConfig.label_weight,
+    base_weight: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Weight of the base encoder's own similarity: finds the exact product of a photo."
+        ),
+    ] = TrainConfig.base_weight,
+    base_components: Annotated[
+        int, typer.Option(min=0, help="Size of the base vector kept in the trained one (PCA; 0: none).")
+    ] = TrainConfig.base_components,
     name: Annotated[str | None, typer.Option(help="Model name in its encoder id (default: the --out folder).")] = None,
 ) -> None:
     """Train an encoder on the catalog's labels (an adapter on the stored vectors); rerun to resume."""
@@ -302,7 +311,17 @@ def train_encoder(
 
     labels = tuple(label or TrainConfig.labels)
     config = TrainConfig(
-        labels, epochs, seed, holdout, hidden, dim, batch_size, members=members, label_weight=label_weight
+        labels,
+        epochs,
+        seed,
+        holdout,
+        hidden,
+        dim,
+        batch_size,
+        members=members,
+        label_weight=label_weight,
+        base_weight=base_weight,
+        base_components=base_components,
     )
     with user_errors():
         try:

@@ -93,27 +93,55 @@ class Member(nn.Module):
         return embedded, [COSINE_SCALE * embedded @ F.normalize(w, dim=1).T for w in self.heads]
 
 
+ADAPTER_SETTINGS = ("hidden", "dim", "members", "label_weight", "base_weight", "base_components")
+
+
 class Adapter(nn.Module):
     """Base vector + colour vector -> the trained vector: the part of the encoder that training changes.
 
-    It is an ensemble of `members` MLPs, trained side by side from different initial weights. The
-    trained vector holds each member's unit vector (scaled by 1/sqrt(members)), then, per label,
-    the members' mean class probabilities scaled by sqrt(label_weight). So the dot product of two
-    trained vectors is the members' mean cosine plus label_weight x the probability that both items
-    have the same class, for each label; the whole is divided by 1 + labels x label_weight, so
-    scores stay at most 1. Both parts were measured to pay (README, "Training"). The vectors are
-    not normalised again: that would favour items whose class is uncertain. The two inputs are
-    unit length, so neither outweighs the other at the start.
+    The trained part is an ensemble of `members` MLPs, trained side by side from different initial
+    weights: each member's unit vector (scaled by 1/sqrt(members)), then, per label, the members'
+    mean class probabilities scaled by sqrt(label_weight). Its dot product is the members' mean
+    cosine plus label_weight x the probability that both items have the same class, per label,
+    divided by 1 + labels x label_weight so that it is at most 1. Training pulls products of the same
+    class together, which loses what tells one product from its look-alikes; so the vector ends with
+    the base vector itself, reduced by PCA to `base_components` (fitted on the training items, kept
+    as buffers) and normalised: the similarity is (1 - base_weight) x trained + base_weight x base,
+    and a shopper's photo of a catalog product still finds that product first. Every part was
+    measured to pay (README, "Train on your own catalog"). The vectors are not normalised again:
+    that would favour items whose class is uncertain.
+
+    The two weights are buffers, so the state dict (and the encoder id, its hash) covers them; they
+    only mix the parts, so a rerun of `train` with other weights re-exports the model without training.
     """
 
     def __init__(
-        self, base_dim: int, hidden: int, dim: int, class_counts: Sequence[int], members: int, label_weight: float
+        self,
+        base_dim: int,
+        class_counts: Sequence[int],
+        *,
+        hidden: int,
+        dim: int,
+        members: int,
+        label_weight: float,
+        base_weight: float,
+        base_components: int,
     ) -> None:
         super().__init__()
         in_dim = base_dim + COLOUR_DIM
         self.members = nn.ModuleList([Member(in_dim, hidden, dim, class_counts) for _ in range(members)])
-        self.label_scale = math.sqrt(label_weight)
-        self.out_scale = 1 / math.sqrt(1 + len(class_counts) * label_weight)
+        self.register_buffer("label_weight", torch.tensor(float(label_weight)))
+        self.register_buffer("base_weight", torch.tensor(float(base_weight)))
+        self.register_buffer("base_mean", torch.zeros(base_dim))
+        self.register_buffer("base_basis", torch.zeros(base_dim, base_components))
+
+    def fit_base_basis(self, vectors: torch.Tensor) -> None:
+        """The PCA of the (training items') base vectors: the directions that tell products apart most."""
+        mean = vectors.mean(dim=0)
+        centred = vectors - mean
+        _, eigenvectors = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
+        self.base_mean.copy_(mean)
+        self.base_basis.copy_(eigenvectors.flip(dims=[1])[:, : self.base_basis.shape[1]])
 
     def parts(self, vectors: torch.Tensor, colours: torch.Tensor) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
         """Each member's unit vector and class logits per label: what training scores."""
@@ -127,7 +155,10 @@ class Adapter(nn.Module):
         probabilities = [
             torch.stack([F.softmax(logits[label], dim=1) for _, logits in parts]).mean(dim=0) for label in range(labels)
         ]
-        return self.out_scale * torch.cat([shape, *(self.label_scale * p for p in probabilities)], dim=1)
+        base = F.normalize((vectors - self.base_mean) @ self.base_basis, dim=1)
+        trained = torch.cat([shape, *(self.label_weight.sqrt() * p for p in probabilities)], dim=1)
+        trained_scale = ((1 - self.base_weight) / (1 + labels * self.label_weight)).sqrt()
+        return torch.cat([trained_scale * trained, self.base_weight.sqrt() * base], dim=1)
 
 
 class TrainedNet(nn.Module):
@@ -149,14 +180,7 @@ def trained_net(backbone: Backbone, adapter: dict[str, Any], adapter_path: Path)
 
 def load_adapter(adapter: dict[str, Any], adapter_path: Path) -> Adapter:
     """The adapter of a model directory, from its manifest's "adapter" entry and its state dict."""
-    module = Adapter(
-        adapter["base_dim"],
-        adapter["hidden"],
-        adapter["dim"],
-        adapter["class_counts"],
-        adapter["members"],
-        adapter["label_weight"],
-    )
+    module = Adapter(adapter["base_dim"], adapter["class_counts"], **{key: adapter[key] for key in ADAPTER_SETTINGS})
     module.load_state_dict(torch.load(adapter_path, map_location="cpu", weights_only=True))
     return module.eval()
 
@@ -280,6 +304,8 @@ def train(
         raise TrainError(f"too few items to train: {len(items)} in {store.directory}, at least {MIN_ITEMS} needed")
     if not 0 < config.holdout < 1 or config.epochs < 1:
         raise TrainError("--holdout must be between 0 and 1 and --epochs at least 1")
+    if not 0 <= config.base_weight <= 1 or not 0 <= config.base_components <= base.dim:
+        raise TrainError(f"--base-weight must be between 0 and 1 and --base-components between 0 and {base.dim}")
     snapshot = _snapshot(items, vectors, colours)
     values = label_values(snapshot, config.labels)  # ValueError naming the columns if one is unknown
     ids = [item.id for item in items]
@@ -292,8 +318,10 @@ def train(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(config.seed)
     class_counts = [len(c) for c in classes]
-    adapter = Adapter(base.dim, config.hidden, config.dim, class_counts, config.members, config.label_weight)
-    adapter = adapter.to(device)
+    weights = {"label_weight": config.label_weight, "base_weight": config.base_weight}
+    settings = {key: getattr(config, key) for key in ADAPTER_SETTINGS}
+    adapter = Adapter(base.dim, class_counts, **settings).to(device)
+    adapter.fit_base_basis(torch.from_numpy(vectors[train_rows]).to(device))
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=1e-4)
     checkpoint_path = out / CHECKPOINT
     state: dict = {"epoch": 0, "history": [], "seconds": 0.0}
@@ -304,6 +332,8 @@ def train(
                 f"{out} holds a training with other settings, labels or catalog; use another --out or the same ones"
             )
         adapter.load_state_dict(state["adapter"])
+        adapter.label_weight.fill_(config.label_weight)  # the mixing weights may differ from the last run's
+        adapter.base_weight.fill_(config.base_weight)
         optimizer.load_state_dict(state["optimizer"])
         log(f"Resuming after epoch {state['epoch']} of {config.epochs} (checkpoint {checkpoint_path})")
     else:
@@ -353,7 +383,7 @@ def train(
                     _snapshot(items, project(adapter, vectors, colours, device), colours), heldout_rows, config.labels
                 )
                 seconds = time.perf_counter() - epoch_started
-                record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": seconds, **figures}
+                record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": seconds, **weights, **figures}
                 state["history"].append(record)
                 state |= {
                     "epoch": epoch + 1,
@@ -374,7 +404,15 @@ def train(
             ) from None
         finally:
             bar.close()
-    manifest = _save_model(out, name or out.resolve().name, base, adapter.cpu(), config, state, ids, heldout)
+    last = state["history"][-1]
+    if all(last.get(key) == value for key, value in weights.items()):
+        trained = {label: last[label] for label in state["zero_shot"]}
+    else:  # other mixing weights than the last epoch's: measure the model that is about to be saved
+        log(f"Re-exporting with label weight {config.label_weight} and base weight {config.base_weight}")
+        trained = validate(
+            _snapshot(items, project(adapter, vectors, colours, device), colours), heldout_rows, config.labels
+        )
+    manifest = _save_model(out, name or out.resolve().name, base, adapter.cpu(), config, state, trained, ids, heldout)
     manifest["wall_seconds"] = time.perf_counter() - started
     return manifest
 
@@ -386,6 +424,7 @@ def _save_model(
     adapter: Adapter,
     config: TrainConfig,
     state: dict,
+    trained: dict[str, dict[str, float]],
     ids: list[str],
     heldout: np.ndarray,
 ) -> dict[str, object]:
@@ -393,11 +432,10 @@ def _save_model(
     _save_atomic(adapter.state_dict(), out / ADAPTER)
     adapter_sha256 = file_sha256(out / ADAPTER)
     class_counts = [len(classes) for classes in state["classes"]]
-    out_dim = config.members * config.dim + sum(class_counts)
+    out_dim = config.members * config.dim + sum(class_counts) + config.base_components
     spec = trained_spec(name, base, adapter_sha256, out_dim, out)
     net = TrainedNet(_embedding_net(BACKBONES[base.name]()), adapter.eval())  # type: ignore[arg-type]
     _export_onnx(net.eval(), out / ONNX, base.size, colour_inputs)
-    last = state["history"][-1]
     manifest: dict[str, object] = {
         "format_version": MODEL_FORMAT,
         "name": name,
@@ -408,11 +446,8 @@ def _save_model(
             "base_dim": base.dim,
             "colour_dim": COLOUR_DIM,
             "in_dim": base.dim + COLOUR_DIM,
-            "hidden": config.hidden,
-            "dim": config.dim,
-            "members": config.members,
             "class_counts": class_counts,
-            "label_weight": config.label_weight,
+            **{key: getattr(config, key) for key in ADAPTER_SETTINGS},
             "out_dim": out_dim,
         },
         "adapter_sha256": adapter_sha256,
@@ -429,7 +464,7 @@ def _save_model(
         "config": config.settings() | {"epochs": config.epochs},
         "evaluation": f"held-out items query all {len(ids)} items (themselves excluded); macro over classes >= 20",
         "zero_shot": state["zero_shot"],
-        "trained": {key: value for key, value in last.items() if key not in ("epoch", "loss", "seconds")},
+        "trained": trained,
         "history": state["history"],
         "training_seconds": state["seconds"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -39,12 +39,18 @@ ADAPTER = "adapter.pt"
 ONNX = "model.onnx"
 HELDOUT = "heldout_ids.txt"
 CHECKPOINT = "checkpoint.pt"
-MODEL_FORMAT = 2  # 2: an ensemble of adapters and class probabilities in the vector; 1 had one adapter
+MODEL_FORMAT = 3  # 3: members, class probabilities and the reduced base vector; 2: no base vector; 1: one adapter
+
+
+RERUN_MAY_CHANGE = ("epochs", "label_weight", "base_weight")  # the rest must match to resume
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What training does; all but `epochs` must match to resume (a rerun may train longer, not otherwise)."""
+    """What training does; all but RERUN_MAY_CHANGE must match to resume.
+
+    A rerun may train longer, or re-export the trained model with other mixing weights (no training).
+    """
 
     labels: tuple[str, ...] = ("articleType", "baseColour")
     epochs: int = 40
@@ -57,10 +63,12 @@ class TrainConfig:
     temperature: float = 0.1
     members: int = 3
     label_weight: float = 1.0
+    base_weight: float = 0.4
+    base_components: int = 256
 
     def settings(self) -> dict[str, object]:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()} | {
-            "epochs": None
+            key: None for key in RERUN_MAY_CHANGE
         }
 
 
