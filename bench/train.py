@@ -23,7 +23,7 @@ from common import REPO, SHARED_ZIP, catalog_subset, write_results
 from fashionrec.encoder import BACKBONES, _embedding_net
 from fashionrec.images import decode, fit_square
 from fashionrec.index import IndexStore
-from fashionrec.train import _read_all, _snapshot, heldout_mask, load_adapter, project, train, validate
+from fashionrec.train import _read_all, heldout_mask, load_adapter, train, validate_adapter
 from fashionrec.trained import ADAPTER, TrainConfig
 
 LABELS = ("articleType", "baseColour")
@@ -84,8 +84,7 @@ def ablation(index: Path, model: Path, manifest: dict) -> dict[str, dict[str, fl
         adapter.members = members[:count]
         adapter.label_weight.fill_(label_weight if with_labels else 0.0)
         adapter.base_weight.fill_(base_weight if with_base else 0.0)
-        projected = project(adapter, vectors, colours, torch.device("cpu"))
-        figures = validate(_snapshot(items, projected, colours), heldout, manifest["labels"])
+        figures = validate_adapter(adapter, items, vectors, colours, heldout, manifest["labels"], torch.device("cpu"))
         found[name] = {label: round(f["P@5"], 4) for label, f in figures.items()}
         print(name, found[name])
     return found

@@ -265,6 +265,19 @@ def project(adapter: Adapter, vectors: np.ndarray, colours: np.ndarray, device: 
         ).numpy()
 
 
+def validate_adapter(
+    adapter: Adapter,
+    items: list[StoredItem],
+    vectors: np.ndarray,
+    colours: np.ndarray,
+    queries: np.ndarray,
+    labels: Sequence[str],
+    device: torch.device,
+) -> dict[str, dict[str, float]]:
+    """`validate` on the stored vectors as the adapter projects them: the figures of the trained encoder."""
+    return validate(_snapshot(items, project(adapter, vectors, colours, device), colours), queries, labels)
+
+
 def _save_atomic(state: dict, path: Path) -> None:
     """torch.save to a temp file, then rename: a kill at any moment leaves the previous file whole."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -321,7 +334,6 @@ def train(
     weights = {"label_weight": config.label_weight, "base_weight": config.base_weight}
     settings = {key: getattr(config, key) for key in ADAPTER_SETTINGS}
     adapter = Adapter(base.dim, class_counts, **settings).to(device)
-    adapter.fit_base_basis(torch.from_numpy(vectors[train_rows]).to(device))
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=1e-4)
     checkpoint_path = out / CHECKPOINT
     state: dict = {"epoch": 0, "history": [], "seconds": 0.0}
@@ -337,6 +349,7 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         log(f"Resuming after epoch {state['epoch']} of {config.epochs} (checkpoint {checkpoint_path})")
     else:
+        adapter.fit_base_basis(torch.from_numpy(vectors[train_rows]).to(device))  # a resume loads it instead
         write_bytes_atomic(out / HELDOUT, "".join(f"{ids[row]}\n" for row in heldout_rows).encode())
         log(f"Zero-shot ({base.id}) on {len(heldout_rows)} held-out items searching all {len(items)}:")
         state["zero_shot"] = validate(snapshot, heldout_rows, config.labels)
@@ -379,9 +392,7 @@ def train(
                     losses.append(loss.item())
                     bar.update()
                     bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-                figures = validate(
-                    _snapshot(items, project(adapter, vectors, colours, device), colours), heldout_rows, config.labels
-                )
+                figures = validate_adapter(adapter, items, vectors, colours, heldout_rows, config.labels, device)
                 seconds = time.perf_counter() - epoch_started
                 record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": seconds, **weights, **figures}
                 state["history"].append(record)
@@ -409,9 +420,7 @@ def train(
         trained = {label: last[label] for label in state["zero_shot"]}
     else:  # other mixing weights than the last epoch's: measure the model that is about to be saved
         log(f"Re-exporting with label weight {config.label_weight} and base weight {config.base_weight}")
-        trained = validate(
-            _snapshot(items, project(adapter, vectors, colours, device), colours), heldout_rows, config.labels
-        )
+        trained = validate_adapter(adapter, items, vectors, colours, heldout_rows, config.labels, device)
     manifest = _save_model(out, name or out.resolve().name, base, adapter.cpu(), config, state, trained, ids, heldout)
     manifest["wall_seconds"] = time.perf_counter() - started
     return manifest

@@ -40,8 +40,6 @@ ONNX = "model.onnx"
 HELDOUT = "heldout_ids.txt"
 CHECKPOINT = "checkpoint.pt"
 MODEL_FORMAT = 3  # 3: members, class probabilities and the reduced base vector; 2: no base vector; 1: one adapter
-
-
 RERUN_MAY_CHANGE = ("epochs", "label_weight", "base_weight")  # the rest must match to resume
 
 
