@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +27,9 @@ TRIM_MARGIN = 0.03  # kept around the trimmed product, as a share of its longer 
 TRIM_MIN_PIXELS = 2  # in a row or column for it to be product: a lone noisy pixel is not
 TRIM_MAX_BORDER = 0.25  # a border with more pixels off its median colour is no plain backdrop: no cut
 TRIM_DETECT_SIDE = 256  # the backdrop is found on a copy reduced to about this size: cheap for big photos
+DETAIL_TOLERANCE = 1.15  # a query product up to this much larger than the catalog's is left as it is
+DETAIL_DECODE_SIDE = 512  # catalog images are measured at about this size: enough to find the product's box
+DETAIL_SAMPLE = 256  # catalog images measured for their level of detail at the end of a build
 
 # Pillow checks the pixel count from the header, before decoding; its warning is made an error below.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -132,13 +137,13 @@ def backdrop_colour(pixels: np.ndarray) -> np.ndarray:
     return np.median(frame, axis=0).astype(np.int16)
 
 
-def trim(image: Image.Image) -> Image.Image:
-    """The image cut to the product: the box of the pixels that differ from the backdrop, plus a margin.
+def product_box(image: Image.Image) -> tuple[int, int, int, int] | None:
+    """The box (left, top, right, bottom) of the pixels that differ from the backdrop, plus a margin.
 
-    The backdrop is the border's colour, whatever it is (white, grey, a wall). An image that is all
-    backdrop, or whose border is not one colour (a gradient, a busy scene), is returned whole: a
-    wrong cut would hurt more than none. A row or column needs TRIM_MIN_PIXELS differing pixels to
-    count, so JPEG noise around the product does not move the box.
+    The backdrop is the border's colour, whatever it is (white, grey, a wall). None for an image that
+    is all backdrop, or whose border is not one colour (a gradient, a busy scene): a wrong box would
+    hurt more than none. A row or column needs TRIM_MIN_PIXELS differing pixels to count, so JPEG noise
+    around the product does not move the box.
     """
     factor = max(1, max(image.size) // TRIM_DETECT_SIDE)
     pixels = np.asarray(image.reduce(factor) if factor > 1 else image, dtype=np.int16)
@@ -147,9 +152,76 @@ def trim(image: Image.Image) -> Image.Image:
     rows = np.flatnonzero(product.sum(axis=1) >= TRIM_MIN_PIXELS)
     columns = np.flatnonzero(product.sum(axis=0) >= TRIM_MIN_PIXELS)
     if border.mean() > TRIM_MAX_BORDER or rows.size == 0 or columns.size == 0:
-        return image
+        return None
     box = np.array([columns[0], rows[0], columns[-1] + 1, rows[-1] + 1]) * factor
     margin = round(TRIM_MARGIN * max(box[2] - box[0], box[3] - box[1]))
     left, top = max(0, box[0] - margin), max(0, box[1] - margin)
     right, bottom = min(image.width, box[2] + margin), min(image.height, box[3] + margin)
-    return image.crop((left, top, right, bottom))
+    return int(left), int(top), int(right), int(bottom)
+
+
+def trim(image: Image.Image) -> Image.Image:
+    """The image cut to the product (`product_box`), or whole where no plain backdrop frames it."""
+    box = product_box(image)
+    return image if box is None else image.crop(box)
+
+
+def product_side(image: Image.Image) -> int:
+    """The product's longer side in pixels (the whole image where no plain backdrop frames it)."""
+    box = product_box(image)
+    return max(image.size) if box is None else max(box[2] - box[0], box[3] - box[1])
+
+
+@dataclass(frozen=True)
+class Detail:
+    """What a catalog's photos are like: their longer side in pixels, and the share of it the product fills.
+
+    A query photo sharper than the catalog is embedded differently from the blurry catalog copy of the
+    same product (a 225x300 photo of a product the catalog holds at 60x80 found it first 78% of the
+    time): `match_detail` brings it down to `frame_side` first, so both are equally blurred once fitted
+    to the model's input. `product_fill` says how catalog shots frame their product (a crop box is
+    widened to it).
+    """
+
+    frame_side: int
+    product_fill: float
+
+    @classmethod
+    def measure(cls, sides: Iterable[tuple[int, int]]) -> Detail | None:
+        """The median over catalog images' (frame side, product side) pairs (`sides_of`); None if none."""
+        pairs = np.array(list(sides), dtype=np.float64).reshape(-1, 2)
+        if not len(pairs):
+            return None
+        return cls(int(np.median(pairs[:, 0])), round(float(np.median(pairs[:, 1] / pairs[:, 0])), 3))
+
+    def to_dict(self) -> dict[str, float]:
+        return {"frame_side": self.frame_side, "product_fill": self.product_fill}
+
+    @classmethod
+    def from_dict(cls, data: object) -> Detail | None:
+        """The detail an index manifest records; None for an index built before it was recorded."""
+        if not isinstance(data, dict) or "frame_side" not in data:
+            return None
+        return cls(int(data["frame_side"]), float(data.get("product_fill", 1.0)))
+
+
+def sides_of(data: bytes, name: str) -> tuple[int, int]:
+    """A catalog image's longer side and its product's, in the image's own pixels (big JPEGs drafted)."""
+    image = decode(data, name, min_side=DETAIL_DECODE_SIDE)
+    frame = max(Image.open(io.BytesIO(data)).size)  # the header: what `decode` may have drafted down
+    return frame, round(product_side(image) * frame / max(image.size))
+
+
+def match_detail(image: Image.Image, detail: Detail | None) -> Image.Image:
+    """The query brought down (anti-aliased) to the catalog's resolution; unchanged if not sharper.
+
+    Only ever shrinks, so a catalog of large photos (1000+ px) leaves ordinary queries as they are. The
+    frame is what is matched, not the product: the model sees both fitted to the same input, so equal
+    frames mean equal blur. A query whose product fills less of its frame than a catalog shot does
+    should be cut to the product first (a crop box, garment isolation), or the product loses detail.
+    """
+    if detail is None or max(image.size) <= detail.frame_side * DETAIL_TOLERANCE:
+        return image
+    scale = detail.frame_side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)

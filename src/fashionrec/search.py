@@ -20,7 +20,7 @@ from PIL import Image
 from fashionrec.catalog import ImageSource, Problem
 from fashionrec.colour import COLOUR_DIM, colour_vector
 from fashionrec.encoder import Encoder, encoder_for_index
-from fashionrec.images import decode, open_image
+from fashionrec.images import Detail, decode, match_detail, open_image
 from fashionrec.index import UPLOADED, DuplicateItemError, IndexStore, StoredItem
 from fashionrec.vector_index import Kind, Precision, VectorIndex, resolve_kind
 
@@ -187,6 +187,7 @@ class Recommender:
         self._write_lock = threading.Lock()
         catalog = store.manifest.get("catalog", {})
         self.images = ImageSource(Path(catalog["images_root"])) if catalog.get("images_root") else None
+        self.detail = Detail.from_dict(store.manifest.get("detail"))
         self.uploads = ImageSource(store.directory)
         self._load()
 
@@ -276,7 +277,7 @@ class Recommender:
         """
         if item_id in self.snapshot.positions:  # known now: spare the embedding (the store checks again)
             raise DuplicateItemError(item_id)
-        query = self.embed_image(image)
+        query = self._embed(image, as_query=False)
         with self._write_lock:
             stored = self.store.add_item(item_id, image, metadata, query.vector, query.colour)
             if not self._refresh_locked():  # else another process wrote too: reloaded all, this item included
@@ -322,12 +323,21 @@ class Recommender:
         return True
 
     def embed_image(self, image: str | Path | bytes | Image.Image) -> Query:
-        """The query of an image given as a path, raw bytes or a decoded PIL image: its vector and colour."""
+        """The query of an image given as a path, raw bytes or a decoded PIL image: its vector and colour.
+
+        A photo sharper than the catalog is first brought down to the catalog's level of detail.
+        """
+        return self._embed(image, as_query=True)
+
+    def _embed(self, image: str | Path | bytes | Image.Image, as_query: bool) -> Query:
+        """Embed a query, or (as_query=False) a new catalog product exactly as a build would."""
         size = self.store.manifest["encoder"]["size"]  # type: ignore[index]
         if isinstance(image, bytes):
             image = decode(image, "uploaded image", min_side=size)
         elif not isinstance(image, Image.Image):
             image = open_image(image, min_side=size)
+        if as_query:
+            image = match_detail(image, self.detail)
         pixels = self.encoder.prepare(image)
         return Query(self.encoder.embed_pixels(pixels[None])[0], colour_vector(pixels))
 

@@ -1,0 +1,107 @@
+"""Matching the catalog's detail: the index records it, sharper queries are brought down to it, nothing else is."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fashionrec.build import build_index
+from fashionrec.catalog import load_catalog
+from fashionrec.encoder import Encoder
+from fashionrec.images import Detail, decode, match_detail, sides_of
+from fashionrec.search import Recommender
+
+from conftest import sample_rows, write_catalog
+
+KAGGLE = Detail(frame_side=80, product_fill=0.84)
+
+
+def jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def test_the_index_records_the_catalogs_detail(built_index: tuple[Path, object]) -> None:
+    manifest = json.loads((built_index[0] / "manifest.json").read_text())
+    detail = Detail.from_dict(manifest["detail"])
+    assert detail is not None and detail.frame_side == 80  # the Kaggle "small" photos are 60x80
+    assert 0.5 < detail.product_fill <= 1.0
+
+
+def test_sides_of_measures_a_big_photo_in_its_own_pixels() -> None:
+    photo = Image.new("RGB", (1800, 2400), "white")
+    photo.paste((30, 60, 200), (400, 300, 1400, 2100))  # a 1000 x 1800 product
+    frame, product = sides_of(jpeg(photo), "big.jpg")
+    assert frame == 2400 and abs(product - 1800 * 1.06) < 60  # plus the trim margin
+
+
+def test_a_sharper_query_is_brought_down_to_the_catalog_and_nothing_else_is() -> None:
+    photo = Image.new("RGB", (225, 300), "white")
+    assert match_detail(photo, KAGGLE).size == (60, 80)
+    assert match_detail(Image.new("RGB", (224, 224)), KAGGLE).size == (80, 80)
+    for unchanged in [(60, 80), (45, 60), (70, 90)]:  # as blurry as the catalog, or blurrier: left alone
+        image = Image.new("RGB", unchanged)
+        assert match_detail(image, KAGGLE) is image
+    assert match_detail(photo, None) is photo  # an index built before detail was recorded
+    large_catalog = Detail(frame_side=2400, product_fill=0.8)  # a shop's full-size photos lose nothing
+    assert match_detail(Image.new("RGB", (1200, 1600)), large_catalog).size == (1200, 1600)
+
+
+def test_match_detail_is_deterministic_and_anti_aliased() -> None:
+    stripes = np.zeros((300, 225, 3), np.uint8)
+    stripes[::2] = 255  # one-pixel stripes: point sampling would keep black or white rows, not grey
+    image = Image.fromarray(stripes)
+    first, second = np.asarray(match_detail(image, KAGGLE)), np.asarray(match_detail(image, KAGGLE))
+    assert np.array_equal(first, second)
+    assert 100 < first[10:-10].mean() < 155
+
+
+@pytest.fixture(scope="module")
+def blurry_index(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> tuple[Recommender, Path]:
+    """An index of 120 real products whose catalog photos are reduced to half size (30x40)."""
+    header, rows = sample_rows(120, seed=11)
+    sharp = write_catalog(tmp_path_factory.mktemp("sharp"), header, rows)
+    blurry = write_catalog(tmp_path_factory.mktemp("blurry"), header, rows)
+    for path in (blurry / "images").glob("*.jpg"):
+        image = decode(path.read_bytes(), path.name)
+        image.resize((image.width // 2, image.height // 2), Image.Resampling.LANCZOS).save(path, quality=95)
+    out = tmp_path_factory.mktemp("index") / "idx"
+    build_index(load_catalog(blurry), out, encoder, workers=0, progress=False)
+    return Recommender.open(out), sharp
+
+
+def test_sharper_photos_find_their_product_once_detail_is_matched(blurry_index: tuple[Recommender, Path]) -> None:
+    """The real 60x80 photos hold twice the detail of this catalog: without matching, some miss."""
+    recommender, sharp = blurry_index
+    assert recommender.detail is not None and recommender.detail.frame_side == 40
+    photos = sorted((sharp / "images").glob("*.jpg"))[:40]
+    squashed = [jpeg(decode(p.read_bytes(), p.name).resize((224, 224), Image.Resampling.LANCZOS)) for p in photos]
+    matched = [recommender.similar_to_image(data, k=1)[0].id for data in squashed]
+    detail, recommender.detail = recommender.detail, None
+    try:
+        as_sent = [recommender.similar_to_image(data, k=1)[0].id for data in squashed]
+    finally:
+        recommender.detail = detail
+    truth = [p.stem for p in photos]
+    hits = sum(a == b for a, b in zip(matched, truth, strict=True))
+    misses_before = sum(a != b for a, b in zip(as_sent, truth, strict=True))
+    assert hits >= 36 and misses_before > len(photos) - hits  # the fix shows, and the failure showed first
+
+
+def test_a_product_added_through_the_api_is_embedded_like_the_catalog(blurry_index: tuple[Recommender, Path]) -> None:
+    """Query-side steps never touch catalog images: an added product's vector is the build's."""
+    recommender, sharp = blurry_index
+    photo = sorted((sharp / "images").glob("*.jpg"))[0]
+    recommender.add_item("added-1", photo.read_bytes(), {"productDisplayName": "added"})
+    try:
+        vector = recommender.snapshot.index.vectors([recommender.positions["added-1"]])[0]
+        built = recommender.encoder.embed([decode(photo.read_bytes(), photo.name)])[0]
+        assert np.allclose(vector, built, atol=2e-3)  # the index keeps float16
+    finally:
+        recommender.remove_item("added-1")
