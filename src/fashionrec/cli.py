@@ -22,7 +22,7 @@ from rich.table import Table
 from fashionrec.build import BuildInterrupted, BuildReport, build_index
 from fashionrec.catalog import CatalogError, load_catalog
 from fashionrec.encoder import BACKBONES, DEFAULT_ENCODER, DEFAULT_FIT, WEIGHTS_ENV, EncoderError, load_encoder
-from fashionrec.images import MAX_BYTES, Fit, ImageError
+from fashionrec.images import MAX_BYTES, Fit, ImageError, parse_box
 from fashionrec.index import IndexStore, IndexStoreError
 from fashionrec.search import Match, Recommender, UnknownItemError
 from fashionrec.trained import TrainConfig
@@ -167,11 +167,15 @@ def search(
     search: SearchKind = "auto",
     precision: PrecisionOption = "float16",
     colour_weight: ColourWeight = 0.0,
+    crop: Annotated[
+        str | None,
+        typer.Option(help="Search only this part of the photo: left,top,right,bottom as fractions, e.g. 0,0.4,1,1."),
+    ] = None,
 ) -> None:
-    """Similar products for an image file."""
+    """Similar products for an image file (or the --crop part of it)."""
     _query(
         index_dir,
-        lambda r: r.similar_to_image(image, k, parse_filters(filter), colour_weight),
+        lambda r: r.similar_to_image(image, k, parse_filters(filter), colour_weight, crop and parse_box(crop)),
         as_json,
         f"Products similar to {image}",
         search,

@@ -22,6 +22,7 @@ FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
 BACKGROUND = (255, 255, 255)  # catalog photos are shot on white
 
 Fit = Literal["pad", "crop", "trim-stretch"]
+Box = tuple[float, float, float, float]  # left, top, right, bottom as fractions of the width and height
 TRIM_TOLERANCE = 32  # a pixel further than this (any channel) from the border colour is product, not backdrop
 TRIM_MARGIN = 0.03  # kept around the trimmed product, as a share of its longer side
 TRIM_MIN_PIXELS = 2  # in a row or column for it to be product: a lone noisy pixel is not
@@ -212,16 +213,45 @@ def sides_of(data: bytes, name: str) -> tuple[int, int]:
     return frame, round(product_side(image) * frame / max(image.size))
 
 
-def match_detail(image: Image.Image, detail: Detail | None) -> Image.Image:
+def match_detail(image: Image.Image, detail: Detail | None, cut_to_product: bool = False) -> Image.Image:
     """The query brought down (anti-aliased) to the catalog's resolution; unchanged if not sharper.
 
     Only ever shrinks, so a catalog of large photos (1000+ px) leaves ordinary queries as they are. The
-    frame is what is matched, not the product: the model sees both fitted to the same input, so equal
-    frames mean equal blur. A query whose product fills less of its frame than a catalog shot does
-    should be cut to the product first (a crop box, garment isolation), or the product loses detail.
+    frame is what is matched: the model sees both fitted to the same input, so equal frames mean equal
+    blur. A query cut to its product (a crop box) is matched to the catalog's product instead, the
+    share `product_fill` of its frame, so the product keeps as much detail as a catalog shot gives it.
     """
-    if detail is None or max(image.size) <= detail.frame_side * DETAIL_TOLERANCE:
+    if detail is None:
         return image
-    scale = detail.frame_side / max(image.size)
+    side = detail.frame_side * (detail.product_fill if cut_to_product else 1.0)
+    if max(image.size) <= side * DETAIL_TOLERANCE:
+        return image
+    scale = side / max(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def crop(image: Image.Image, box: Box) -> Image.Image:
+    """The part of a photo a shopper pointed at; the box is in fractions, so it holds at any decoded size."""
+    left, top, right, bottom = box
+    if not all(0.0 <= v <= 1.0 for v in box) or left >= right or top >= bottom:
+        raise ValueError(
+            f"crop box {list(box)} must be left, top, right, bottom fractions of the photo, between 0 and 1, "
+            "with left < right and top < bottom"
+        )
+    pixels = (
+        int(left * image.width),
+        int(top * image.height),
+        max(int(left * image.width) + 1, round(right * image.width)),
+        max(int(top * image.height) + 1, round(bottom * image.height)),
+    )
+    return image.crop(pixels)
+
+
+def parse_box(text: str) -> Box:
+    """A crop box as the CLI and the API take it: "left,top,right,bottom", fractions between 0 and 1."""
+    try:
+        left, top, right, bottom = (float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"crop box {text!r} is not left,top,right,bottom (e.g. 0.1,0.2,0.9,0.8)") from None
+    return left, top, right, bottom

@@ -20,7 +20,7 @@ from PIL import Image
 from fashionrec.catalog import ImageSource, Problem
 from fashionrec.colour import COLOUR_DIM, colour_vector
 from fashionrec.encoder import Encoder, encoder_for_index
-from fashionrec.images import Detail, decode, match_detail, open_image
+from fashionrec.images import Box, Detail, crop, decode, match_detail, open_image
 from fashionrec.index import UPLOADED, DuplicateItemError, IndexStore, StoredItem
 from fashionrec.vector_index import Kind, Precision, VectorIndex, resolve_kind
 
@@ -322,22 +322,25 @@ class Recommender:
         self._load()
         return True
 
-    def embed_image(self, image: str | Path | bytes | Image.Image) -> Query:
+    def embed_image(self, image: str | Path | bytes | Image.Image, crop_box: Box | None = None) -> Query:
         """The query of an image given as a path, raw bytes or a decoded PIL image: its vector and colour.
 
-        A photo sharper than the catalog is first brought down to the catalog's level of detail.
+        `crop_box` (fractions of the photo: left, top, right, bottom) searches for that part only. A photo
+        sharper than the catalog is first brought down to the catalog's level of detail.
         """
-        return self._embed(image, as_query=True)
+        return self._embed(image, as_query=True, crop_box=crop_box)
 
-    def _embed(self, image: str | Path | bytes | Image.Image, as_query: bool) -> Query:
+    def _embed(self, image: str | Path | bytes | Image.Image, as_query: bool, crop_box: Box | None = None) -> Query:
         """Embed a query, or (as_query=False) a new catalog product exactly as a build would."""
         size = self.store.manifest["encoder"]["size"]  # type: ignore[index]
         if isinstance(image, bytes):
             image = decode(image, "uploaded image", min_side=size)
         elif not isinstance(image, Image.Image):
             image = open_image(image, min_side=size)
+        if crop_box is not None:
+            image = crop(image, crop_box)
         if as_query:
-            image = match_detail(image, self.detail)
+            image = match_detail(image, self.detail, cut_to_product=crop_box is not None)
         pixels = self.encoder.prepare(image)
         return Query(self.encoder.embed_pixels(pixels[None])[0], colour_vector(pixels))
 
@@ -347,9 +350,11 @@ class Recommender:
         k: int = 5,
         filters: Filters | None = None,
         colour_weight: float = 0.0,
+        crop_box: Box | None = None,
     ) -> list[Match]:
-        """The k catalog products most similar to an image; colour_weight 0 is shape only, 1 colour only."""
-        return self.similar(replace(self.embed_image(image), colour_weight=colour_weight), k, filters)
+        """The k catalog products most similar to an image (or the `crop_box` part of it); colour_weight 0
+        is shape only, 1 colour only."""
+        return self.similar(replace(self.embed_image(image, crop_box), colour_weight=colour_weight), k, filters)
 
     def similar_to_item(
         self, item_id: str | int, k: int = 5, filters: Filters | None = None, colour_weight: float = 0.0

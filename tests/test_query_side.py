@@ -1,4 +1,4 @@
-"""Matching the catalog's detail: the index records it, sharper queries are brought down to it, nothing else is."""
+"""Query side of shoppers' photos: the catalog's detail recorded and matched, crop boxes; catalog images untouched."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from fashionrec.encoder import Encoder
 from fashionrec.images import Detail, decode, match_detail, sides_of
 from fashionrec.search import Recommender
 
-from conftest import sample_rows, write_catalog
+from conftest import run_cli, sample_rows, write_catalog
 
 KAGGLE = Detail(frame_side=80, product_fill=0.84)
 
@@ -105,3 +105,31 @@ def test_a_product_added_through_the_api_is_embedded_like_the_catalog(blurry_ind
         assert np.allclose(vector, built, atol=2e-3)  # the index keeps float16
     finally:
         recommender.remove_item("added-1")
+
+
+def side_by_side(left: Path, right: Path) -> bytes:
+    """One photo holding two products, as a shopper's shot of two garments would."""
+    images = [decode(path.read_bytes(), path.name) for path in (left, right)]
+    canvas = Image.new("RGB", (images[0].width + images[1].width, max(i.height for i in images)), "white")
+    canvas.paste(images[0], (0, 0))
+    canvas.paste(images[1], (images[0].width, 0))
+    return jpeg(canvas.resize((canvas.width * 3, canvas.height * 3), Image.Resampling.LANCZOS))
+
+
+def test_a_crop_box_searches_the_part_of_the_photo_pointed_at(built_index: tuple[Path, object], tmp_path: Path) -> None:
+    recommender = Recommender.open(built_index[0])
+    first, second = sorted((Path(recommender.images.root) / "images").glob("*.jpg"))[:2]
+    photo = side_by_side(first, second)
+    assert recommender.similar_to_image(photo, k=1, crop_box=(0.0, 0.0, 0.5, 1.0))[0].id == first.stem
+    assert recommender.similar_to_image(photo, k=1, crop_box=(0.5, 0.0, 1.0, 1.0))[0].id == second.stem
+    for bad in [(0.5, 0.0, 0.5, 1.0), (-0.1, 0.0, 0.5, 1.0), (0.0, 0.0, 1.2, 1.0)]:
+        with pytest.raises(ValueError, match="crop box"):
+            recommender.similar_to_image(photo, crop_box=bad)
+
+    path = tmp_path / "two.jpg"
+    path.write_bytes(photo)
+    found = run_cli("search", str(built_index[0]), str(path), "--crop", "0.5,0,1,1", "--json", "-k", "1")
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)[0]["id"] == second.stem
+    refused = run_cli("search", str(built_index[0]), str(path), "--crop", "0.5,0,1")
+    assert refused.returncode == 2 and "crop box '0.5,0,1'" in refused.stderr and "Traceback" not in refused.stderr
