@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from fashionrec.catalog import load_catalog
 from fashionrec.encoder import Encoder
 from fashionrec.images import Detail, decode, match_detail, sides_of
 from fashionrec.search import Recommender
+from fashionrec.views import shopper_view
 
 from conftest import run_cli, sample_rows, write_catalog
 
@@ -133,3 +135,14 @@ def test_a_crop_box_searches_the_part_of_the_photo_pointed_at(built_index: tuple
     assert json.loads(found.stdout)[0]["id"] == second.stem
     refused = run_cli("search", str(built_index[0]), str(path), "--crop", "0.5,0,1")
     assert refused.returncode == 2 and "crop box '0.5,0,1'" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_shopper_views_are_deterministic_and_change_the_backdrop(catalog_photo: Path) -> None:
+    """Training's shopper-like views (views.py): the same view for the same seed, off the studio white."""
+    image = decode(catalog_photo.read_bytes(), catalog_photo.name)
+    views = [shopper_view(image, KAGGLE, random.Random(f"view:{n}")) for n in range(12)]
+    again = shopper_view(image, KAGGLE, random.Random("view:0"))
+    assert np.array_equal(np.asarray(views[0]), np.asarray(again))
+    assert all(max(view.size) <= 80 * 1.15 for view in views)  # brought to the catalog's detail, as a query
+    corners = [np.asarray(view)[0, 0] for view in views]
+    assert sum(corner.min() < 200 for corner in corners) >= 4  # many are not on white any more

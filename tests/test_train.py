@@ -23,7 +23,7 @@ from fashionrec.images import open_image
 from fashionrec.index import IndexStore
 from fashionrec.search import Recommender
 from fashionrec.train import Adapter, TrainConfig, heldout_mask, load_adapter, train
-from fashionrec.trained import ADAPTER, CHECKPOINT, HELDOUT, ONNX
+from fashionrec.trained import ADAPTER, CHECKPOINT, HELDOUT, ONNX, VIEWS
 
 from conftest import run_cli, sample_rows, write_catalog
 
@@ -80,10 +80,16 @@ def test_split_by_id_is_deterministic_and_never_trained_on(
     assert 0.1 < heldout.mean() < 0.3
     assert (out / HELDOUT).read_text().split() == list(np.array(ids)[heldout])
     assert manifest["split"]["heldout_items"] == heldout.sum()
+    with np.load(out / VIEWS, allow_pickle=False) as kept:  # shopper-like views, some of them held-out items'
+        views = np.concatenate([kept["vectors"], kept["colours"]], axis=1)
+        assert set(kept["rows"]) >= set(np.flatnonzero(~heldout)) and not np.array_equal(views, inputs)
     seen = {row.tobytes() for row in manifest["batches"]}
     training = {row.tobytes() for row in inputs[~heldout]}
-    assert seen <= training and len(seen) > 0.9 * len(training)  # training items only (a few dropped by shuffling)
-    assert not seen & {row.tobytes() for row in inputs[heldout]}
+    training_views = {row.tobytes() for row in views[~heldout]}
+    assert seen <= training | training_views  # training items only, as they are or as a shopper's photo
+    assert len(seen & training) > 0.3 * len(training) and len(seen & training_views) > 0.3 * len(training)
+    assert not seen & {row.tobytes() for row in np.concatenate([inputs[heldout], views[heldout]])}
+    assert 0 <= manifest["views"]["exact_R@1"] <= 1 and manifest["views"]["queries"] > 0
     assert len(manifest["history"]) == 2 and manifest["trained"]["articleType"]["P@5"] > 0
 
 

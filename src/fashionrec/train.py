@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -35,8 +36,8 @@ from torch import nn
 from tqdm import tqdm
 
 from fashionrec.build import build_index
-from fashionrec.catalog import load_catalog
-from fashionrec.colour import COLOUR_DIM
+from fashionrec.catalog import ImageSource, load_catalog
+from fashionrec.colour import COLOUR_DIM, colour_vector
 from fashionrec.encoder import (
     BACKBONES,
     TRAINED_MANIFEST,
@@ -48,7 +49,8 @@ from fashionrec.encoder import (
     load_encoder,
 )
 from fashionrec.evaluate import label_values, nearest, score
-from fashionrec.index import MANIFEST, IndexStore, StoredItem, write_bytes_atomic, write_json_atomic
+from fashionrec.images import Detail, ImageError, decode
+from fashionrec.index import MANIFEST, UPLOADED, IndexStore, StoredItem, write_bytes_atomic, write_json_atomic
 from fashionrec.search import Snapshot
 from fashionrec.trained import (
     ADAPTER,
@@ -56,11 +58,13 @@ from fashionrec.trained import (
     HELDOUT,
     MODEL_FORMAT,
     ONNX,
+    VIEWS,
     TrainConfig,
     colour_inputs,
     trained_spec,
 )
 from fashionrec.vector_index import VectorIndex
+from fashionrec.views import shopper_view
 
 MIN_ITEMS = 100  # fewer items cannot both train and leave a held-out split worth measuring
 MIN_TRAIN_CLASS = 10  # label values with fewer training items are learnt together as OTHER
@@ -68,6 +72,8 @@ OTHER = "(other)"
 EVAL_K = 5
 BATCH = 8192  # vectors projected at a time
 COSINE_SCALE = 16.0  # logit scale of the cosine classifier heads
+VIEW_BATCH = 256  # views embedded at a time
+VIEW_QUERIES = 1000  # held-out items whose view looks for its own product, before and after training
 
 
 class TrainError(ValueError):
@@ -238,6 +244,62 @@ def _read_all(store: IndexStore) -> tuple[list[StoredItem], np.ndarray, np.ndarr
     return items, np.concatenate(vector_chunks), np.concatenate(colour_chunks)
 
 
+def _view_vectors(
+    store: IndexStore,
+    items: list[StoredItem],
+    vectors: np.ndarray,
+    colours: np.ndarray,
+    rows: np.ndarray,
+    out: Path,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Base vectors and colours of one shopper-like view (views.py) of the items at `rows`, kept in OUT.
+
+    Other items, and those whose image cannot be read (gone from the catalog, added by upload), keep
+    their own vectors.
+    """
+    path, ids = out / VIEWS, np.array([item.id for item in items])
+    base = EncoderSpec.from_dict(store.manifest["encoder"])  # type: ignore[arg-type]
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as kept:
+            if str(kept["base"]) == base.id and np.array_equal(kept["ids"], ids) and np.array_equal(kept["rows"], rows):
+                return kept["vectors"], kept["colours"]
+    encoder = load_encoder(base.name, size=base.size, fit=base.fit)
+    detail = Detail.from_dict(store.manifest.get("detail"))
+    source = ImageSource(Path(store.manifest["catalog"]["images_root"]))  # type: ignore[index]
+    view_vectors, view_colours = vectors.copy(), colours.copy()
+    bar = tqdm(total=len(rows), unit="view", desc="Shopper-like views", disable=not progress, dynamic_ncols=True)
+    for start in range(0, len(rows), VIEW_BATCH):
+        read, pixels = [], []
+        for row in rows[start : start + VIEW_BATCH]:
+            item = items[row]
+            if item.image.startswith(UPLOADED):
+                continue
+            try:
+                image = decode(source.read(item.image), item.image)
+            except (OSError, ImageError):
+                continue
+            read.append(row)
+            pixels.append(encoder.prepare(shopper_view(image, detail, random.Random(f"view:{item.id}"))))
+        if read:
+            view_vectors[read] = encoder.embed_pixels(np.stack(pixels))
+            view_colours[read] = np.stack([colour_vector(p) for p in pixels])
+        bar.update(len(rows[start : start + VIEW_BATCH]))
+    bar.close()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, base=base.id, ids=ids, rows=rows, vectors=view_vectors, colours=view_colours)
+    os.replace(tmp, path)
+    return view_vectors, view_colours
+
+
+def view_recall(catalog: np.ndarray, views: np.ndarray, rows: np.ndarray) -> float:
+    """Exact-product R@1 of shopper-like views: the share of `rows` whose view finds its own item first."""
+    first = np.concatenate(
+        [np.argmax(views[part] @ catalog.T, axis=1) for part in np.array_split(rows, len(rows) // 256 + 1)]
+    )
+    return round(float(np.mean(first == rows)), 4) if len(rows) else 0.0
+
+
 def _snapshot(items: list[StoredItem], vectors: np.ndarray, colours: np.ndarray) -> Snapshot:
     return Snapshot.of(items, VectorIndex.build(vectors.shape[1], len(vectors), lambda: [vectors], "exact"), colours)
 
@@ -328,6 +390,10 @@ def train(
     target = np.stack(targets, axis=1)
     groups = np.unique(target, axis=0, return_inverse=True)[1].reshape(-1)
 
+    view_rows = heldout_rows[:: max(1, len(heldout_rows) // VIEW_QUERIES)][:VIEW_QUERIES]
+    if config.view_share > 0:
+        rows = np.union1d(train_rows, view_rows)
+        view_vectors, view_colours = _view_vectors(store, items, vectors, colours, rows, out, progress)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(config.seed)
     class_counts = [len(c) for c in classes]
@@ -353,12 +419,17 @@ def train(
         write_bytes_atomic(out / HELDOUT, "".join(f"{ids[row]}\n" for row in heldout_rows).encode())
         log(f"Zero-shot ({base.id}) on {len(heldout_rows)} held-out items searching all {len(items)}:")
         state["zero_shot"] = validate(snapshot, heldout_rows, config.labels)
+        if config.view_share > 0:
+            state["zero_shot_view_R@1"] = view_recall(vectors, view_vectors, view_rows)
         log("  " + _summary(state["zero_shot"]))
 
     if state["epoch"] < config.epochs:
         (out / TRAINED_MANIFEST).unlink(missing_ok=True)  # the old model's files are about to change
         x = torch.from_numpy(vectors[train_rows]).to(device)
         c = torch.from_numpy(colours[train_rows]).to(device)
+        if config.view_share > 0:
+            xv = torch.from_numpy(view_vectors[train_rows]).to(device)
+            cv = torch.from_numpy(view_colours[train_rows]).to(device)
         y = torch.from_numpy(target[train_rows]).to(device)
         g = torch.from_numpy(groups[train_rows]).to(device)
         starts = range(0, max(len(train_rows) - config.batch_size, 0) + 1, config.batch_size)  # full batches only
@@ -381,8 +452,13 @@ def train(
                 losses = []
                 for start in starts:
                     batch = order[start : start + config.batch_size]
+                    inputs, inputs_colour = x[batch], c[batch]
+                    if config.view_share > 0:  # some items seen as a shopper would photograph them
+                        swap = (torch.rand(len(batch), device=device) < config.view_share)[:, None]
+                        inputs = torch.where(swap, xv[batch], inputs)
+                        inputs_colour = torch.where(swap, cv[batch], inputs_colour)
                     loss = torch.zeros((), device=device)
-                    for embedded, logits in adapter.parts(x[batch], c[batch]):
+                    for embedded, logits in adapter.parts(inputs, inputs_colour):
                         loss = loss + supervised_contrastive(embedded, g[batch], config.temperature)
                         for column, label_logits in enumerate(logits):
                             loss = loss + F.cross_entropy(label_logits, y[batch, column])
@@ -421,6 +497,17 @@ def train(
     else:  # other mixing weights than the last epoch's: measure the model that is about to be saved
         log(f"Re-exporting with label weight {config.label_weight} and base weight {config.base_weight}")
         trained = validate_adapter(adapter, items, vectors, colours, heldout_rows, config.labels, device)
+    if config.view_share > 0:
+        projected = project(adapter, vectors, colours, device)
+        state["views"] = {
+            "exact_R@1_zero_shot": state["zero_shot_view_R@1"],
+            "exact_R@1": view_recall(projected, project(adapter, view_vectors, view_colours, device), view_rows),
+            "queries": len(view_rows),
+        }
+        log(
+            f"Shopper-like views of held-out items, exact-product R@1: {state['zero_shot_view_R@1']:.3f} "
+            f"zero-shot, {state['views']['exact_R@1']:.3f} trained"
+        )
     manifest = _save_model(out, name or out.resolve().name, base, adapter.cpu(), config, state, trained, ids, heldout)
     manifest["wall_seconds"] = time.perf_counter() - started
     return manifest
@@ -474,6 +561,7 @@ def _save_model(
         "evaluation": f"held-out items query all {len(ids)} items (themselves excluded); macro over classes >= 20",
         "zero_shot": state["zero_shot"],
         "trained": trained,
+        "views": state.get("views"),  # exact-product R@1 of held-out items' shopper-like views
         "history": state["history"],
         "training_seconds": state["seconds"],
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -39,6 +39,7 @@ ADAPTER = "adapter.pt"
 ONNX = "model.onnx"
 HELDOUT = "heldout_ids.txt"
 CHECKPOINT = "checkpoint.pt"
+VIEWS = "views.npz"  # base vectors of shopper-like views of every item, made once (numpy, no pickle)
 MODEL_FORMAT = 3  # 3: members, class probabilities and the reduced base vector; 2: no base vector; 1: one adapter
 RERUN_MAY_CHANGE = ("epochs", "label_weight", "base_weight")  # the rest must match to resume
 
@@ -63,6 +64,7 @@ class TrainConfig:
     label_weight: float = 1.0
     base_weight: float = 0.4
     base_components: int = 256
+    view_share: float = 0.5  # of each batch's items, the share seen as a shopper-like view (views.py); 0: none
 
     def settings(self) -> dict[str, object]:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()} | {
