@@ -59,7 +59,7 @@ HOSTILE_IMAGES: dict[str, Callable[[], bytes]] = {
     "lab.tif": lambda: encoded(Image.new("LAB", (60, 80), (60, 40, -30)), "TIFF"),
     "float.tif": lambda: encoded(Image.fromarray(gradient(-0.5, 3.0, np.float32)), "TIFF"),
     "int32.tif": lambda: encoded(Image.fromarray(gradient(-1e6, 1e6, np.int32)), "TIFF"),
-    "i16.tif": lambda: encoded(Image.fromarray(gradient(4000, 0, np.uint16), "I;16"), "TIFF"),
+    "i16.tif": lambda: encoded(Image.fromarray(gradient(4000, 0, np.uint16)).convert("I;16"), "TIFF"),
     "cmyk.tif": lambda: encoded(Image.new("CMYK", (60, 80), (0, 180, 90, 10)), "TIFF"),
     "bilevel.tif": lambda: encoded(Image.fromarray(gradient(0, 1, np.float32) > 0.3), "TIFF"),
 }
