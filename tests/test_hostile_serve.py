@@ -212,18 +212,20 @@ def test_odd_ids_round_trip(api: httpx.Client) -> None:
 def test_wrong_key_is_answered_before_the_body_is_read(api: httpx.Client) -> None:
     """A 10 MB upload with a wrong key: the 403 arrives while the client has sent only its first 64 KiB."""
     url = urlsplit(str(api.base_url))
-    body_size = 10 * 2**20
+    part = b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
     for headers in ("X-API-Key: wrong-key\r\n", ""):
-        with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        with socket.create_connection((url.hostname, url.port), timeout=5) as sock:
             sock.sendall(
                 f"POST /v1/items HTTP/1.1\r\nHost: {url.hostname}\r\n{headers}"
-                f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {body_size}\r\n\r\n".encode()
-                + b"\0" * 2**16
+                f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {10 * 2**20}\r\n\r\n".encode()
+                + part
+                + b"\xff" * 2**16
             )
-            started = time.monotonic()
-            answer = sock.recv(4096).decode("latin-1")
+            try:
+                answer = sock.recv(4096).decode("latin-1")
+            except TimeoutError:
+                pytest.fail("no answer within 5 s: the server waits for the whole body before checking the key")
         assert answer.startswith(("HTTP/1.1 403", "HTTP/1.1 401")), answer
-        assert time.monotonic() - started < 5
         no_traceback(answer)
 
 
