@@ -381,7 +381,8 @@ def test_app_shows_hostile_uploads_and_products(page: AppTest, name: str) -> Non
     page.session_state["query"] = fashionrec.app.Query(title=item_id, item_id=item_id)
     page.run()
     assert_page_fine(page)
-    assert len(page.get("imgs")) >= 1
+    assert len(page.image) >= 2  # the query and its results: no "image not available" for any of them
+    assert not [c for c in page.caption if "image not available" in str(c.value)]
 
 
 # ---- in the browser: nothing leaves localhost ------------------------------------------------------

@@ -21,6 +21,7 @@ BACKGROUND = (255, 255, 255)  # catalog photos are shot on white
 WEB_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
 WEB_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA"}  # 8-bit modes every browser shows
 NUMERIC_MODES = ("I", "F", "I;16")  # I;16B, I;16L, I;16N too: one number per pixel, of any range
+SHOWN_SIDE = 1024  # an image shown larger is shrunk first (pages scale it to its column anyway)
 
 Fit = Literal["pad", "crop", "trim-stretch"]
 TRIM_TOLERANCE = 32  # a pixel further than this (any channel) from the border colour is product, not backdrop
@@ -103,20 +104,26 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def web_image(data: bytes, name: str) -> tuple[bytes, str]:
     """Image bytes every browser shows, and their content type: the stored bytes when they already are
-    (an 8-bit JPEG, PNG, WebP or GIF), else the image decoded, made 8-bit RGB and saved as PNG.
+    (an 8-bit JPEG, PNG, WebP or GIF of at most SHOWN_SIDE), else the image decoded, made 8-bit RGB, shrunk
+    to SHOWN_SIDE (each side at least 1 pixel) and saved as PNG.
 
-    A 16-bit PNG, a float TIFF or a CMYK JPEG would show as a broken picture, or crash the page's image code.
+    A 16-bit PNG, a float TIFF or a CMYK JPEG would show as a broken picture, and a 5000x1 strip would crash
+    Streamlit's own resizing (to a height of 0).
     """
     try:
         with Image.open(io.BytesIO(data)) as header:
-            if header.format in WEB_FORMATS and header.mode in WEB_MODES and header.format != "JPEG":
+            modes = ("L", "RGB") if header.format == "JPEG" else WEB_MODES
+            if header.format in WEB_FORMATS and header.mode in modes and max(header.size) <= SHOWN_SIDE:
                 return data, WEB_FORMATS[header.format]
-            if header.format == "JPEG" and header.mode in ("L", "RGB"):
-                return data, WEB_FORMATS["JPEG"]
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         pass  # decode says why
+    image = decode(data, name)
+    if max(image.size) > SHOWN_SIDE:
+        scale = SHOWN_SIDE / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
     output = io.BytesIO()
-    decode(data, name).save(output, "PNG")
+    image.save(output, "PNG")
     return output.getvalue(), "image/png"
 
 
