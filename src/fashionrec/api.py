@@ -26,7 +26,7 @@ import faiss
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
@@ -48,7 +48,7 @@ MAX_BODY_BYTES = MAX_UPLOAD_BYTES + 2**20  # the image plus multipart framing an
 MAX_K = 100
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 ITEM_PATH = re.compile(r"(/v1/items/)([^/]+)(/image|/similar)?")  # on the raw path: an id's %2F is no '/'
-DOCS_ASSETS = "/docs-assets"  # Swagger UI and ReDoc from the fastapi-offline package: /docs works offline
+DOCS_ASSETS = "/docs-assets"  # Swagger UI from the fastapi-offline package: /docs works offline
 
 T = TypeVar("T")
 
@@ -489,7 +489,7 @@ def create_app(index_dir: str | Path, keys: Keys | None = None) -> FastAPI:
         'Errors are JSON `{"error": code, "detail": sentence}`.',
         lifespan=lifespan,
         docs_url=None,
-        redoc_url=None,
+        redoc_url=None,  # ReDoc shows a logo from cdn.redoc.ly: offline, /docs is the one documentation page
     )
     app.add_middleware(BodySizeLimit, limit=MAX_BODY_BYTES)
     app.add_middleware(KeysFirst)
@@ -504,7 +504,7 @@ def create_app(index_dir: str | Path, keys: Keys | None = None) -> FastAPI:
 
 
 def _install_docs(app: FastAPI) -> None:
-    """/docs (Swagger UI) and /redoc with their scripts served from this server: no CDN, works offline."""
+    """/docs (Swagger UI) with its script and style served from this server: no CDN, works offline."""
     app.mount(DOCS_ASSETS, StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
     title = f"{app.title} API"
 
@@ -517,16 +517,6 @@ def _install_docs(app: FastAPI) -> None:
             swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
             swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
             swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
-        )
-
-    @app.get("/redoc", include_in_schema=False)
-    def redoc() -> HTMLResponse:
-        return get_redoc_html(
-            openapi_url=app.openapi_url or "/openapi.json",
-            title=title,
-            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
-            redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
-            with_google_fonts=False,
         )
 
 
