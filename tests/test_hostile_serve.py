@@ -209,6 +209,19 @@ def test_odd_ids_round_trip(api: httpx.Client) -> None:
     assert_error(api.get(doomed), 404, ODD_IDS[0])
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/items/%00", "/v1/items/%ff%fe/image", "/v1/items/..%2F..%2Fmanifest.json/image",
+        "/v1/items/%2E%2E/similar", f"/v1/items/{'x' * 5000}", "/v1/items/a%2Fb/similar?k=0",
+        "/v1/items/a%2Fb/similar?filter=nope", "/v1/items/a%2Fb/similar?colour_weight=nan",
+    ],
+)  # fmt: skip
+def test_odd_requests_are_4xx_with_a_reason(api: httpx.Client, path: str) -> None:
+    response = assert_no_5xx(api.get(path))
+    assert 400 <= response.status_code < 500 and response.json()["detail"], response.text
+
+
 def test_wrong_key_is_answered_before_the_body_is_read(api: httpx.Client) -> None:
     """A 10 MB upload with a wrong key: the 403 arrives while the client has sent only its first 64 KiB."""
     url = urlsplit(str(api.base_url))
