@@ -191,9 +191,12 @@ class IndexStore:
             (4 * self.dim, 4 * COLOUR_DIM),
         ).fetchone()
         if wrong:
+            item, vector, colour = wrong[0], wrong[1] // 4, wrong[2] // 4
+            found, wanted = (f"{vector}-d vector", f"{self.dim}-d") if vector != self.dim else (
+                f"{colour}-d colour vector", f"{COLOUR_DIM}-d")  # fmt: skip
             raise IndexStoreError(
-                f"{self.directory}: item {wrong[0]!r} has a {wrong[1] // 4}-d vector, the manifest says "
-                f"{self.dim}-d; the index is damaged: rebuild it"
+                f"{self.directory}: item {item!r} has a {found}, the manifest says {wanted}; "
+                "the index is damaged: rebuild it"
             )
 
     @classmethod
