@@ -1,5 +1,5 @@
 # Two entry points (see README): `make run CATALOG=...` (index, search, then the web app) and `make test`.
-# Both set everything up first.
+# Both set up what they need first: `run` only the Python install, `test` also the browser its browser tests drive.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,9 +9,9 @@ ITEM ?= 15970
 
 .PHONY: setup run test lint browser
 
-setup: $(VENV)/.installed browser
+setup: $(VENV)/.installed
 
-# The browser test drives Debian's chromium (Playwright's own browser download is not used).
+# Only the browser tests need it: Debian's chromium (Playwright's own browser download is not used).
 browser:
 	@test -x /usr/bin/chromium || (apt-get update && apt-get install -y --no-install-recommends chromium)
 
@@ -34,5 +34,5 @@ run: setup
 lint: setup
 	$(BIN)/ruff check src tests bench
 
-test: lint
+test: lint browser
 	$(BIN)/pytest -q

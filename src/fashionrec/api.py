@@ -10,14 +10,15 @@ worker, a rebuild) commits to the index's SQLite database.
 from __future__ import annotations
 
 import hmac
-import io
 import os
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import anyio
 import anyio.to_thread
@@ -25,17 +26,18 @@ import faiss
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import APIKeyHeader
-from PIL import Image, UnidentifiedImageError
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, StringConstraints, TypeAdapter, ValidationError
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fashionrec import __version__
-from fashionrec.images import ImageError, ImageTooLarge
-from fashionrec.index import DuplicateItemError
+from fashionrec.images import ImageError, ImageTooLarge, web_image
+from fashionrec.index import DuplicateItemError, StorageFullError
 from fashionrec.search import Match, Recommender, UnknownItemError
 
 INDEX_ENV = "FASHIONREC_INDEX"
@@ -45,6 +47,8 @@ MAX_UPLOAD_BYTES = 10 * 2**20
 MAX_BODY_BYTES = MAX_UPLOAD_BYTES + 2**20  # the image plus multipart framing and the metadata field
 MAX_K = 100
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+ITEM_PATH = re.compile(r"(/v1/items/)([^/]+)(/image|/similar)?")  # on the raw path: an id's %2F is no '/'
+DOCS_ASSETS = "/docs-assets"  # Swagger UI from the fastapi-offline package: /docs works offline
 
 T = TypeVar("T")
 
@@ -98,16 +102,18 @@ ERROR_CODES = {
     413: "too_large",
     422: "invalid_image",
     500: "internal_error",
+    507: "insufficient_storage",
 }
 USER_ERRORS: dict[type[Exception], int] = {
     UnknownItemError: 404,
     DuplicateItemError: 409,
     ImageTooLarge: 413,
     ImageError: 422,
+    StorageFullError: 507,
     ValueError: 400,  # what the core raises for bad arguments: unknown filter column, k < 1
 }
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409, 413, 422)
+    status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409, 413, 422, 507)
 }
 Metadata = TypeAdapter(
     Annotated[
@@ -115,7 +121,7 @@ Metadata = TypeAdapter(
             Annotated[str, StringConstraints(min_length=1, max_length=100)],
             Annotated[str, StringConstraints(max_length=2000)],
         ],
-        Field(max_length=100),  # columns: every new one widens every product's row in memory
+        Field(max_length=64),  # columns: every new one widens every product's row (search.MAX_COLUMNS)
     ]
 )
 
@@ -152,27 +158,39 @@ api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="The serv
 ApiKey = Annotated[str | None, Depends(api_key)]
 
 
-def require_write_key(request: Request, given: ApiKey) -> None:
-    keys: Keys = request.app.state.keys
+def write_key_error(keys: Keys, given: str | None) -> HTTPException | None:
+    """Why a write with this key is refused, or None if it is allowed."""
     if keys.write is None:
-        raise HTTPException(
+        return HTTPException(
             403,
             f"catalog updates are disabled: set {WRITE_KEY_ENV} (or {WRITE_KEY_ENV}_FILE) on the server to enable them",
         )
     if given is None:
-        raise HTTPException(401, "missing API key: send it in the X-API-Key header")
+        return HTTPException(401, "missing API key: send it in the X-API-Key header")
     if not _matches(keys.write, given):
-        raise HTTPException(403, "wrong API key")
+        return HTTPException(403, "wrong API key")
+    return None
+
+
+def read_key_error(keys: Keys, given: str | None) -> HTTPException | None:
+    """Why a read with this key is refused, or None if it is allowed."""
+    if keys.read is None:
+        return None
+    if given is None:
+        return HTTPException(401, "missing API key: this server requires one to read (X-API-Key header)")
+    if not (_matches(keys.read, given) or _matches(keys.write, given)):
+        return HTTPException(403, "wrong API key")
+    return None
+
+
+def require_write_key(request: Request, given: ApiKey) -> None:
+    if error := write_key_error(request.app.state.keys, given):
+        raise error
 
 
 def require_read_key(request: Request, given: ApiKey) -> None:
-    keys: Keys = request.app.state.keys
-    if keys.read is None:
-        return
-    if given is None:
-        raise HTTPException(401, "missing API key: this server requires one to read (X-API-Key header)")
-    if not (_matches(keys.read, given) or _matches(keys.write, given)):
-        raise HTTPException(403, "wrong API key")
+    if error := read_key_error(request.app.state.keys, given):
+        raise error
 
 
 async def current_recommender(request: Request) -> Recommender:
@@ -240,15 +258,6 @@ def match_out(match: Match) -> MatchOut:
     )
 
 
-def media_type(data: bytes) -> str:
-    """The content type of image bytes, from their content (Pillow reads only the header)."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return Image.MIME.get(image.format or "", "application/octet-stream")
-    except (UnidentifiedImageError, OSError):
-        return "application/octet-stream"
-
-
 reads = APIRouter(prefix="/v1", dependencies=[Depends(require_read_key)], responses=ERROR_RESPONSES)
 writes = APIRouter(prefix="/v1", dependencies=[Depends(require_write_key)], responses=ERROR_RESPONSES)
 public = APIRouter(prefix="/v1")
@@ -270,8 +279,16 @@ async def search(
     return MatchesOut(results=[match_out(m) for m in found])
 
 
+def path_item_id(item_id: str) -> str:
+    """The item id of the path: RawItemIds left it percent-encoded, so an id may hold any character."""
+    return unquote(item_id)
+
+
+ItemId = Annotated[str, Depends(path_item_id)]
+
+
 @reads.get("/items/{item_id}", tags=["items"])
-async def get_item(item_id: str, recommender: Rec) -> ItemOut:
+async def get_item(item_id: ItemId, recommender: Rec) -> ItemOut:
     """One product's metadata."""
     item = recommender.item(item_id)
     return ItemOut(id=item.id, metadata=item.metadata, image_url=image_url(item.id))
@@ -283,19 +300,21 @@ async def get_item(item_id: str, recommender: Rec) -> ItemOut:
     response_class=Response,
     responses={200: {"content": {"image/jpeg": {}, "image/png": {}}, "description": "The image bytes."}},
 )
-def get_item_image(item_id: str, recommender: Rec) -> Response:
-    """A product's image, as stored in the catalog (or uploaded)."""
+def get_item_image(item_id: ItemId, recommender: Rec) -> Response:
+    """A product's image, as stored in the catalog (or uploaded); as 8-bit PNG if browsers could not show it."""
     try:
-        data = recommender.image_bytes(item_id)
+        data, media_type = web_image(recommender.image_bytes(item_id), f"item {item_id!r}")
     except FileNotFoundError:
         raise HTTPException(404, f"the image of item {item_id!r} is missing from the catalog") from None
+    except ImageError as error:
+        raise HTTPException(404, f"the image of item {item_id!r} cannot be shown: {error.reason}") from None
     headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "public, max-age=300"}
-    return Response(data, media_type=media_type(data), headers=headers)
+    return Response(data, media_type=media_type, headers=headers)
 
 
 @reads.get("/items/{item_id}/similar", tags=["search"])
 def similar_items(
-    item_id: str,
+    item_id: ItemId,
     recommender: Rec,
     k: TopK = 10,
     filter: FilterQuery = [],  # noqa: B006 (FastAPI copies defaults)
@@ -327,7 +346,7 @@ async def add_item(
 
 
 @writes.delete("/items/{item_id}", tags=["catalog updates"], status_code=204, response_class=Response)
-def delete_item(item_id: str, recommender: Rec) -> Response:
+def delete_item(item_id: ItemId, recommender: Rec) -> Response:
     """Remove a product from the index (and its image, if it was uploaded)."""
     recommender.remove_item(item_id)
     return Response(status_code=204)
@@ -379,6 +398,39 @@ class BodySizeLimit:
     @property
     def detail(self) -> str:
         return f"request body too large (limit {self.limit // 2**20} MiB)"
+
+
+class KeysFirst:
+    """Check the API key of a write (or of a search, where reading needs a key) on the headers, before the body
+    is read: an unauthorised client cannot make the server take in 10 MB first. The routes check again."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            keys: Keys = scope["app"].state.keys
+            given = Headers(scope=scope).get("x-api-key")
+            check = {"/v1/items": write_key_error, "/v1/search": read_key_error}.get(scope["path"].rstrip("/"))
+            if check and (error := check(keys, given)):
+                await error_response(error.status_code, str(error.detail))(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class RawItemIds:
+    """Route /v1/items/ID[/image|/similar] on the raw path, so an id holding '/', '?' or '%' (percent-encoded
+    by the client) is one path segment; the routes decode it (path_item_id)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (raw := scope.get("raw_path")):
+            match = ITEM_PATH.fullmatch(raw.decode("latin-1").partition("?")[0])
+            if match:
+                scope = scope | {"path": "".join(part or "" for part in match.groups())}
+        await self.app(scope, receive, send)
 
 
 def _first_error(error: ValidationError) -> str:
@@ -436,14 +488,36 @@ def create_app(index_dir: str | Path, keys: Keys | None = None) -> FastAPI:
         description="Similar products for a photo or a catalog item, and live catalog updates. "
         'Errors are JSON `{"error": code, "detail": sentence}`.',
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,  # ReDoc shows a logo from cdn.redoc.ly: offline, /docs is the one documentation page
     )
     app.add_middleware(BodySizeLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(KeysFirst)
+    app.add_middleware(RawItemIds)
     app.state.recommender = recommender
     app.state.keys = keys or Keys()
     for router in (reads, writes, public):
         app.include_router(router)
+    _install_docs(app)
     _install_error_handlers(app)
     return app
+
+
+def _install_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) with its script and style served from this server: no CDN, works offline."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
+    title = f"{app.title} API"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=title,
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
+        )
 
 
 def app_from_env() -> FastAPI:

@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import plotly.express as px
 import streamlit as st
-from PIL import Image, ImageColor
+from PIL import Image, ImageColor, ImageDraw
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from wordcloud import STOPWORDS, WordCloud
 
-from fashionrec.images import ImageError
+from fashionrec.images import ImageError, web_image
 from fashionrec.search import Match, Recommender
 from fashionrec.search import Query as SearchQuery
 
@@ -37,7 +37,7 @@ FACETS = {
 }
 NAME = "productDisplayName"
 CARD_FACETS = ("articleType", "baseColour", "gender")
-UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp"]
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"]
 GRID_COLUMNS = 5
 FOUND_LIMIT = 100  # products listed for a name search
 HISTORY = 50  # queries the back button remembers
@@ -123,12 +123,13 @@ def query_image(widget_key: str) -> None:
     data = file.getvalue()
     try:
         embedding = recommender().embed_image(data)
+        shown, _ = web_image(data, file.name)  # 8-bit RGB, whatever was uploaded: a 16-bit PNG would crash st.image
     except ImageError as error:
         st.session_state.image_error = (
             f"We couldn't use **{file.name}**: {error.reason}. Try a JPEG, PNG or WebP photo."
         )
         return
-    set_query(Query(title="Your photo", image=data, embedding=embedding))
+    set_query(Query(title="Your photo", image=shown, embedding=embedding))
 
 
 def query_typed_product() -> None:
@@ -170,10 +171,13 @@ def search(query: Query, k: int, filters: dict[str, list[str]], colour_weight: f
 
 
 def product_image(item_id: str) -> None:
+    """The product's picture as a browser shows it (see images.web_image), or a line saying it is missing."""
     try:
-        st.image(recommender().image_bytes(item_id), width="stretch")
-    except FileNotFoundError:
+        shown, _ = web_image(recommender().image_bytes(item_id), f"item {item_id}")
+    except (FileNotFoundError, ImageError):
         st.caption(":material/image_not_supported: image not available")
+        return
+    st.image(shown, width="stretch")
 
 
 def product_card(item_id: str, metadata: dict[str, str], score: float | None, key: str) -> bool:
@@ -434,8 +438,16 @@ def explore_page() -> None:
                 st.switch_page(PAGES["find"])
 
 
+def page_icon() -> Image.Image:
+    """A T-shirt, drawn here: a `:material/...:` page icon makes the browser fetch it from fonts.gstatic.com."""
+    icon = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    shirt = [(20, 8), (44, 8), (62, 22), (54, 32), (48, 28), (48, 60), (16, 60), (16, 28), (10, 32), (2, 22)]
+    ImageDraw.Draw(icon).polygon(shirt, fill="#d6336c")
+    return icon
+
+
 def main() -> None:
-    st.set_page_config(page_title="fashionrec: find similar products", page_icon=":material/apparel:", layout="wide")
+    st.set_page_config(page_title="fashionrec: find similar products", page_icon=page_icon(), layout="wide")
     st.navigation(list(PAGES.values()), position="top").run()
 
 

@@ -368,6 +368,7 @@ def web_app(
         f"--server.maxUploadSize={MAX_BYTES // 2**20}",
         "--server.fileWatcherType=none",
         "--browser.gatherUsageStats=false",
+        "--client.showErrorDetails=none",  # a bug shows a short notice, never a traceback with server paths
         "--client.toolbarMode=minimal",
         "--theme.primaryColor=#d6336c",
         "--",

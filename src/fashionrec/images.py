@@ -14,12 +14,16 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 MAX_BYTES = 40 * 1024 * 1024
 MAX_PIXELS = 50_000_000  # about 8000 x 6000; larger images are refused before decoding
 FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
 BACKGROUND = (255, 255, 255)  # catalog photos are shot on white
+WEB_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif"}
+WEB_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA"}  # 8-bit modes every browser shows
+NUMERIC_MODES = ("I", "F", "I;16")  # I;16B, I;16L, I;16N too: one number per pixel, of any range
+SHOWN_SIDE = 1024  # an image shown larger is shrunk first (pages scale it to its column anyway)
 
 Fit = Literal["pad", "crop", "trim-stretch"]
 Box = tuple[float, float, float, float]  # left, top, right, bottom as fractions of the width and height
@@ -84,11 +88,17 @@ def decode(data: bytes, name: str, *, min_side: int | None = None) -> Image.Imag
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB on white, whatever the mode: palette, alpha, grayscale, CMYK or 16-bit."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = array.max() or 1.0
-        image = Image.fromarray((array * (255.0 / peak)).astype(np.uint8), "L")
+    """8-bit RGB on white, whatever the mode: palette, alpha, 1-bit, grey, 16-bit, 32-bit int or float, CMYK,
+    LAB, HSV, YCbCr. Numeric modes are scaled from min(0, lowest) to their highest value (NaN and inf as 0).
+    """
+    if image.mode.startswith(NUMERIC_MODES):
+        array = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        low = min(0.0, float(array.min(initial=0.0)))
+        span = float(array.max(initial=0.0)) - low or 1.0
+        image = Image.fromarray(((array - low) * (255.0 / span)).astype(np.uint8), "L")
+    if image.mode == "LAB":
+        lab, srgb = ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB")
+        return ImageCms.applyTransform(image, ImageCms.buildTransform(lab, srgb, "LAB", "RGB"))  # type: ignore[return-value]
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -96,6 +106,31 @@ def to_rgb(image: Image.Image) -> Image.Image:
         canvas = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def web_image(data: bytes, name: str) -> tuple[bytes, str]:
+    """Image bytes every browser shows, and their content type: the stored bytes when they already are
+    (an 8-bit JPEG, PNG, WebP or GIF of at most SHOWN_SIDE), else the image decoded, made 8-bit RGB, shrunk
+    to SHOWN_SIDE (each side at least 1 pixel) and saved as PNG.
+
+    A 16-bit PNG, a float TIFF or a CMYK JPEG would show as a broken picture, and a 5000x1 strip would crash
+    Streamlit's own resizing (to a height of 0).
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            modes = ("L", "RGB") if header.format == "JPEG" else WEB_MODES
+            if header.format in WEB_FORMATS and header.mode in modes and max(header.size) <= SHOWN_SIDE:
+                return data, WEB_FORMATS[header.format]
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        pass  # decode says why
+    image = decode(data, name)
+    if max(image.size) > SHOWN_SIDE:
+        scale = SHOWN_SIDE / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    output = io.BytesIO()
+    image.save(output, "PNG")
+    return output.getvalue(), "image/png"
 
 
 def open_image(path: str | Path, *, min_side: int | None = None) -> Image.Image:
@@ -124,6 +159,12 @@ def fit_square(image: Image.Image, size: int, fit: Fit = "pad") -> np.ndarray:
     if fit == "trim-stretch":
         return np.asarray(trim(image).resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0), dtype=np.uint8)
     width, height = image.size
+    if fit == "crop" and max(width, height) > 4 * min(width, height):
+        # The centre square first: a 5000x1 image must not be resized to 1120000x224 before the cut.
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+        width, height = image.size
     scale = size / max(width, height) if fit == "pad" else size / min(width, height)
     new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
     resized = image.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=3.0)

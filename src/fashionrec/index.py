@@ -5,21 +5,28 @@ An index is a directory that describes itself:
 - `index.sqlite`: items (id, image, content hash, metadata JSON, vector BLOB) and problems;
 - `uploads/`: images of products added one by one (the REST API), named by content hash, never by id.
 
+The directory is created 0o750 and every file fashionrec writes in it 0o640 (whatever the umask):
+catalog metadata and uploaded photos are readable by the owner's group, never by every user.
+
 SQLite (in WAL mode) makes every batch of vectors one transaction: a build killed at any moment
 leaves every committed batch intact, and the next run resumes from there. No pickle anywhere.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
+import re
 import secrets
 import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +40,12 @@ MANIFEST = "manifest.json"
 DATABASE = "index.sqlite"
 UPLOADS = "uploads"
 UPLOADED = "index:"  # prefix of the image of an added item: a file in the index directory, not in the catalog
+UPLOAD_NAME = re.compile(r"[0-9a-f]{32}-[0-9a-f]{16}")  # what add_item names an upload: content hash-token
+DIR_MODE = 0o750
+FILE_MODE = 0o640
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -62,6 +75,10 @@ class IndexStoreError(RuntimeError):
     """An index directory that cannot be used (missing, other format, other encoder)."""
 
 
+class StorageFullError(RuntimeError):
+    """The disk (or quota) holding the index is full: nothing was written (an API answers 507)."""
+
+
 class DuplicateItemError(ValueError):
     """An item id that is already in the index."""
 
@@ -78,22 +95,43 @@ class StoredItem:
     metadata: dict[str, str]
 
 
+def make_dir(path: Path) -> None:
+    """Create a directory of the index with DIR_MODE (explicitly: the umask does not decide)."""
+    if not path.is_dir():
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, DIR_MODE)
+
+
 def write_json_atomic(path: Path, data: object) -> None:
     """Write JSON to a temp file and rename it over the target, so readers see old or new, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
+    write_bytes_atomic(path, json.dumps(data, indent=2, ensure_ascii=False).encode())
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write a file whole and flushed to disk under a temp name, then rename it: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a file whole, FILE_MODE and flushed to disk under a temp name, then rename it: never half a file.
+
+    On any failure (a full disk above all) the temp file is removed: nothing is left behind.
+    """
+    make_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
+    try:
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        with open(descriptor, "wb") as file:
+            os.fchmod(descriptor, FILE_MODE)
+            file.write(data)
+            file.flush()
+            os.fsync(descriptor)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether an OS or SQLite error means that the disk or the quota is full."""
+    if isinstance(error, OSError):
+        return error.errno in FULL_ERRNOS
+    return isinstance(error, sqlite3.Error) and getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
 
 
 def _interned(metadata: dict[str, str]) -> dict[str, str]:
@@ -105,6 +143,22 @@ def _blobs(vector: np.ndarray, colour: np.ndarray) -> tuple[bytes, bytes]:
     return np.asarray(vector, np.float32).tobytes(), np.asarray(colour, np.float32).tobytes()
 
 
+def _check_encoder(manifest_path: Path, encoder: object) -> None:
+    """The manifest's encoder entry has what opening and searching the index read."""
+    if not isinstance(encoder, dict):
+        raise IndexStoreError(f"{manifest_path}: damaged manifest (no encoder); rebuild the index")
+    for key in ("id", "name", "fit"):
+        if not isinstance(encoder.get(key), str):
+            raise IndexStoreError(f"{manifest_path}: damaged manifest (encoder {key} missing); rebuild the index")
+    for key in ("dim", "size"):
+        value = encoder.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise IndexStoreError(
+                f"{manifest_path}: damaged manifest (encoder {key} is {value!r}, not a positive integer); "
+                "rebuild the index"
+            )
+
+
 class IndexStore:
     """Reads and writes one index directory; safe to share between threads."""
 
@@ -112,10 +166,38 @@ class IndexStore:
         self.directory = directory
         self.manifest = manifest
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(directory / DATABASE, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        path = directory / DATABASE
+        created = not path.exists()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        try:
+            if created:
+                os.chmod(path, FILE_MODE)  # SQLite gives its -wal and -shm files the same mode
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+            self._check_vectors()
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise IndexStoreError(f"{path}: unreadable index database ({error}); rebuild the index") from None
+        except IndexStoreError:
+            self._db.close()
+            raise
+
+    def _check_vectors(self) -> None:
+        """Every stored vector has the manifest's dimension: a mismatch is a clear error now, not a crash later."""
+        wrong = self._db.execute(
+            "SELECT id, length(vector), length(colour) FROM items WHERE length(vector) != ? OR length(colour) != ? "
+            "LIMIT 1",
+            (4 * self.dim, 4 * COLOUR_DIM),
+        ).fetchone()
+        if wrong:
+            item, vector, colour = wrong[0], wrong[1] // 4, wrong[2] // 4
+            found, wanted = (f"{vector}-d vector", f"{self.dim}-d") if vector != self.dim else (
+                f"{colour}-d colour vector", f"{COLOUR_DIM}-d")  # fmt: skip
+            raise IndexStoreError(
+                f"{self.directory}: item {item!r} has a {found}, the manifest says {wanted}; "
+                "the index is damaged: rebuild it"
+            )
 
     @classmethod
     def open(cls, directory: str | Path) -> IndexStore:
@@ -128,11 +210,14 @@ class IndexStore:
             manifest = json.loads(manifest_path.read_text())
         except (OSError, ValueError) as error:
             raise IndexStoreError(f"{manifest_path}: unreadable manifest ({error})") from None
+        if not isinstance(manifest, dict):
+            raise IndexStoreError(f"{manifest_path}: damaged manifest (not a JSON object); rebuild the index")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise IndexStoreError(
                 f"{directory}: index format {manifest.get('format_version')}, "
                 f"this fashionrec reads format {FORMAT_VERSION}; rebuild the index"
             )
+        _check_encoder(manifest_path, manifest.get("encoder"))
         return cls(directory, manifest)
 
     @classmethod
@@ -151,7 +236,7 @@ class IndexStore:
                 )
             store.update_manifest(catalog=catalog)
             return store
-        directory.mkdir(parents=True, exist_ok=True)
+        make_dir(directory)
         manifest = {
             "format_version": FORMAT_VERSION,
             "encoder": encoder,
@@ -217,28 +302,71 @@ class IndexStore:
         BEGIN IMMEDIATE takes the database's write lock first, so the duplicate check holds across processes.
         """
         digest = hashlib.blake2b(image, digest_size=16).hexdigest()
-        name = f"{UPLOADS}/{digest}-{secrets.token_hex(8)}"  # unique: a concurrent delete never removes this one
-        stored = StoredItem(item_id, UPLOADED + name, metadata)
+        name = f"{digest}-{secrets.token_hex(8)}"  # unique: a concurrent delete never removes this one
+        stored = StoredItem(item_id, f"{UPLOADED}{UPLOADS}/{name}", metadata)
         row = (item_id, stored.image, digest, json.dumps(metadata, ensure_ascii=False), *_blobs(vector, colour))
-        with self._lock, self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            if self._db.execute("SELECT 1 FROM items WHERE id = ?", (item_id,)).fetchone():
-                raise DuplicateItemError(item_id)
-            write_bytes_atomic(self.directory / name, image)
-            self._db.execute(
-                "INSERT INTO items (id, image, image_hash, metadata, vector, colour) VALUES (?, ?, ?, ?, ?, ?)", row
-            )
+        path = self.directory / UPLOADS / name
+        with self._lock, self._storage(), self._db:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                if self._db.execute("SELECT 1 FROM items WHERE id = ?", (item_id,)).fetchone():
+                    raise DuplicateItemError(item_id)
+                write_bytes_atomic(path, image)
+                self._db.execute(
+                    "INSERT INTO items (id, image, image_hash, metadata, vector, colour) VALUES (?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                path.unlink(missing_ok=True)  # no image without its row
+                raise
         return stored
 
     def remove_item(self, item_id: str) -> bool:
-        """Delete one product and, if it was added by upload, its image file; False if it was not there."""
-        with self._lock, self._db:
+        """Delete one product and, if it was added by upload, its image file; False if it was not there.
+
+        Only a file that add_item could have written (see `upload_path`) is ever unlinked.
+        """
+        with self._lock, self._storage(), self._db:
             self._db.execute("BEGIN IMMEDIATE")
             found = self._db.execute("SELECT image FROM items WHERE id = ?", (item_id,)).fetchone()
             self._db.execute("DELETE FROM items WHERE id = ?", (item_id,))
-        if found and found[0].startswith(UPLOADED):
-            (self.directory / found[0].removeprefix(UPLOADED)).unlink(missing_ok=True)
+            shared = found and self._db.execute("SELECT 1 FROM items WHERE image = ?", (found[0],)).fetchone()
+        if found and found[0].startswith(UPLOADED) and not shared:
+            path = self.upload_path(found[0])
+            if path is not None:
+                path.unlink(missing_ok=True)
         return found is not None
+
+    def upload_path(self, image: str) -> Path | None:
+        """The file of an uploaded image, proven to be a plain file name add_item makes, directly in this
+        index's own uploads/ folder (symlinks resolved); None, and a warning logged, for anything else.
+
+        An image value comes from the database, which a hostile catalog (or an older fashionrec) may have
+        filled: `index:../index.sqlite` or `index:/etc/passwd` must never be read or deleted.
+        """
+        name = image.removeprefix(UPLOADED).removeprefix(f"{UPLOADS}/")
+        folder = (self.directory / UPLOADS).resolve()
+        if image.startswith(f"{UPLOADED}{UPLOADS}/") and UPLOAD_NAME.fullmatch(name):
+            path = (folder / name).resolve()
+            if folder.is_relative_to(self.directory.resolve()) and path.parent == folder:
+                return path
+        log.warning("refused image path %r: not a file of %s", image, folder)
+        return None
+
+    @contextmanager
+    def _storage(self) -> Iterator[None]:
+        """Turn a full disk into StorageFullError, after rolling back: nothing half-written stays."""
+        try:
+            yield
+        except (OSError, sqlite3.Error) as error:
+            if self._db.in_transaction:
+                self._db.rollback()
+            if is_disk_full(error):
+                raise StorageFullError(
+                    f"no space left on the disk that holds the index {self.directory.name!r}: nothing was saved"
+                ) from None
+            raise
 
     def generation(self) -> int:
         """A number that changes, durably, whenever an item or vector is added, replaced or removed."""

@@ -7,6 +7,8 @@ search through an id selector, so k results that all match come back.
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -21,7 +23,7 @@ from fashionrec.catalog import ImageSource, Problem
 from fashionrec.colour import COLOUR_DIM, colour_vector
 from fashionrec.encoder import Encoder, encoder_for_index
 from fashionrec.images import Box, Detail, crop, decode, match_detail, open_image
-from fashionrec.index import UPLOADED, DuplicateItemError, IndexStore, StoredItem
+from fashionrec.index import UPLOADED, UPLOADS, DuplicateItemError, IndexStore, StoredItem
 from fashionrec.vector_index import Kind, Precision, VectorIndex, resolve_kind
 
 if TYPE_CHECKING:
@@ -30,6 +32,10 @@ if TYPE_CHECKING:
 Filters = Mapping[str, str | Sequence[str]]
 TIE_MARGIN = 8  # extra candidates fetched so equal scores can be ordered by id
 RERANK_POOL = 100  # candidates by shape that a colour-weighted query ranks again
+MAX_COLUMNS = 64  # metadata columns in a whole index that an added item may bring: each widens every row
+MAX_METADATA_BYTES = 8 * 1024  # an added item's metadata, as JSON
+
+log = logging.getLogger(__name__)
 
 
 class UnknownItemError(KeyError):
@@ -188,7 +194,7 @@ class Recommender:
         catalog = store.manifest.get("catalog", {})
         self.images = ImageSource(Path(catalog["images_root"])) if catalog.get("images_root") else None
         self.detail = Detail.from_dict(store.manifest.get("detail"))
-        self.uploads = ImageSource(store.directory)
+        self.uploads = ImageSource(store.directory / UPLOADS)  # never the index directory: it holds the database
         self._load()
 
     @classmethod
@@ -234,7 +240,10 @@ class Recommender:
             if index.kind == "ivf":
                 for stale in self.store.directory.glob(f"ivf-{self.precision}-*.faiss"):
                     stale.unlink(missing_ok=True)
-                index.write(cache)
+                try:
+                    index.write(cache)
+                except (OSError, RuntimeError) as error:  # a cache only: a full disk must not stop serving
+                    log.warning("could not save the IVF cache %s: %s", cache, error)
         self.snapshot = Snapshot.of(items, index, np.concatenate(colours) if colours else np.zeros((0, COLOUR_DIM)))
 
     # The current snapshot's parts; a method that reads several takes `self.snapshot` once instead.
@@ -265,7 +274,10 @@ class Recommender:
         """The image of an item, read from the catalog folder or zip, or from the index if it was uploaded."""
         item = self.item(item_id)
         if item.image.startswith(UPLOADED):
-            return self.uploads.read(item.image.removeprefix(UPLOADED))
+            path = self.store.upload_path(item.image)  # proven to be one of uploads/' own files, or None
+            if path is None:
+                raise FileNotFoundError(f"item {item.id!r}: its image path is refused (not an uploaded file)")
+            return self.uploads.read(path.name)
         if self.images is None:
             raise FileNotFoundError("this index does not record where its catalog images are")
         return self.images.read(item.image)
@@ -277,6 +289,7 @@ class Recommender:
         """
         if item_id in self.snapshot.positions:  # known now: spare the embedding (the store checks again)
             raise DuplicateItemError(item_id)
+        self.check_metadata(metadata)
         query = self._embed(image, as_query=False)
         with self._write_lock:
             stored = self.store.add_item(item_id, image, metadata, query.vector, query.colour)
@@ -288,6 +301,20 @@ class Recommender:
                     np.vstack([old.colours, query.colour[None, :]]),
                 )
         return stored
+
+    def check_metadata(self, metadata: Mapping[str, str]) -> None:
+        """Refuse metadata that would grow the index without bound: each new column widens every item in memory."""
+        size = len(json.dumps(metadata, ensure_ascii=False).encode())
+        if size > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata too large ({size:,} bytes as JSON, limit {MAX_METADATA_BYTES:,} per item)")
+        columns = self.snapshot.columns
+        new = [name for name in metadata if name not in columns]
+        if new and len(columns) + len(new) > MAX_COLUMNS:
+            raise ValueError(
+                f"too many metadata columns: the index has {len(columns)}, this item adds {len(new)} "
+                f"({', '.join(map(repr, new[:5]))}{', ...' if len(new) > 5 else ''}); the limit is {MAX_COLUMNS}. "
+                "Use the index's existing columns (GET /v1/info lists them)"
+            )
 
     def remove_item(self, item_id: str) -> None:
         """Delete a product from the index (and its image, if it was uploaded); UnknownItemError if absent."""

@@ -110,8 +110,13 @@ class VectorIndex:
     def write(self, path: Path) -> None:
         """Save the index (trained cells and lists) to a temp file renamed into place: readers never see half."""
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        faiss.write_index(self.index, str(tmp))
-        os.replace(tmp, path)
+        try:
+            faiss.write_index(self.index, str(tmp))
+            os.chmod(tmp, 0o640)  # like every file of the index (index.FILE_MODE)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def train(self, sample: np.ndarray) -> None:
         """Learn the IVF cells (k-means) from a sample of the vectors."""
