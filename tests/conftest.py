@@ -16,10 +16,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from fashionrec.build import BuildReport, build_index
 from fashionrec.catalog import load_catalog
 from fashionrec.encoder import Encoder, load_encoder
+from fashionrec.images import decode
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ZIP = Path(
@@ -46,6 +48,17 @@ def write_catalog(folder: Path, header: list[str], rows: list[list[str]]) -> Pat
     with open(folder / "styles.csv", "w", newline="") as file:
         csv.writer(file).writerows([header, *rows])
     return folder
+
+
+def side_by_side(left: Path, right: Path) -> bytes:
+    """One photo holding two products, as a shopper's shot of two garments would."""
+    images = [decode(path.read_bytes(), path.name) for path in (left, right)]
+    canvas = Image.new("RGB", (images[0].width + images[1].width, max(i.height for i in images)), "white")
+    canvas.paste(images[0], (0, 0))
+    canvas.paste(images[1], (images[0].width, 0))
+    buffer = io.BytesIO()
+    canvas.resize((canvas.width * 3, canvas.height * 3), Image.Resampling.LANCZOS).save(buffer, "JPEG", quality=92)
+    return buffer.getvalue()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

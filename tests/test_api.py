@@ -30,6 +30,8 @@ from schemathesis import GenerationMode
 from fashionrec.build import BuildReport
 from fashionrec.index import FORMAT_VERSION
 
+from conftest import side_by_side
+
 KEY = "test-write-key-0123456789"
 READ_KEY = "test-read-key-0123456789"
 WRITE = {"X-API-Key": KEY}
@@ -138,6 +140,14 @@ def test_read_endpoints(api: httpx.Client, photos: list[Path]) -> None:
     scores = [m["score"] for m in similar]
     assert scores == sorted(scores, reverse=True)
     assert "openapi" in api.get("/openapi.json").json() and api.get("/docs").status_code == 200
+
+
+def test_search_a_crop_box_of_the_photo(api: httpx.Client, photos: list[Path]) -> None:
+    photo = side_by_side(photos[3], photos[4])
+    right = api.post("/v1/search", params={"k": 1, "crop": "0.5,0,1,1"}, files=upload(photo, "two.jpg")).json()
+    assert right["results"][0]["id"] == photos[4].stem
+    for bad in ("0.5,0,0.5,1", "a,b,c,d", "0,0,1"):
+        assert_error(api.post("/v1/search", params={"crop": bad}, files=upload(photo, "two.jpg")), 400, "crop box")
 
 
 def test_filters_return_k_matching_items(api: httpx.Client, photos: list[Path]) -> None:

@@ -18,7 +18,7 @@ from fashionrec.images import Detail, decode, match_detail, sides_of
 from fashionrec.search import Recommender
 from fashionrec.views import shopper_view
 
-from conftest import run_cli, sample_rows, write_catalog
+from conftest import run_cli, sample_rows, side_by_side, write_catalog
 
 KAGGLE = Detail(frame_side=80, product_fill=0.84)
 
@@ -107,15 +107,6 @@ def test_a_product_added_through_the_api_is_embedded_like_the_catalog(blurry_ind
         assert np.allclose(vector, built, atol=2e-3)  # the index keeps float16
     finally:
         recommender.remove_item("added-1")
-
-
-def side_by_side(left: Path, right: Path) -> bytes:
-    """One photo holding two products, as a shopper's shot of two garments would."""
-    images = [decode(path.read_bytes(), path.name) for path in (left, right)]
-    canvas = Image.new("RGB", (images[0].width + images[1].width, max(i.height for i in images)), "white")
-    canvas.paste(images[0], (0, 0))
-    canvas.paste(images[1], (images[0].width, 0))
-    return jpeg(canvas.resize((canvas.width * 3, canvas.height * 3), Image.Resampling.LANCZOS))
 
 
 def test_a_crop_box_searches_the_part_of_the_photo_pointed_at(built_index: tuple[Path, object], tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fashionrec import __version__
-from fashionrec.images import ImageError, ImageTooLarge, web_image
+from fashionrec.images import ImageError, ImageTooLarge, parse_box, web_image
 from fashionrec.index import DuplicateItemError, StorageFullError
 from fashionrec.search import Match, Recommender, UnknownItemError
 
@@ -211,6 +211,14 @@ ColourWeight = Annotated[
     float,
     Query(ge=0.0, le=1.0, description="How much colour counts in the ranking: 0 shape only (default), 1 colour only."),
 ]
+CropQuery = Annotated[
+    str | None,
+    Query(
+        description="Search only this part of the photo: `left,top,right,bottom` as fractions of its width and "
+        "height, e.g. `0,0.45,1,1` for the lower half.",
+        examples=["0.1,0.2,0.9,0.8"],
+    ),
+]
 FilterQuery = Annotated[
     list[str],
     Query(
@@ -271,10 +279,12 @@ async def search(
     k: TopK = 10,
     filter: FilterQuery = [],  # noqa: B006 (FastAPI copies defaults)
     colour_weight: ColourWeight = 0.0,
+    crop: CropQuery = None,
 ) -> MatchesOut:
-    """The k catalog products most similar to an uploaded photo."""
+    """The k catalog products most similar to an uploaded photo, or to the `crop` part of it."""
     filters = parse_filters(filter)
-    query = await run_image_work(request, recommender.embed_image, await read_upload(image))
+    box = parse_box(crop) if crop is not None else None
+    query = await run_image_work(request, recommender.embed_image, await read_upload(image), box)
     found = await run_in_threadpool(recommender.similar, replace(query, colour_weight=colour_weight), k, filters)
     return MatchesOut(results=[match_out(m) for m in found])
 
