@@ -18,6 +18,8 @@ import fashionrec.app
 from fashionrec.build import BuildReport
 from fashionrec.search import Recommender
 
+from conftest import side_by_side
+
 APP = Path(fashionrec.app.__file__)
 
 
@@ -66,6 +68,21 @@ def test_upload_finds_the_catalog_product_itself_first(page: AppTest, catalog_ph
     ids = result_ids(page)
     assert len(ids) == 5 and ids[0] == catalog_photo.stem
     assert any(f"Similarity **1.00** · #{catalog_photo.stem}" in c.value for c in page.caption)
+
+
+def test_sliders_search_the_part_of_the_photo_they_frame(page: AppTest, sample_catalog: Path) -> None:
+    left, right = sorted((sample_catalog / "images").glob("*.jpg"))[5:7]
+    page.sidebar.file_uploader(key="upload").upload("two.jpg", side_by_side(left, right), "image/jpeg")
+    run(page)
+    page.slider(key="crop_across").set_value((50, 100))
+    run(page)
+    assert page.session_state["query"].crop == (0.5, 0.0, 1.0, 1.0) and result_ids(page)[0] == right.stem
+    page.slider(key="crop_across").set_value((0, 50))
+    run(page)
+    assert result_ids(page)[0] == left.stem
+    page.slider(key="crop_across").set_value((40, 40))  # nothing framed: a message, the last results stay
+    run(page)
+    assert "couldn't search that part" in page.error[0].value and result_ids(page)[0] == left.stem
 
 
 def test_camera_photo_is_a_query_like_an_upload(page: AppTest, catalog_photo: Path) -> None:

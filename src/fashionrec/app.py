@@ -7,6 +7,7 @@ catalog images are read from the catalog's zip or folder on demand, never unpack
 
 from __future__ import annotations
 
+import io
 import random
 import sys
 import time
@@ -21,7 +22,7 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from wordcloud import STOPWORDS, WordCloud
 
-from fashionrec.images import ImageError, web_image
+from fashionrec.images import Box, ImageError, web_image
 from fashionrec.search import Match, Recommender
 from fashionrec.search import Query as SearchQuery
 
@@ -56,7 +57,9 @@ class Query:
 
     title: str
     item_id: str | None = None
-    image: bytes | None = None
+    image: bytes | None = None  # what the page shows of a shopper's photo (8-bit, at most 1024 px)
+    upload: bytes | None = None  # the photo as sent, embedded again when the shopper frames a part of it
+    crop: Box | None = None
     embedding: SearchQuery | None = None  # an image's vector and colour; None for a catalog product
 
 
@@ -129,7 +132,32 @@ def query_image(widget_key: str) -> None:
             f"We couldn't use **{file.name}**: {error.reason}. Try a JPEG, PNG or WebP photo."
         )
         return
-    set_query(Query(title="Your photo", image=shown, embedding=embedding))
+    set_query(Query(title="Your photo", image=shown, upload=data, embedding=embedding))
+
+
+def query_image_part() -> None:
+    """Search the part of the shopper's photo that the two sliders frame (the whole photo: no crop)."""
+    query = st.session_state.query
+    (left, right), (top, bottom) = st.session_state.crop_across, st.session_state.crop_down
+    box = (left / 100, top / 100, right / 100, bottom / 100)
+    crop = None if box == (0.0, 0.0, 1.0, 1.0) else box
+    try:
+        embedding = recommender().embed_image(query.upload, crop)
+    except (ImageError, ValueError) as error:
+        st.session_state.image_error = f"We couldn't search that part of the photo: {error}."
+        return
+    st.session_state.image_error = None
+    st.session_state.query = replace(query, crop=crop, embedding=embedding)
+
+
+def framed(image: bytes, crop: Box | None) -> bytes | Image.Image:
+    """The shown photo with the searched part outlined (the photo itself when all of it is searched)."""
+    if crop is None:
+        return image
+    picture = Image.open(io.BytesIO(image)).convert("RGB")
+    box = [crop[0] * picture.width, crop[1] * picture.height, crop[2] * picture.width, crop[3] * picture.height]
+    ImageDraw.Draw(picture).rectangle(box, outline=(230, 30, 90), width=max(2, max(picture.size) // 150))
+    return picture
 
 
 def query_typed_product() -> None:
@@ -213,7 +241,7 @@ def show_query(query: Query) -> None:
     picture, details = st.columns([1, 3], vertical_alignment="center")
     with picture:
         if query.item_id is None:
-            st.image(query.image, width="stretch")
+            st.image(framed(query.image, query.crop), width="stretch")
         else:
             product_image(query.item_id)
     with details:
@@ -223,6 +251,11 @@ def show_query(query: Query) -> None:
             metadata = recommender().item(query.item_id).metadata
             badges = [f":gray-badge[{FACETS[c]}: {metadata[c]}]" for c in FACETS if metadata.get(c)]
             st.markdown(" ".join(badges) + f" :gray-badge[#{query.item_id}]")
+        if query.upload is not None:
+            with st.expander("Search part of the photo", icon=":material/crop:", expanded=query.crop is not None):
+                left, top, right, bottom = (round(100 * v) for v in query.crop or (0, 0, 1, 1))
+                st.slider("Left to right (%)", 0, 100, (left, right), key="crop_across", on_change=query_image_part)
+                st.slider("Top to bottom (%)", 0, 100, (top, bottom), key="crop_down", on_change=query_image_part)
         st.button(
             "Back",
             icon=":material/arrow_back:",
