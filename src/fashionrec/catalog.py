@@ -10,6 +10,7 @@ import csv
 import os
 import posixpath
 import stat
+import threading
 import unicodedata
 import zipfile
 from collections.abc import Iterator
@@ -62,6 +63,7 @@ class ImageSource:
     def __init__(self, root: Path) -> None:
         self.root = Path(os.path.realpath(root))
         self._zip: zipfile.ZipFile | None = None
+        self._zip_lock = threading.Lock()  # decoding threads share one handle (zipfile reads are thread-safe)
         self._names: set[str] | None = None
 
     @property
@@ -69,9 +71,10 @@ class ImageSource:
         return self.root.is_file()
 
     def _archive(self) -> zipfile.ZipFile:
-        if self._zip is None:
-            self._zip = zipfile.ZipFile(self.root)
-        return self._zip
+        with self._zip_lock:
+            if self._zip is None:
+                self._zip = zipfile.ZipFile(self.root)
+            return self._zip
 
     def names(self) -> set[str]:
         """All file names in the source (zip members, or files below the folder)."""

@@ -81,19 +81,27 @@ class StoredItem:
 def write_json_atomic(path: Path, data: object) -> None:
     """Write JSON to a temp file and rename it over the target, so readers see old or new, never half."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temp file
+        raise
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write a file whole and flushed to disk under a temp name, then rename it: never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temp file
+        raise
 
 
 def _interned(metadata: dict[str, str]) -> dict[str, str]:
@@ -113,9 +121,13 @@ class IndexStore:
         self.manifest = manifest
         self._lock = threading.RLock()
         self._db = sqlite3.connect(directory / DATABASE, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            raise IndexStoreError(f"{directory / DATABASE}: not a usable index database ({error})") from None
 
     @classmethod
     def open(cls, directory: str | Path) -> IndexStore:
@@ -128,11 +140,21 @@ class IndexStore:
             manifest = json.loads(manifest_path.read_text())
         except (OSError, ValueError) as error:
             raise IndexStoreError(f"{manifest_path}: unreadable manifest ({error})") from None
+        if not isinstance(manifest, dict):
+            raise IndexStoreError(f"{manifest_path}: unreadable manifest (not a JSON object)")
         if manifest.get("format_version") != FORMAT_VERSION:
             raise IndexStoreError(
                 f"{directory}: index format {manifest.get('format_version')}, "
                 f"this fashionrec reads format {FORMAT_VERSION}; rebuild the index"
             )
+        encoder = manifest.get("encoder")
+        if not (
+            isinstance(encoder, dict)
+            and isinstance(encoder.get("id"), str)
+            and all(isinstance(encoder.get(key), int) and encoder[key] > 0 for key in ("dim", "size"))
+            and isinstance(manifest.get("catalog", {}), dict)
+        ):
+            raise IndexStoreError(f"{manifest_path}: no valid encoder or catalog description; rebuild the index")
         return cls(directory, manifest)
 
     @classmethod
@@ -141,6 +163,8 @@ class IndexStore:
     ) -> IndexStore:
         """Open the index to (re)build it, creating it if needed; refuses to mix encoders."""
         directory = Path(directory).expanduser()
+        if directory.exists() and not directory.is_dir():
+            raise IndexStoreError(f"{directory}: not a directory (the index is a directory)")
         if (directory / MANIFEST).is_file():
             store = cls.open(directory)
             built_with = store.manifest["encoder"]["id"]  # type: ignore[index]
@@ -280,6 +304,11 @@ class IndexStore:
         with self._lock:
             cursor = self._db.execute(f"SELECT id, image, metadata, {vector_column}, colour FROM items ORDER BY row")
             for part in iter(lambda: cursor.fetchmany(chunk), []):
+                if with_vectors and any(len(r[3]) != 4 * self.dim for r in part):
+                    raise IndexStoreError(
+                        f"{self.directory / DATABASE}: stored vectors do not have the manifest's {self.dim} "
+                        "dimensions; rebuild the index"
+                    )
                 vectors = np.frombuffer(b"".join(r[3] for r in part), np.float32).reshape(len(part), -1)
                 colours = np.frombuffer(b"".join(r[4] for r in part), np.float32).reshape(len(part), COLOUR_DIM)
                 yield (
