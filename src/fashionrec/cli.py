@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -61,7 +62,12 @@ def user_errors() -> Iterator[None]:
         yield
     except USER_ERRORS as error:
         message = str(error).strip("'\"") if isinstance(error, KeyError) else str(error)
-        errors.print(f"[red]error:[/red] {message}", highlight=False)
+        errors.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+        raise typer.Exit(2) from None
+    except (OSError, sqlite3.Error) as error:  # a file the user pointed at, unreadable or unwritable
+        where = f"{error.filename}: " if isinstance(error, OSError) and error.filename else ""
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        errors.print(f"[red]error:[/red] {escape(where + reason)}", highlight=False)
         raise typer.Exit(2) from None
 
 
@@ -97,7 +103,7 @@ def index(
     image_column: Annotated[
         str | None, typer.Option(help="Image path column of a CSV/Parquet catalog (relative to it).")
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="Image decoding processes (0: none).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Image decoding threads (0: decode in the main thread).")] = None,
     backend: Annotated[str, typer.Option(help="onnx (fast) or torch (reference).")] = "onnx",
 ) -> None:
     """Build or update the index of a catalog; rerun to resume or to pick up catalog changes."""

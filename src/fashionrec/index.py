@@ -173,6 +173,11 @@ class IndexStore:
                     f"{directory} was built with encoder {built_with}, not {encoder['id']}; "
                     "use another --out directory, or the same encoder"
                 )
+            if store.dim != encoder["dim"]:
+                raise IndexStoreError(
+                    f"{directory / MANIFEST}: dimension {store.dim}, but encoder {built_with} gives {encoder['dim']}; "
+                    "the manifest is damaged: rebuild the index in another --out directory"
+                )
             store.update_manifest(catalog=catalog)
             return store
         directory.mkdir(parents=True, exist_ok=True)
