@@ -96,9 +96,9 @@ class ImageSource:
                 info = self._archive().getinfo(name)
             except KeyError:
                 return "not found"
-            mode = info.external_attr >> 16
-            if info.is_dir() or (mode and not stat.S_ISREG(mode)):
-                return "not a regular file"
+            kind = stat.S_IFMT(info.external_attr >> 16)  # 0: the zip tool recorded no file type
+            if info.is_dir() or kind not in (0, stat.S_IFREG):
+                return "not a regular file (a folder or symlink member)"
             return None
         try:
             path = self._path(name)
