@@ -1,21 +1,27 @@
 """Build (or update) an index from a catalog: read, decode, embed, store.
 
-Worker threads read and decode images while the main thread runs the model on full batches
-(Pillow, numpy and hashlib release the GIL; threads, unlike spawned processes, need no `__main__`
-guard in the caller's script). Each batch is committed in one transaction, so a run killed at any
-point resumes where it stopped. Images are identified by a hash of their bytes: a rerun embeds only new or changed
-images and drops items that left the catalog.
+Worker processes read and decode images while the main process runs the model on full batches.
+Spawned processes re-import the caller's `__main__` script; when that script would start the build
+again (no `if __name__ == "__main__":` guard, as a pasted snippet has none), worker threads decode
+instead: slower for small images (the GIL), but a library call works as the user wrote it. Each batch
+is committed in one transaction, so a run killed at any point resumes where it stopped. Images are
+identified by a hash of their bytes: a rerun embeds only new or changed images and drops items that
+left the catalog.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import multiprocessing
 import os
+import signal
 import sqlite3
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,8 +95,50 @@ class _Preparer:
         return item_id, digest, pixels, colour_vector(pixels), None
 
 
+_worker_prepare: _Preparer  # in a worker process: set once by _init_process, so tasks stay small
+
+
+def _init_process(prepare: _Preparer) -> None:
+    global _worker_prepare
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the main process stops
+    _worker_prepare = prepare
+
+
+def _prepare_in_process(task: Task) -> Prepared:
+    return _worker_prepare(task)
+
+
+def spawn_is_safe() -> bool:
+    """Whether spawned workers can start: they re-import the `__main__` script, which must not build again.
+
+    True when there is no script (a REPL, a notebook, `python -c`) or when the build was called from
+    inside the script's `if __name__ == "__main__":` block (as the CLI is); False otherwise.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None:
+        return True
+    frame = sys._getframe()
+    while frame is not None and not (frame.f_code.co_name == "<module>" and frame.f_globals is vars(main)):
+        frame = frame.f_back
+    if frame is None:  # called from another thread while the script may still be running: assume not safe
+        return False
+    try:
+        tree = ast.parse(Path(path).read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return False
+    guard = ast.parse('__name__ == "__main__"', mode="eval").body
+    return any(
+        isinstance(node, ast.If)
+        and ast.dump(node.test) == ast.dump(guard)
+        and node.lineno <= frame.f_lineno <= (node.end_lineno or node.lineno)
+        for node in tree.body
+    )
+
+
 def _prepared(tasks: list[Task], source: ImageSource, encoder: Encoder, workers: int) -> Iterator[Prepared]:
-    """Prepare tasks in worker threads (or inline with workers=0), in order.
+    """Prepare tasks in worker processes, worker threads when processes cannot be spawned, or inline
+    with workers=0; in order.
 
     At most MAX_IN_FLIGHT tasks are handed out ahead of the consumer: decoded pixels would otherwise
     pile up in memory whenever decoding outpaces the model. On Ctrl-C or an error the queued tasks
@@ -100,13 +148,19 @@ def _prepared(tasks: list[Task], source: ImageSource, encoder: Encoder, workers:
     if workers == 0:
         yield from map(prepare, tasks)
         return
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="fashionrec-decode")
+    pool: Executor
+    if spawn_is_safe():  # spawn, not fork: this process holds model threads
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(workers, context, initializer=_init_process, initargs=(prepare,))
+        work = _prepare_in_process
+    else:
+        pool, work = ThreadPoolExecutor(workers, thread_name_prefix="fashionrec-decode"), prepare
     in_flight: deque[Future[Prepared]] = deque()
     try:
         for task in tasks:
             if len(in_flight) >= MAX_IN_FLIGHT:
                 yield in_flight.popleft().result()
-            in_flight.append(pool.submit(prepare, task))
+            in_flight.append(pool.submit(work, task))
         while in_flight:
             yield in_flight.popleft().result()
     finally:

@@ -70,6 +70,12 @@ class ImageSource:
     def is_zip(self) -> bool:
         return self.root.is_file()
 
+    def __getstate__(self) -> dict[str, Path]:  # worker processes each open their own zip handle
+        return {"root": self.root}
+
+    def __setstate__(self, state: dict[str, Path]) -> None:
+        self.__init__(state["root"])
+
     def _archive(self) -> zipfile.ZipFile:
         with self._zip_lock:
             if self._zip is None:
