@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -242,7 +243,10 @@ def damaged_copies(tmp_path: Path, source: Path) -> dict[str, Path]:
     for damage in ("garbage-db", "no-encoder", "wrong-dim"):
         copy = tmp_path / damage
         copy.mkdir()
-        with sqlite3.connect(source / "index.sqlite") as db, sqlite3.connect(copy / "index.sqlite") as out:
+        with (
+            closing(sqlite3.connect(source / "index.sqlite")) as db,
+            closing(sqlite3.connect(copy / "index.sqlite")) as out,
+        ):
             db.backup(out)
         manifest = json.loads((source / "manifest.json").read_text())
         if damage == "no-encoder":
@@ -345,7 +349,7 @@ def test_a_killed_rerun_keeps_the_previous_problems(tmp_path: Path) -> None:
 
 
 def count(index: Path) -> int:
-    with sqlite3.connect(index / "index.sqlite") as db:
+    with closing(sqlite3.connect(index / "index.sqlite")) as db:  # closed: a busy file would block the umount
         return db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
 
 
