@@ -98,7 +98,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 
 def read_regular_file(path: str | Path, name: str, limit: int = MAX_BYTES) -> bytes:
-    """The bytes of a regular file, never more than `limit`: devices, FIFOs and folders are refused.
+    """The bytes of a regular file, never more than `limit`: devices, FIFOs and folders are refused
+    (ImageError); a missing file raises FileNotFoundError, as callers tell "gone" apart.
 
     The size is checked before reading (no 2 GB read to learn a file is too large), the read itself
     is bounded (a file may grow meanwhile), and the open never blocks (a FIFO with no writer).
@@ -106,7 +107,7 @@ def read_regular_file(path: str | Path, name: str, limit: int = MAX_BYTES) -> by
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
-        raise ImageError(name, "no such file") from None
+        raise FileNotFoundError(f"{name}: no such file") from None
     except IsADirectoryError:
         raise ImageError(name, "is a directory, not an image file") from None
     except OSError as error:
@@ -137,7 +138,11 @@ def too_large(size: int, limit: int) -> str:
 
 def open_image(path: str | Path, *, min_side: int | None = None) -> Image.Image:
     """Read and decode an image file, with the file's name in any error."""
-    return decode(read_regular_file(path, str(path)), str(path), min_side=min_side)
+    try:
+        data = read_regular_file(path, str(path))
+    except FileNotFoundError:
+        raise ImageError(str(path), "no such file") from None
+    return decode(data, str(path), min_side=min_side)
 
 
 def fit_square(image: Image.Image, size: int, fit: Fit = "pad") -> np.ndarray:
