@@ -12,9 +12,11 @@ import json
 import os
 import sqlite3
 import stat
+import struct
 import subprocess
 import sys
 import time
+import tracemalloc
 import zipfile
 from contextlib import closing
 from pathlib import Path
@@ -213,6 +215,36 @@ def test_image_column_values_must_name_a_file_inside_the_catalog(tmp_path: Path,
     catalog = load_catalog(zipped, image_column="picture")
     assert {item.id for item in catalog.items} == set(good)
     assert {p.item for p in catalog.problems} == set(values)
+
+
+def lie_about_size(archive: Path, member: str, size: int) -> None:
+    """Make the zip's local and central headers declare `size` bytes for `member` (a zip bomb's trick)."""
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as opened:
+        local = opened.getinfo(member).header_offset
+    central = data.rfind(member.encode()) - 46  # the central directory entry: its name starts at +46
+    data[local + 22 : local + 26] = data[central + 24 : central + 28] = struct.pack("<I", size)
+    archive.write_bytes(bytes(data))
+
+
+def test_zip_members_are_read_with_a_bound(tmp_path: Path) -> None:
+    archive = tmp_path / "catalog.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as out:
+        out.writestr("styles.csv", f"{HEADER}\nbomb,{REST},x\nliar,{REST},x\n")
+        out.writestr("images/bomb.jpg", bytes(100 * 2**20))
+        out.writestr("images/liar.jpg", bytes(100 * 2**20))
+    lie_about_size(archive, "images/liar.jpg", 1000)
+    source = load_catalog(archive).source
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageError, match="file too large"):
+            source.read("images/bomb.jpg")  # refused from its declared size, before reading
+        with pytest.raises(ImageError, match="unreadable zip member"):
+            source.read("images/liar.jpg")  # reads stop at the declared size; the CRC then fails
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20  # neither member was inflated whole
 
 
 def test_id_rule() -> None:

@@ -13,15 +13,18 @@ import stat
 import threading
 import unicodedata
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from fashionrec.images import MAX_BYTES, ImageError, ImageTooLarge, read_regular_file, too_large
 
 KAGGLE_STYLES = "styles.csv"
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 MAX_TABLE_BYTES = 1024 * 2**20  # a metadata table (CSV) read whole: far above any real catalog's
+READ_CHUNK = 2**20  # zip members are inflated this much at a time
 MAX_ID_CHARS = 256  # ids name files and URL path segments: longer ones fit neither
 ID_FORBIDDEN = set("/\\?#%")  # path separators and the characters a URL path segment cannot hold as is
 ID_FORBIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}  # control, format, unassigned, line breaks
@@ -133,11 +136,25 @@ class ImageSource:
             raise FileNotFoundError(f"{name}: not in {self.root.name}") from None
         if info.file_size > limit:
             raise ImageTooLarge(name, too_large(info.file_size, limit))
-        with self._archive().open(info) as member:
-            data = member.read(limit + 1)  # bounded even if the declared size lies
+        try:
+            with self._archive().open(info) as member:
+                data = _read_bounded(member, limit)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as error:
+            raise ImageError(name, f"unreadable zip member ({error})") from None  # bad CRC, encrypted, ...
         if len(data) > limit:
             raise ImageTooLarge(name, too_large(len(data), limit))
         return data
+
+
+def _read_bounded(member: IO[bytes], limit: int) -> bytes:
+    """At most limit + 1 bytes of a zip member, inflated a chunk at a time: a member whose header
+    lies about its size costs neither more memory than the limit nor a large inflate in one step."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit and (chunk := member.read(min(READ_CHUNK, limit + 1 - size))):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def id_problem(item_id: str) -> str | None:
