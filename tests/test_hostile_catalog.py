@@ -156,6 +156,8 @@ def test_every_bad_row_and_file_is_a_problem_of_its_own_item(tmp_path: Path, kin
         assert "not a regular file" in problems["zlink"][0]
     listed = run_cli("info", str(index), "--problems")
     assert listed.returncode == 0 and all(f"{name}:" in listed.stdout for name in ("big-field", "q-open", "a/b"))
+    assert "bell\\x07:" in listed.stdout and "nul\\x00id:" in listed.stdout  # shown escaped
+    assert not {"\x00", "\x07"} & set(built.stdout + listed.stdout)  # catalog text never drives the terminal
 
     assert_found_by_photo(index, photos)
     recommender = Recommender.open(index)

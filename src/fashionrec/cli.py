@@ -71,6 +71,11 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+def printable(text: str) -> str:
+    """Control characters shown as escapes (\\x1b): a catalog's ids must not drive the user's terminal."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 def parse_filters(raw: list[str] | None) -> dict[str, list[str]]:
     filters: dict[str, list[str]] = {}
     for entry in raw or []:
@@ -135,7 +140,7 @@ def print_report(report: BuildReport) -> None:
         table.add_row(label, str(value))
     console.print(table)
     for problem in report.problems[:20]:
-        console.print(f"  [yellow]problem[/yellow] {escape(str(problem))}", highlight=False)
+        console.print(f"  [yellow]problem[/yellow] {escape(printable(str(problem)))}", highlight=False)
     if len(report.problems) > 20:
         console.print(f"  ... and {len(report.problems) - 20} more: see `fashionrec info {report.index} --problems`")
 
@@ -227,7 +232,7 @@ def info(
         table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
     console.print(table)
     for problem in found if problems else found[:10]:
-        console.print(f"  [yellow]problem[/yellow] {escape(str(problem))}", highlight=False)
+        console.print(f"  [yellow]problem[/yellow] {escape(printable(str(problem)))}", highlight=False)
     if not problems and len(found) > 10:
         console.print(f"  ... and {len(found) - 10} more (--problems lists them all)")
 
