@@ -249,6 +249,16 @@ def test_zip_members_are_read_with_a_bound(tmp_path: Path) -> None:
     assert peak < 8 * 2**20  # neither member was inflated whole
 
 
+def test_a_latin1_csv_is_still_read_whole_as_latin1(tmp_path: Path) -> None:
+    header, rows = sample_rows(2, seed=26)
+    folder = write_catalog(tmp_path, header, rows)
+    lines = [HEADER, *(f"{row[0]},{REST},Café Crème {n}" for n, row in enumerate(rows))]
+    (folder / "styles.csv").write_bytes("\r\n".join(lines).encode("latin-1"))  # no line is UTF-8
+    catalog = load_catalog(folder)
+    assert [item.metadata["productDisplayName"] for item in catalog.items] == ["Café Crème 0", "Café Crème 1"]
+    assert catalog.problems == []
+
+
 def test_id_rule() -> None:
     for good in ("15970", "sku-123", "AB_12.3", "Ärmel 7", "x" * 256):
         assert id_problem(good) is None, good
