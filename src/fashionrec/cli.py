@@ -108,7 +108,7 @@ def index(
     image_column: Annotated[
         str | None, typer.Option(help="Image path column of a CSV/Parquet catalog (relative to it).")
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="Image decoding threads (0: decode in the main thread).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Image decoding processes (0: none).")] = None,
     backend: Annotated[str, typer.Option(help="onnx (fast) or torch (reference).")] = "onnx",
 ) -> None:
     """Build or update the index of a catalog; rerun to resume or to pick up catalog changes."""

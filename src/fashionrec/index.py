@@ -113,6 +113,21 @@ def _blobs(vector: np.ndarray, colour: np.ndarray) -> tuple[bytes, bytes]:
     return np.asarray(vector, np.float32).tobytes(), np.asarray(colour, np.float32).tobytes()
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    """The index database, set up; IndexStoreError naming the file when it is not one (garbage, a folder)."""
+    db = None
+    try:
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(SCHEMA)
+        return db
+    except sqlite3.DatabaseError as error:
+        if db is not None:
+            db.close()
+        raise IndexStoreError(f"{path}: not a usable index database ({error})") from None
+
+
 class IndexStore:
     """Reads and writes one index directory; safe to share between threads."""
 
@@ -120,14 +135,7 @@ class IndexStore:
         self.directory = directory
         self.manifest = manifest
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(directory / DATABASE, check_same_thread=False, isolation_level=None)
-        try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as error:
-            self._db.close()
-            raise IndexStoreError(f"{directory / DATABASE}: not a usable index database ({error})") from None
+        self._db = _connect(directory / DATABASE)
 
     @classmethod
     def open(cls, directory: str | Path) -> IndexStore:
