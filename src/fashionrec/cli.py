@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -61,8 +62,18 @@ def user_errors() -> Iterator[None]:
         yield
     except USER_ERRORS as error:
         message = str(error).strip("'\"") if isinstance(error, KeyError) else str(error)
-        errors.print(f"[red]error:[/red] {message}", highlight=False)
+        errors.print(f"[red]error:[/red] {escape(message)}", highlight=False)
         raise typer.Exit(2) from None
+    except (OSError, sqlite3.Error) as error:  # a file the user pointed at, unreadable or unwritable
+        where = f"{error.filename}: " if isinstance(error, OSError) and error.filename else ""
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        errors.print(f"[red]error:[/red] {escape(where + reason)}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def printable(text: str) -> str:
+    """Control characters shown as escapes (\\x1b): a catalog's ids must not drive the user's terminal."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def parse_filters(raw: list[str] | None) -> dict[str, list[str]]:
@@ -129,7 +140,7 @@ def print_report(report: BuildReport) -> None:
         table.add_row(label, str(value))
     console.print(table)
     for problem in report.problems[:20]:
-        console.print(f"  [yellow]problem[/yellow] {escape(str(problem))}", highlight=False)
+        console.print(f"  [yellow]problem[/yellow] {escape(printable(str(problem)))}", highlight=False)
     if len(report.problems) > 20:
         console.print(f"  ... and {len(report.problems) - 20} more: see `fashionrec info {report.index} --problems`")
 
@@ -225,7 +236,7 @@ def info(
         table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
     console.print(table)
     for problem in found if problems else found[:10]:
-        console.print(f"  [yellow]problem[/yellow] {escape(str(problem))}", highlight=False)
+        console.print(f"  [yellow]problem[/yellow] {escape(printable(str(problem)))}", highlight=False)
     if not problems and len(found) > 10:
         console.print(f"  ... and {len(found) - 10} more (--problems lists them all)")
 

@@ -7,6 +7,8 @@ Everything that reaches the model goes through `decode`, so a bad file gives the
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 MAX_BYTES = 40 * 1024 * 1024
 MAX_PIXELS = 50_000_000  # about 8000 x 6000; larger images are refused before decoding
@@ -38,6 +40,9 @@ DETAIL_SAMPLE = 256  # catalog images measured for their level of detail at the 
 
 # Pillow checks the pixel count from the header, before decoding; its warning is made an error below.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# Pillow refuses PNG text and ICC profile chunks over 1 MiB (decompressed) as corrupt; product shots
+# with a 2 MiB camera profile are real. The file limit bounds them instead (still 64 MiB in all).
+PngImagePlugin.MAX_TEXT_CHUNK = max(PngImagePlugin.MAX_TEXT_CHUNK, MAX_BYTES)
 
 
 class ImageError(ValueError):
@@ -62,7 +67,7 @@ def decode(data: bytes, name: str, *, min_side: int | None = None) -> Image.Imag
     if not data:
         raise ImageError(name, "empty file")
     if len(data) > MAX_BYTES:
-        raise ImageTooLarge(name, f"file too large ({len(data) / 2**20:.0f} MiB, limit {MAX_BYTES // 2**20} MiB)")
+        raise ImageTooLarge(name, too_large(len(data), MAX_BYTES))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -133,17 +138,51 @@ def web_image(data: bytes, name: str) -> tuple[bytes, str]:
     return output.getvalue(), "image/png"
 
 
+def read_regular_file(path: str | Path, name: str, limit: int = MAX_BYTES) -> bytes:
+    """The bytes of a regular file, never more than `limit`: devices, FIFOs and folders are refused
+    (ImageError); a missing file raises FileNotFoundError, as callers tell "gone" apart.
+
+    The size is checked before reading (no 2 GB read to learn a file is too large), the read itself
+    is bounded (a file may grow meanwhile), and the open never blocks (a FIFO with no writer).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(name, "is a directory, not an image file") from None
+    except OSError as error:
+        raise ImageError(name, f"cannot read file ({error.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ImageError(name, "is a directory, not an image file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(name, "not a regular file (a device, FIFO or socket)")
+        if info.st_size > limit:
+            raise ImageTooLarge(name, too_large(info.st_size, limit))
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read(limit + 1)
+    except OSError as error:
+        raise ImageError(name, f"cannot read file ({error.strerror})") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ImageTooLarge(name, too_large(len(data), limit))
+    return data
+
+
+def too_large(size: int, limit: int) -> str:
+    """The reason given for a file over the limit."""
+    return f"file too large ({size / 2**20:.0f} MiB, limit {limit // 2**20} MiB)"
+
+
 def open_image(path: str | Path, *, min_side: int | None = None) -> Image.Image:
     """Read and decode an image file, with the file's name in any error."""
-    path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path, str(path))
     except FileNotFoundError:
         raise ImageError(str(path), "no such file") from None
-    except IsADirectoryError:
-        raise ImageError(str(path), "is a directory, not an image file") from None
-    except OSError as error:
-        raise ImageError(str(path), f"cannot read file ({error.strerror})") from None
     return decode(data, str(path), min_side=min_side)
 
 

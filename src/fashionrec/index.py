@@ -226,6 +226,8 @@ class IndexStore:
     ) -> IndexStore:
         """Open the index to (re)build it, creating it if needed; refuses to mix encoders."""
         directory = Path(directory).expanduser()
+        if directory.exists() and not directory.is_dir():
+            raise IndexStoreError(f"{directory}: not a directory (the index is a directory)")
         if (directory / MANIFEST).is_file():
             store = cls.open(directory)
             built_with = store.manifest["encoder"]["id"]  # type: ignore[index]
@@ -233,6 +235,11 @@ class IndexStore:
                 raise IndexStoreError(
                     f"{directory} was built with encoder {built_with}, not {encoder['id']}; "
                     "use another --out directory, or the same encoder"
+                )
+            if store.dim != encoder["dim"]:
+                raise IndexStoreError(
+                    f"{directory / MANIFEST}: dimension {store.dim}, but encoder {built_with} gives {encoder['dim']}; "
+                    "the manifest is damaged: rebuild the index in another --out directory"
                 )
             store.update_manifest(catalog=catalog)
             return store
@@ -408,6 +415,11 @@ class IndexStore:
         with self._lock:
             cursor = self._db.execute(f"SELECT id, image, metadata, {vector_column}, colour FROM items ORDER BY row")
             for part in iter(lambda: cursor.fetchmany(chunk), []):
+                if with_vectors and any(len(r[3]) != 4 * self.dim for r in part):
+                    raise IndexStoreError(
+                        f"{self.directory / DATABASE}: stored vectors do not have the manifest's {self.dim} "
+                        "dimensions; rebuild the index"
+                    )
                 vectors = np.frombuffer(b"".join(r[3] for r in part), np.float32).reshape(len(part), -1)
                 colours = np.frombuffer(b"".join(r[4] for r in part), np.float32).reshape(len(part), COLOUR_DIM)
                 yield (
