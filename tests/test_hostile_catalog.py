@@ -346,7 +346,7 @@ def test_index_into_a_file_or_a_damaged_index_is_one_line(
                 ("index", str(sample_catalog), "--out", str(copies["no-encoder"])),
                 "manifest.json: damaged manifest (no encoder)",
             ),
-            (("index", str(sample_catalog), "--out", str(copies["wrong-dim"])), "manifest.json: dimension 999"),
+            (("index", str(sample_catalog), "--out", str(copies["wrong-dim"])), "says 999-d; the index is damaged"),
         ]
     )
 

@@ -195,7 +195,7 @@ class IndexStore:
             found, wanted = (f"{vector}-d vector", f"{self.dim}-d") if vector != self.dim else (
                 f"{colour}-d colour vector", f"{COLOUR_DIM}-d")  # fmt: skip
             raise IndexStoreError(
-                f"{self.directory}: item {item!r} has a {found}, the manifest says {wanted}; "
+                f"{self.directory / DATABASE}: item {item!r} has a {found}, the manifest says {wanted}; "
                 "the index is damaged: rebuild it"
             )
 
