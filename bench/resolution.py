@@ -26,19 +26,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from common import REPO, RESULTS, catalog_subset, write_results
+from PIL import Image
+from robustness import bar_chart, open_index, recall_at
+from tqdm import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from common import REPO, RESULTS, catalog_subset, write_results  # noqa: E402
-from PIL import Image  # noqa: E402
-from robustness import open_index, recall_at  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from fashionrec.catalog import Catalog, load_catalog  # noqa: E402
-from fashionrec.encoder import load_encoder  # noqa: E402
-from fashionrec.images import Detail, decode  # noqa: E402
+from fashionrec.catalog import Catalog, load_catalog
+from fashionrec.encoder import load_encoder
+from fashionrec.images import Detail, decode
 
 OUT = RESULTS / "resolution"
 Make = Callable[[Image.Image, Image.Image], Image.Image]  # (the real photo, the catalog copy) -> query
@@ -80,26 +76,6 @@ def jpeg(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def bar_chart(recall: dict[str, dict[str, dict[str, float]]], path: Path, title: str) -> None:
-    modes = list(recall)
-    positions = np.arange(len(VARIANTS))
-    width = 0.8 / len(modes)
-    fig, ax = plt.subplots(figsize=(10, 4.2))
-    for n, mode in enumerate(modes):
-        values = [recall[mode][variant]["R@1"] for variant in VARIANTS]
-        bars = ax.bar(positions + n * width - 0.4 + width / 2, values, width, label=mode)
-        ax.bar_label(bars, fmt="%.2f", fontsize=7)
-    ax.set_xticks(positions, list(VARIANTS), rotation=15, ha="right", fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("exact-product R@1")
-    ax.axhline(0.95, color="grey", lw=0.6, ls="--")
-    ax.legend(fontsize=8)
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=float, default=0.5, help="catalog images are reduced by this factor")
@@ -137,7 +113,7 @@ def main() -> None:
         print(mode, {variant: figures["R@1"] for variant, figures in per.items()})
     OUT.mkdir(parents=True, exist_ok=True)
     title = f"Catalog at {args.scale:g}x resolution ({len(reduced.items):,} items): query photos sharper than it"
-    bar_chart(recall, OUT / "r1_by_variant.png", title)
+    bar_chart(recall, "R@1", OUT / "r1_by_variant.png", list(VARIANTS), title)
     write_results(
         "resolution",
         {

@@ -165,21 +165,29 @@ def sample_grid(rows: list[tuple[list[Image.Image], list[bool]]], path: Path) ->
     page.save(path)
 
 
-def bar_chart(recall: dict[str, dict[str, dict[str, float]]], metric: str, path: Path) -> None:
-    fits = list(recall)
-    positions = np.arange(len(VARIANTS))
-    width = 0.8 / len(fits)
+def bar_chart(
+    recall: dict[str, dict[str, dict[str, float]]],
+    metric: str,
+    path: Path,
+    variants: list[str] = list(VARIANTS),  # noqa: B006 (read only)
+    title: str | None = None,
+) -> None:
+    """One group of bars per kind of photo, one bar per setting (fit, encoder, or query-side mode)."""
+    settings = list(recall)
+    positions = np.arange(len(variants))
+    width = 0.8 / len(settings)
     fig, ax = plt.subplots(figsize=(12, 4.5))
-    for n, fit in enumerate(fits):
-        values = [recall[fit][variant][metric] for variant in VARIANTS]
-        ax.bar(positions + n * width - 0.4 + width / 2, values, width, label=fit)
-    ax.set_xticks(positions, list(VARIANTS), rotation=30, ha="right", fontsize=8)
-    ax.set_ylim(0, 1)
+    for n, setting in enumerate(settings):
+        values = [recall[setting][variant][metric] for variant in variants]
+        bars = ax.bar(positions + n * width - 0.4 + width / 2, values, width, label=setting)
+        ax.bar_label(bars, fmt="%.2f", fontsize=6)
+    ax.set_xticks(positions, variants, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
     ax.set_ylabel(f"exact-product {metric}")
     ax.axhline(0.95, color="grey", lw=0.6, ls="--")
     ax.axhline(0.80, color="grey", lw=0.6, ls=":")
     ax.legend(title="setting", fontsize=8)
-    ax.set_title(f"Query photos of catalog products: {metric} per kind of photo")
+    ax.set_title(title or f"Query photos of catalog products: {metric} per kind of photo")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -13,6 +13,8 @@ import random
 import subprocess
 import sys
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,19 @@ def side_by_side(left: Path, right: Path) -> bytes:
     buffer = io.BytesIO()
     canvas.resize((canvas.width * 3, canvas.height * 3), Image.Resampling.LANCZOS).save(buffer, "JPEG", quality=92)
     return buffer.getvalue()
+
+
+@contextmanager
+def small_tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of `size` mounted on `mount`, so a disk really fills up; skips where mounting is not allowed."""
+    mount.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): {result.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

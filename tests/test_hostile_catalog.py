@@ -31,7 +31,7 @@ from fashionrec.images import MAX_BYTES, ImageError, open_image
 from fashionrec.index import UPLOADED
 from fashionrec.search import Recommender
 
-from conftest import run_cli, sample_rows, write_catalog
+from conftest import run_cli, sample_rows, small_tmpfs, write_catalog
 
 HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"
 REST = "Men,Apparel,Topwear,Shirts,Blue,Summer,2012,Casual"  # the middle columns of a made-up row
@@ -405,12 +405,7 @@ def count(index: Path) -> int:
 
 @pytest.mark.slow
 def test_a_full_disk_is_one_line_and_a_rerun_resumes(tmp_path: Path, sample_catalog: Path) -> None:
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "disk", "1m") as disk:
         index = disk / "idx"
         full = run_cli("index", str(sample_catalog), "--out", str(index))
         assert full.returncode == 2, full.stderr
@@ -422,8 +417,6 @@ def test_a_full_disk_is_one_line_and_a_rerun_resumes(tmp_path: Path, sample_cata
         rerun = run_cli("index", str(sample_catalog), "--out", str(index))
         assert rerun.returncode == 0, rerun.stderr
         assert count(index) == 300 and stored < 300
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
 
 
 def test_build_report_and_index_name_the_same_problems(tmp_path: Path, encoder: Encoder) -> None:

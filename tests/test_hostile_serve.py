@@ -34,7 +34,7 @@ from test_app_browser import CHROMIUM, CHROMIUM_ARGS, free_port
 import fashionrec.app
 from fashionrec.index import DATABASE, MANIFEST, UPLOADS
 
-from conftest import REPO, SHARED_ZIP, run_cli, sample_rows
+from conftest import REPO, SHARED_ZIP, run_cli, sample_rows, small_tmpfs
 
 VICTIM_BYTES = b"the victim's own bytes\n"
 SQLITE_MAGIC = b"SQLite format 3"
@@ -275,15 +275,8 @@ def test_index_files_are_not_world_readable(api: httpx.Client, hostile_index: Pa
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 3 MiB tmpfs, so the disk really fills up."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], capture_output=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): {result.stderr.decode().strip()}")
-    try:
+    with small_tmpfs(tmp_path / "disk", "3m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def fill(disk: Path, leave: int) -> Path:
