@@ -453,15 +453,23 @@ def train(
                 for start in starts:
                     batch = order[start : start + config.batch_size]
                     inputs, inputs_colour = x[batch], c[batch]
+                    anchors: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
                     if config.view_share > 0:  # some items seen as a shopper would photograph them
                         swap = (torch.rand(len(batch), device=device) < config.view_share)[:, None]
                         inputs = torch.where(swap, xv[batch], inputs)
                         inputs_colour = torch.where(swap, cv[batch], inputs_colour)
+                        swapped = batch[swap[:, 0]]
+                        if config.instance_weight > 0:  # ... and their catalog shots, for the view to find
+                            anchors = adapter.parts(x[swapped], c[swapped])
                     loss = torch.zeros((), device=device)
-                    for embedded, logits in adapter.parts(inputs, inputs_colour):
+                    for member, (embedded, logits) in enumerate(adapter.parts(inputs, inputs_colour)):
                         loss = loss + supervised_contrastive(embedded, g[batch], config.temperature)
                         for column, label_logits in enumerate(logits):
                             loss = loss + F.cross_entropy(label_logits, y[batch, column])
+                        if anchors:  # each view closest to its own product among the batch's catalog shots
+                            found = embedded[swap[:, 0]] @ anchors[member][0].T / config.temperature
+                            own = torch.arange(len(found), device=device)
+                            loss = loss + config.instance_weight * F.cross_entropy(found, own)
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()

@@ -65,6 +65,7 @@ class TrainConfig:
     base_weight: float = 0.4
     base_components: int = 256
     view_share: float = 0.5  # of each batch's items, the share seen as a shopper-like view (views.py); 0: none
+    instance_weight: float = 1.0  # weight of each view finding its own catalog shot among the batch's (0: none)
 
     def settings(self) -> dict[str, object]:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()} | {
