@@ -40,6 +40,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import cache
 from pathlib import Path
 
 import matplotlib
@@ -54,7 +55,7 @@ from scipy import ndimage  # noqa: E402
 
 from fashionrec.catalog import load_catalog  # noqa: E402
 from fashionrec.images import decode  # noqa: E402
-from fashionrec.search import Recommender  # noqa: E402
+from fashionrec.search import Query, Recommender  # noqa: E402
 
 OUT = RESULTS / "world"
 WEIGHTS = (0.0, 0.35)
@@ -253,14 +254,45 @@ def score(found: list[str], metadata: list[dict[str, str]], item: str, labels: d
     return [float(found[:1] == [item]), float(item in found[:5]), *per]
 
 
-def embed(recommender: Recommender, data: bytes, method: str | None):
-    """The query of a scene; `None` is today's call (no isolation argument), so the bench runs on old code."""
-    return recommender.embed_image(data) if method is None else recommender.embed_image(data, isolate=method)
+@cache
+def default_side() -> int:
+    """garment.U2NET_SIDE as shipped, read before any `u2netp@SIDE` setting changes it."""
+    from fashionrec import garment
+
+    return garment.U2NET_SIDE
 
 
-def contact_sheet(rows: list[list[tuple[Image.Image, bool]]], path: Path) -> None:
+def embed(recommender: Recommender, data: bytes, method: str | None) -> Query:
+    """The query of a scene; `None` is today's call (no isolation argument), so the bench runs on old code.
+
+    `u2netp@96` runs U2-Net-p at a 96-pixel input instead of garment.U2NET_SIDE.
+    """
+    if method is None:
+        return recommender.embed_image(data)
+    from fashionrec import garment  # not in today's code, which runs with method None
+
+    name, _, side = method.partition("@")
+    garment.U2NET_SIDE = int(side) if side else default_side()
+    return recommender.embed_image(data, isolate=name)
+
+
+def shown(data: bytes, method: str | None) -> Image.Image:
+    """The query photo for the contact sheet, beside what isolation kept of it."""
+    photo = decode(data, "scene")
+    if method is None or method == "none":
+        return photo
+    from fashionrec import garment
+
+    kept = garment.isolate(photo, method.partition("@")[0]).image  # U2NET_SIDE is still the method's own
+    pair = Image.new("RGB", (photo.width * 2, photo.height), "white")
+    pair.paste(photo, (0, 0))
+    pair.paste(ImageOps.pad(kept, photo.size, color="white"), (photo.width, 0))
+    return pair
+
+
+def contact_sheet(rows: list[list[tuple[Image.Image, bool]]], path: Path, wide: bool) -> None:
     """One row per product, one tile per kind (the query, and what isolation kept), green when top-1 is right."""
-    tile, frame = (120, 120), 3
+    tile, frame = (240 if wide else 120, 120), 3
     step = (tile[0] + 2 * frame, tile[1] + 2 * frame)
     sheet = Image.new("RGB", (step[0] * len(KINDS), step[1] * len(rows) + 14), "white")
     for column, name in enumerate(KINDS):
@@ -338,7 +370,7 @@ def main() -> None:
                     marks = score([m.id for m in matches], [m.metadata for m in matches], item.id, labels)
                     figures[method][weight][kind].append(marks)
                 if n < args.grid_items:
-                    row.append((decode(data, kind), bool(figures[method][0.0][kind][-1][2] == 1.0)))
+                    row.append((shown(data, method), bool(figures[method][0.0][kind][-1][2] == 1.0)))
             if n < args.grid_items:
                 sheets[method].append(row)
         if n % 50 == 49:
@@ -372,7 +404,7 @@ def main() -> None:
             settings = old["settings"] | settings
     OUT.mkdir(parents=True, exist_ok=True)
     for method, rows in sheets.items():
-        contact_sheet(rows, OUT / f"samples_{names[method]}.png")
+        contact_sheet(rows, OUT / f"samples_{names[method]}.png", wide=method not in (None, "none"))
     chart(settings, "0.35", OUT / "p5_by_kind.png")
     note = "P@5 over the 5 best products other than the query's own; R@1/R@5 of the query's own product"
     write_results("world", {**setup, "settings": settings, "note": note})

@@ -20,6 +20,8 @@ from PIL import Image
 from fashionrec.catalog import ImageSource, Problem
 from fashionrec.colour import COLOUR_DIM, colour_vector
 from fashionrec.encoder import Encoder, encoder_for_index
+from fashionrec.garment import Method
+from fashionrec.garment import isolate as isolate_garment
 from fashionrec.images import decode, open_image
 from fashionrec.index import UPLOADED, DuplicateItemError, IndexStore, StoredItem
 from fashionrec.vector_index import Kind, Precision, VectorIndex, resolve_kind
@@ -176,8 +178,10 @@ class Recommender:
         kind: Kind = "auto",
         precision: Precision = "float16",
         threads: int = 0,
+        isolation: Method = "none",
     ) -> None:
         self.store = store
+        self.isolation = isolation
         self.backend = backend
         self.threads = threads
         self.kind = kind
@@ -199,14 +203,16 @@ class Recommender:
         kind: Kind = "auto",
         precision: Precision = "float16",
         threads: int = 0,
+        isolation: Method = "none",
     ) -> Recommender:
         """Open an index directory; the encoder is loaded on the first image query.
 
         `kind` picks exact or approximate (ivf) search, `auto` by catalog size; `precision` float16
         halves the memory the vectors take; `threads` is the cores one image embedding uses (0: all;
-        1 for a server that embeds several requests side by side).
+        1 for a server that embeds several requests side by side); `isolation` how a query photo's garment
+        is cut out of its scene before embedding (garment.py).
         """
-        return cls(IndexStore.open(directory), backend, kind, precision, threads)
+        return cls(IndexStore.open(directory), backend, kind, precision, threads, isolation)
 
     def _load(self) -> None:
         self._seen_version = self.store.data_version()  # read before loading: a commit in between reloads again
@@ -276,7 +282,7 @@ class Recommender:
         """
         if item_id in self.snapshot.positions:  # known now: spare the embedding (the store checks again)
             raise DuplicateItemError(item_id)
-        query = self.embed_image(image)
+        query = self.embed_image(image, isolate="none")  # a catalog product: indexed as it is, like the build
         with self._write_lock:
             stored = self.store.add_item(item_id, image, metadata, query.vector, query.colour)
             if not self._refresh_locked():  # else another process wrote too: reloaded all, this item included
@@ -321,14 +327,17 @@ class Recommender:
         self._load()
         return True
 
-    def embed_image(self, image: str | Path | bytes | Image.Image) -> Query:
-        """The query of an image given as a path, raw bytes or a decoded PIL image: its vector and colour."""
+    def embed_image(self, image: str | Path | bytes | Image.Image, isolate: Method | None = None) -> Query:
+        """The query of an image given as a path, raw bytes or a decoded PIL image: its vector and colour.
+
+        `isolate` (default: the recommender's `isolation`) cuts the garment out of a shopper's photo first.
+        """
         size = self.store.manifest["encoder"]["size"]  # type: ignore[index]
         if isinstance(image, bytes):
             image = decode(image, "uploaded image", min_side=size)
         elif not isinstance(image, Image.Image):
             image = open_image(image, min_side=size)
-        pixels = self.encoder.prepare(image)
+        pixels = self.encoder.prepare(isolate_garment(image, isolate or self.isolation).image)
         return Query(self.encoder.embed_pixels(pixels[None])[0], colour_vector(pixels))
 
     def similar_to_image(
