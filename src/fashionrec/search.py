@@ -22,6 +22,8 @@ from PIL import Image
 from fashionrec.catalog import ImageSource, Problem
 from fashionrec.colour import COLOUR_DIM, colour_vector
 from fashionrec.encoder import Encoder, encoder_for_index
+from fashionrec.garment import Method
+from fashionrec.garment import isolate as isolate_garment
 from fashionrec.images import Box, Detail, crop, decode, match_detail, open_image
 from fashionrec.index import UPLOADED, UPLOADS, DuplicateItemError, IndexStore, StoredItem
 from fashionrec.vector_index import Kind, Precision, VectorIndex, resolve_kind
@@ -182,8 +184,10 @@ class Recommender:
         kind: Kind = "auto",
         precision: Precision = "float16",
         threads: int = 0,
+        isolation: Method = "none",
     ) -> None:
         self.store = store
+        self.isolation = isolation
         self.backend = backend
         self.threads = threads
         self.kind = kind
@@ -206,14 +210,16 @@ class Recommender:
         kind: Kind = "auto",
         precision: Precision = "float16",
         threads: int = 0,
+        isolation: Method = "none",
     ) -> Recommender:
         """Open an index directory; the encoder is loaded on the first image query.
 
         `kind` picks exact or approximate (ivf) search, `auto` by catalog size; `precision` float16
         halves the memory the vectors take; `threads` is the cores one image embedding uses (0: all;
-        1 for a server that embeds several requests side by side).
+        1 for a server that embeds several requests side by side); `isolation` how a query photo's garment
+        is cut out of its scene before embedding (garment.py).
         """
-        return cls(IndexStore.open(directory), backend, kind, precision, threads)
+        return cls(IndexStore.open(directory), backend, kind, precision, threads, isolation)
 
     def _load(self) -> None:
         self._seen_version = self.store.data_version()  # read before loading: a commit in between reloads again
@@ -349,15 +355,24 @@ class Recommender:
         self._load()
         return True
 
-    def embed_image(self, image: str | Path | bytes | Image.Image, crop_box: Box | None = None) -> Query:
+    def embed_image(
+        self, image: str | Path | bytes | Image.Image, crop_box: Box | None = None, isolate: Method | None = None
+    ) -> Query:
         """The query of an image given as a path, raw bytes or a decoded PIL image: its vector and colour.
 
-        `crop_box` (fractions of the photo: left, top, right, bottom) searches for that part only. A photo
-        sharper than the catalog is first brought down to the catalog's level of detail.
+        `crop_box` (fractions of the photo: left, top, right, bottom) searches for that part only; `isolate`
+        (default: the recommender's `isolation`) cuts the garment out of a shopper's photo. The photo, or the
+        garment cut out of it, is then brought down to the catalog's level of detail.
         """
-        return self._embed(image, as_query=True, crop_box=crop_box)
+        return self._embed(image, as_query=True, crop_box=crop_box, isolate=isolate)
 
-    def _embed(self, image: str | Path | bytes | Image.Image, as_query: bool, crop_box: Box | None = None) -> Query:
+    def _embed(
+        self,
+        image: str | Path | bytes | Image.Image,
+        as_query: bool,
+        crop_box: Box | None = None,
+        isolate: Method | None = None,
+    ) -> Query:
         """Embed a query, or (as_query=False) a new catalog product exactly as a build would."""
         size = self.store.manifest["encoder"]["size"]  # type: ignore[index]
         if isinstance(image, bytes):
@@ -367,7 +382,9 @@ class Recommender:
         if crop_box is not None:
             image = crop(image, crop_box)
         if as_query:
-            image = match_detail(image, self.detail, cut_to_product=crop_box is not None)
+            garment = isolate_garment(image, isolate or self.isolation)
+            cut_to_product = crop_box is not None or garment.mask is not None
+            image = match_detail(garment.image, self.detail, cut_to_product)
         pixels = self.encoder.prepare(image)
         return Query(self.encoder.embed_pixels(pixels[None])[0], colour_vector(pixels))
 

