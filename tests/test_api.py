@@ -148,6 +148,9 @@ def test_search_a_crop_box_of_the_photo(api: httpx.Client, photos: list[Path]) -
     assert right["results"][0]["id"] == photos[4].stem
     for bad in ("0.5,0,0.5,1", "a,b,c,d", "0,0,1"):
         assert_error(api.post("/v1/search", params={"crop": bad}, files=upload(photo, "two.jpg")), 400, "crop box")
+    cut_out = api.post("/v1/search", params={"k": 2, "isolate": "u2netp"}, files=upload(photo, "two.jpg"))
+    assert cut_out.status_code == 200 and len(cut_out.json()["results"]) == 2
+    assert_error(api.post("/v1/search", params={"isolate": "magic"}, files=upload(photo, "two.jpg")), 400, "isolate")
 
 
 def test_filters_return_k_matching_items(api: httpx.Client, photos: list[Path]) -> None:

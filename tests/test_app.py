@@ -83,6 +83,10 @@ def test_sliders_search_the_part_of_the_photo_they_frame(page: AppTest, sample_c
     page.slider(key="crop_across").set_value((40, 40))  # nothing framed: a message, the last results stay
     run(page)
     assert "couldn't search that part" in page.error[0].value and result_ids(page)[0] == left.stem
+    page.slider(key="crop_across").set_value((50, 100))
+    page.checkbox(key="cut_out").check()
+    run(page)
+    assert page.session_state["query"].cut_out and not page.error and len(result_ids(page)) == 5
 
 
 def test_camera_photo_is_a_query_like_an_upload(page: AppTest, catalog_photo: Path) -> None:

@@ -126,6 +126,9 @@ def test_a_crop_box_searches_the_part_of_the_photo_pointed_at(built_index: tuple
     assert json.loads(found.stdout)[0]["id"] == second.stem
     refused = run_cli("search", str(built_index[0]), str(path), "--crop", "0.5,0,1")
     assert refused.returncode == 2 and "crop box '0.5,0,1'" in refused.stderr and "Traceback" not in refused.stderr
+    cut_out = run_cli("search", str(built_index[0]), str(path), "--isolate", "border", "--json", "-k", "2")
+    assert cut_out.returncode == 0 and len(json.loads(cut_out.stdout)) == 2, cut_out.stderr
+    assert run_cli("search", str(built_index[0]), str(path), "--isolate", "magic").returncode == 2
 
 
 def test_shopper_views_are_deterministic_and_change_the_backdrop(catalog_photo: Path) -> None:

@@ -60,6 +60,7 @@ class Query:
     image: bytes | None = None  # what the page shows of a shopper's photo (8-bit, at most 1024 px)
     upload: bytes | None = None  # the photo as sent, embedded again when the shopper frames a part of it
     crop: Box | None = None
+    cut_out: bool = False  # the garment cut out of the scene (garment.py) before searching
     embedding: SearchQuery | None = None  # an image's vector and colour; None for a catalog product
 
 
@@ -135,19 +136,21 @@ def query_image(widget_key: str) -> None:
     set_query(Query(title="Your photo", image=shown, upload=data, embedding=embedding))
 
 
-def query_image_part() -> None:
-    """Search the part of the shopper's photo that the two sliders frame (the whole photo: no crop)."""
+def refine_photo_query() -> None:
+    """Search the part of the shopper's photo that the two sliders frame (the whole photo: no crop), with its
+    garment cut out of the scene when the shopper asks for it."""
     query = st.session_state.query
     (left, right), (top, bottom) = st.session_state.crop_across, st.session_state.crop_down
     box = (left / 100, top / 100, right / 100, bottom / 100)
     crop = None if box == (0.0, 0.0, 1.0, 1.0) else box
+    isolate = "u2netp" if st.session_state.cut_out else "none"
     try:
-        embedding = recommender().embed_image(query.upload, crop)
+        embedding = recommender().embed_image(query.upload, crop, isolate)
     except (ImageError, ValueError) as error:
         st.session_state.image_error = f"We couldn't search that part of the photo: {error}."
         return
     st.session_state.image_error = None
-    st.session_state.query = replace(query, crop=crop, embedding=embedding)
+    st.session_state.query = replace(query, crop=crop, cut_out=isolate != "none", embedding=embedding)
 
 
 def framed(image: bytes, crop: Box | None) -> bytes | Image.Image:
@@ -252,10 +255,18 @@ def show_query(query: Query) -> None:
             badges = [f":gray-badge[{FACETS[c]}: {metadata[c]}]" for c in FACETS if metadata.get(c)]
             st.markdown(" ".join(badges) + f" :gray-badge[#{query.item_id}]")
         if query.upload is not None:
-            with st.expander("Search part of the photo", icon=":material/crop:", expanded=query.crop is not None):
+            refined = query.crop is not None or query.cut_out
+            with st.expander("Search part of the photo", icon=":material/crop:", expanded=refined):
                 left, top, right, bottom = (round(100 * v) for v in query.crop or (0, 0, 1, 1))
-                st.slider("Left to right (%)", 0, 100, (left, right), key="crop_across", on_change=query_image_part)
-                st.slider("Top to bottom (%)", 0, 100, (top, bottom), key="crop_down", on_change=query_image_part)
+                st.slider("Left to right (%)", 0, 100, (left, right), key="crop_across", on_change=refine_photo_query)
+                st.slider("Top to bottom (%)", 0, 100, (top, bottom), key="crop_down", on_change=refine_photo_query)
+                st.checkbox(
+                    "Cut the garment out of a busy scene",
+                    value=query.cut_out,
+                    key="cut_out",
+                    on_change=refine_photo_query,
+                    help="For a garment worn, on a bed or on the floor. Not for product shots on a plain background.",
+                )
         st.button(
             "Back",
             icon=":material/arrow_back:",

@@ -395,10 +395,12 @@ class Recommender:
         filters: Filters | None = None,
         colour_weight: float = 0.0,
         crop_box: Box | None = None,
+        isolate: Method | None = None,
     ) -> list[Match]:
-        """The k catalog products most similar to an image (or the `crop_box` part of it); colour_weight 0
-        is shape only, 1 colour only."""
-        return self.similar(replace(self.embed_image(image, crop_box), colour_weight=colour_weight), k, filters)
+        """The k catalog products most similar to an image (or the `crop_box` part of it, or the garment that
+        `isolate` cuts out of it); colour_weight 0 is shape only, 1 colour only."""
+        query = self.embed_image(image, crop_box, isolate)
+        return self.similar(replace(query, colour_weight=colour_weight), k, filters)
 
     def similar_to_item(
         self, item_id: str | int, k: int = 5, filters: Filters | None = None, colour_weight: float = 0.0
