@@ -43,23 +43,40 @@ def test_sides_of_measures_a_big_photo_in_its_own_pixels() -> None:
     assert frame == 2400 and abs(product - 1800 * 1.06) < 60  # plus the trim margin
 
 
+def shot(size: tuple[int, int], share: float) -> Image.Image:
+    """A blue product filling `share` of the height of a white photo, centred."""
+    image = Image.new("RGB", size, "white")
+    height = round(size[1] * share)
+    width = round(height * 0.6)
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    image.paste((30, 60, 200), (left, top, left + width, top + height))
+    return image
+
+
 def test_a_sharper_query_is_brought_down_to_the_catalog_and_nothing_else_is() -> None:
-    photo = Image.new("RGB", (225, 300), "white")
-    assert match_detail(photo, KAGGLE).size == (60, 80)
-    assert match_detail(Image.new("RGB", (224, 224)), KAGGLE).size == (80, 80)
+    assert match_detail(shot((225, 300), 0.9), KAGGLE).size == (60, 80)  # framed like a catalog shot: its frame
+    assert match_detail(shot((224, 224), 0.9), KAGGLE).size == (80, 80)
+    small = match_detail(shot((900, 1200), 0.3), KAGGLE).size  # small on a plain backdrop: the product's size
+    assert abs(small[1] * 0.3 * 1.06 - 80 * 0.84) < 4  # (the product's box has a 3% margin each side)
+    assert match_detail(Image.new("RGB", (300, 300)), KAGGLE, cut_to_product=True).size == (67, 67)
     for unchanged in [(60, 80), (45, 60), (70, 90)]:  # as blurry as the catalog, or blurrier: left alone
-        image = Image.new("RGB", unchanged)
+        image = shot(unchanged, 0.9)
         assert match_detail(image, KAGGLE) is image
+    boards = np.random.default_rng(0).integers(0, 255, (30, 1, 3), dtype=np.uint8)  # floor boards of 30 colours
+    scene = Image.fromarray(np.repeat(np.repeat(boards, 30, axis=0), 1200, axis=1))
+    scene.paste((30, 60, 200), (500, 300, 620, 500))
+    assert match_detail(scene, KAGGLE) is scene  # a busy scene: where the product is, and how big, is unknown
+    photo = shot((225, 300), 0.9)
     assert match_detail(photo, None) is photo  # an index built before detail was recorded
     large_catalog = Detail(frame_side=2400, product_fill=0.8)  # a shop's full-size photos lose nothing
-    assert match_detail(Image.new("RGB", (1200, 1600)), large_catalog).size == (1200, 1600)
+    assert match_detail(shot((1200, 1600), 0.9), large_catalog).size == (1200, 1600)
 
 
 def test_match_detail_is_deterministic_and_anti_aliased() -> None:
     stripes = np.zeros((300, 225, 3), np.uint8)
     stripes[::2] = 255  # one-pixel stripes: point sampling would keep black or white rows, not grey
     image = Image.fromarray(stripes)
-    first, second = np.asarray(match_detail(image, KAGGLE)), np.asarray(match_detail(image, KAGGLE))
+    first, second = (np.asarray(match_detail(image, KAGGLE, cut_to_product=True)) for _ in range(2))
     assert np.array_equal(first, second)
     assert 100 < first[10:-10].mean() < 155
 
