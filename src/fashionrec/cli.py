@@ -328,6 +328,15 @@ def train_encoder(
     base_components: Annotated[
         int, typer.Option(min=0, help="Size of the base vector kept in the trained one (PCA; 0: none).")
     ] = TrainConfig.base_components,
+    view_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Share of each batch seen as shopper-like photos (views.py; 0: none; try 0.5)."
+        ),
+    ] = TrainConfig.view_share,
+    instance_weight: Annotated[
+        float, typer.Option(min=0.0, help="With views: weight of each view finding its own product's catalog shot.")
+    ] = TrainConfig.instance_weight,
     name: Annotated[str | None, typer.Option(help="Model name in its encoder id (default: the --out folder).")] = None,
 ) -> None:
     """Train an encoder on the catalog's labels (an adapter on the stored vectors); rerun to resume."""
@@ -346,6 +355,8 @@ def train_encoder(
         label_weight=label_weight,
         base_weight=base_weight,
         base_components=base_components,
+        view_share=view_share,
+        instance_weight=instance_weight,
     )
     with user_errors():
         try:

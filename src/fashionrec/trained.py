@@ -64,8 +64,8 @@ class TrainConfig:
     label_weight: float = 1.0
     base_weight: float = 0.4
     base_components: int = 256
-    view_share: float = 0.5  # of each batch's items, the share seen as a shopper-like view (views.py); 0: none
-    instance_weight: float = 1.0  # weight of each view finding its own catalog shot among the batch's (0: none)
+    view_share: float = 0.0  # of each batch's items, the share seen as a shopper-like view (views.py); 0: none
+    instance_weight: float = 1.0  # with views: weight of each view finding its own catalog shot among the batch's
 
     def settings(self) -> dict[str, object]:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()} | {
