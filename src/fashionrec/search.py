@@ -35,7 +35,7 @@ Filters = Mapping[str, str | Sequence[str]]
 Group = tuple[float, int, tuple[str, ...]]  # a result before it is a Match: score, position, variant ids
 TIE_MARGIN = 8  # extra candidates fetched so equal scores can be ordered by id
 RERANK_POOL = 100  # candidates by shape that a colour-weighted query ranks again
-DUPLICATE_COSINE = 0.99  # above this, two different images are one product (bench/variety.py)
+DUPLICATE_COSINE = 0.995  # same image re-saved: >= 0.9999; 0.99-0.995 holds look-alike products (bench/variety.py)
 DIVERSITY_POOL = 50  # candidates that maximal marginal relevance picks from (at least 4k)
 MAX_COLUMNS = 64  # metadata columns in a whole index that an added item may bring: each widens every row
 MAX_METADATA_BYTES = 8 * 1024  # an added item's metadata, as JSON
