@@ -204,7 +204,6 @@ class Snapshot:
         heads = [query_position] if query_position is not None else []
         positions = heads + [p for _, p in found]
         vectors = self.index.vectors(np.array(positions, dtype=np.int64))
-        cosines = vectors @ vectors.T
         offset = len(heads)  # row of found[0] in `cosines`
         variants: dict[int, list[str]] = {}
         by_hash = {self.items[p].image_hash: 0 for p in heads if self.items[p].image_hash}
@@ -212,9 +211,10 @@ class Snapshot:
         for row, p in enumerate(positions[offset:], start=offset):
             digest = self.items[p].image_hash
             same = by_hash.get(digest) if digest else None
-            if same is None and head_rows:
-                best = max(head_rows, key=lambda h: cosines[row, h])
-                same = best if cosines[row, best] > DUPLICATE_COSINE else None
+            if same is None and head_rows:  # one matrix-vector product: a full matrix costs more on few cores
+                cosines = vectors[head_rows] @ vectors[row]
+                best = int(np.argmax(cosines))
+                same = head_rows[best] if cosines[best] > DUPLICATE_COSINE else None
             if same is None:
                 head_rows.append(row)
                 variants[row] = []
@@ -231,7 +231,6 @@ class Snapshot:
             return groups
         relevance = np.array([score for score, _, _ in groups])
         vectors = self.index.vectors(np.array([p for _, p, _ in groups], dtype=np.int64))
-        cosines = vectors @ vectors.T
         closest = np.full(len(groups), -np.inf)
         left = np.ones(len(groups), dtype=bool)
         order: list[int] = []
@@ -241,7 +240,7 @@ class Snapshot:
             pick = int(np.argmax(np.where(left, value, -np.inf)))
             order.append(pick)
             left[pick] = False
-            closest = np.maximum(closest, cosines[pick])
+            closest = np.maximum(closest, vectors @ vectors[pick])
         return [groups[i] for i in order]
 
     def matching_positions(self, filters: Filters) -> np.ndarray:
