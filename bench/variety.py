@@ -126,11 +126,14 @@ def main() -> None:
     for name, values in figures.items():
         print(name, values)
     example = {}
-    if EXAMPLE in recommender.positions:
-        example = {
-            name: [[m.id, round(m.score, 4), list(m.variants)] for m in recommender.similar_to_item(EXAMPLE, K, **kw)]
-            for name, kw in (("today", {"collapse": False}), ("collapse", {}))
-        }
+    if EXAMPLE in recommender.positions:  # its photo as a shopper's upload, and the item's own "similar"
+        photo = recommender.image_bytes(EXAMPLE)
+        for name, collapse in (("today", False), ("collapse", True)):
+            for how, found in (
+                ("photo", recommender.similar_to_image(photo, K, collapse=collapse)),
+                ("item", recommender.similar_to_item(EXAMPLE, K, collapse=collapse)),
+            ):
+                example[f"{how}, {name}"] = [[m.id, round(m.score, 4), list(m.variants)] for m in found]
     write_results(
         "variety",
         {
@@ -142,7 +145,7 @@ def main() -> None:
             "duplicate_cosine": DUPLICATE_COSINE,
             "threshold_evidence": threshold_evidence(recommender, queries),
             "figures": figures,
-            "example_similar_to_36724": example,
+            "example_36724": example,
         },
     )
     chart(figures, RESULTS / "variety.png")
