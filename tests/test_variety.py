@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from streamlit.testing.v1 import AppTest
 
+import fashionrec.app
 from fashionrec.api import create_app
 from fashionrec.build import build_index
 from fashionrec.catalog import load_catalog
@@ -138,3 +141,22 @@ def test_cli_exposes_variants(index: Path, catalog: Catalog) -> None:
     assert {m["id"] for m in plain} == {original, *COPIES}
     table = run_cli("similar", str(index), original, "-k", "3", "--diversity", "0.5")
     assert table.returncode == 0 and "variants" in table.stdout
+
+
+def test_app_shows_variants_and_a_variety_slider(
+    index: Path, recommender: Recommender, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    query = next(i.id for i in recommender.items if any(m.variants for m in recommender.similar_to_item(i.id)))
+    monkeypatch.setattr(sys, "argv", [fashionrec.app.__file__, str(index)])
+    page = AppTest.from_file(fashionrec.app.__file__, default_timeout=60)
+    page.run()
+    page.sidebar.radio(key="mode").set_value("catalog")
+    page.run()
+    page.sidebar.text_input(key="product_text").input(query)
+    page.run()
+    assert not page.exception
+    assert any("more listing" in c.value for c in page.caption)
+    page.sidebar.slider(key="diversity").set_value(0.6)
+    page.run()
+    shown = [b.key.removeprefix("result-") for b in page.button if b.key and b.key.startswith("result-")]
+    assert shown == [m.id for m in recommender.similar_to_item(query, 5, diversity=0.6)]
