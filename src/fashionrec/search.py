@@ -2,7 +2,8 @@
 
 Inner product with FAISS (vector_index.py): the cosine for base encoders' unit vectors, the trained
 similarity for a trained encoder's (train.Adapter). Filters on metadata are applied inside the
-search through an id selector, so k results that all match come back.
+search through an id selector, so k results that all match come back. A product listed under several
+ids (the same photo) is one result by default, its other ids its `variants` (`collapse`, bench/variety.py).
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ class Snapshot:
         heads = [query_position] if query_position is not None else []
         positions = heads + [p for _, p in found]
         vectors = self.index.vectors(np.array(positions, dtype=np.int64))
-        offset = len(heads)  # row of found[0] in `cosines`
+        offset = len(heads)  # row of found[0] in `vectors`
         variants: dict[int, list[str]] = {}
         by_hash = {self.items[p].image_hash: 0 for p in heads if self.items[p].image_hash}
         head_rows = list(range(offset))
