@@ -90,7 +90,7 @@ def test_incremental_rebuild_embeds_only_what_changed(tmp_path: Path, encoder: E
     assert (second.embedded, second.removed, second.unchanged, second.total) == (11, 5, 24, 35)
     recommender = Recommender.open(tmp_path / "idx")
     assert recommender.item(rows[6][0]).metadata["productDisplayName"] == "Renamed Product"
-    (best,) = recommender.similar_to_item(rows[20][0], k=1)
+    (best,) = recommender.similar_to_item(rows[20][0], k=1, collapse=False)  # a copy: collapsed by default
     assert best.id == rows[10][0] and best.score > 0.999  # the changed image was embedded again
 
     third = build_index(load_catalog(folder), tmp_path / "idx", encoder, workers=0, progress=False)

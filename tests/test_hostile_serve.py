@@ -188,7 +188,8 @@ def test_hostile_images_are_shown_as_8_bit_rgb(api: httpx.Client, hostile_zip: t
         assert assert_no_5xx(api.get(f"/v1/items/{item_id}/similar", params={"k": 3})).status_code == 200
         found = assert_no_5xx(api.post("/v1/search", files={"image": (name, make(), "application/octet-stream")}))
         assert found.status_code == 200, found.text
-        assert item_id in [m["id"] for m in found.json()["results"][:3]], (name, found.text)  # flat images tie
+        top = [i for m in found.json()["results"][:3] for i in (m["id"], *m["variants"])]  # flat images tie,
+        assert item_id in top, (name, found.text)  # or collapse: near-identical vectors
 
 
 def test_odd_ids_round_trip(api: httpx.Client) -> None:

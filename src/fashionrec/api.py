@@ -70,6 +70,9 @@ class ItemOut(BaseModel):
 class MatchOut(ItemOut):
     rank: int
     score: float = Field(description="Similarity, at most 1: the cosine for a base encoder (1 = identical).")
+    variants: list[str] = Field(
+        default_factory=list, description="Ids of the same product listed again (same image, or nearly)."
+    )
 
 
 class MatchesOut(BaseModel):
@@ -212,6 +215,14 @@ ColourWeight = Annotated[
     float,
     Query(ge=0.0, le=1.0, description="How much colour counts in the ranking: 0 shape only (default), 1 colour only."),
 ]
+CollapseQuery = Annotated[
+    bool,
+    Query(description="Show a product listed under several ids (same image) once, the other ids as its `variants`."),
+]
+DiversityQuery = Annotated[
+    float,
+    Query(ge=0.0, le=1.0, description="Spread the results (maximal marginal relevance): 0 pure similarity, 1 most."),
+]
 CropQuery = Annotated[
     str | None,
     Query(
@@ -264,6 +275,7 @@ def match_out(match: Match) -> MatchOut:
         score=round(match.score, 6),
         metadata=match.metadata,
         image_url=image_url(match.id),
+        variants=list(match.variants),
     )
 
 
@@ -288,12 +300,15 @@ async def search(
             "(a segmentation model: best on scenes, about 60 ms more per photo; worse on plain product shots)."
         ),
     ] = "none",
+    collapse: CollapseQuery = True,
+    diversity: DiversityQuery = 0.0,
 ) -> MatchesOut:
     """The k catalog products most similar to an uploaded photo, or to the `crop` part of it."""
     filters = parse_filters(filter)
     box = parse_box(crop) if crop is not None else None
     query = await run_image_work(request, recommender.embed_image, await read_upload(image), box, isolate)
-    found = await run_in_threadpool(recommender.similar, replace(query, colour_weight=colour_weight), k, filters)
+    query = replace(query, colour_weight=colour_weight)
+    found = await run_in_threadpool(recommender.similar, query, k, filters, None, collapse, diversity)
     return MatchesOut(results=[match_out(m) for m in found])
 
 
@@ -337,9 +352,11 @@ def similar_items(
     k: TopK = 10,
     filter: FilterQuery = [],  # noqa: B006 (FastAPI copies defaults)
     colour_weight: ColourWeight = 0.0,
+    collapse: CollapseQuery = True,
+    diversity: DiversityQuery = 0.0,
 ) -> MatchesOut:
     """The k products most similar to a catalog product (from its stored vectors; never the product itself)."""
-    found = recommender.similar_to_item(item_id, k, parse_filters(filter), colour_weight)
+    found = recommender.similar_to_item(item_id, k, parse_filters(filter), colour_weight, collapse, diversity)
     return MatchesOut(results=[match_out(m) for m in found])
 
 

@@ -191,11 +191,12 @@ def find_products(recommender: Recommender, text: str, limit: int = FOUND_LIMIT)
     return [recommender.items[p].id for p in np.flatnonzero(mask)[:limit]]
 
 
-def search(query: Query, k: int, filters: dict[str, list[str]], colour_weight: float) -> list[Match]:
+def search(query: Query, k: int, filters: dict[str, list[str]], colour_weight: float, diversity: float) -> list[Match]:
     if query.item_id is not None:
-        return recommender().similar_to_item(query.item_id, k, filters, colour_weight)
+        return recommender().similar_to_item(query.item_id, k, filters, colour_weight, diversity=diversity)
     assert query.embedding is not None
-    return recommender().similar(replace(query.embedding, colour_weight=colour_weight), k, filters)
+    embedding = replace(query.embedding, colour_weight=colour_weight)
+    return recommender().similar(embedding, k, filters, diversity=diversity)
 
 
 # ---- page pieces ---------------------------------------------------------------------------------
@@ -211,8 +212,14 @@ def product_image(item_id: str) -> None:
     st.image(shown, width="stretch")
 
 
-def product_card(item_id: str, metadata: dict[str, str], score: float | None, key: str) -> bool:
-    """A product as a shop shows it: picture, name, main attributes, and a way to see more like it.
+Card = tuple[str, dict[str, str], float | None, tuple[str, ...]]  # id, metadata, score, variant ids
+
+
+def product_card(
+    item_id: str, metadata: dict[str, str], score: float | None, variants: tuple[str, ...], key: str
+) -> bool:
+    """A product as a shop shows it: picture, name, main attributes, its other listings, and a way to see more
+    like it.
 
     Returns whether "More like this" was clicked (the click has already made it the query).
     """
@@ -221,6 +228,9 @@ def product_card(item_id: str, metadata: dict[str, str], score: float | None, ke
         st.markdown(f"**{metadata.get(NAME, item_id)}**")
         attributes = " · ".join(metadata[c] for c in CARD_FACETS if metadata.get(c))
         st.caption(attributes if score is None else f"{attributes}  \nSimilarity **{score:.2f}** · #{item_id}")
+        if variants:  # the same product under other ids: shown once (search collapse)
+            more = f"{len(variants)} more listing{'s' if len(variants) > 1 else ''}"
+            st.caption(f":material/layers: {more}: #{', #'.join(variants)}")
         return st.button(
             "More like this",
             key=f"{key}-{item_id}",
@@ -231,13 +241,13 @@ def product_card(item_id: str, metadata: dict[str, str], score: float | None, ke
         )
 
 
-def product_grid(cards: list[tuple[str, dict[str, str], float | None]], key: str) -> None:
+def product_grid(cards: list[Card], key: str) -> None:
     for start in range(0, len(cards), GRID_COLUMNS):
-        for column, (item_id, metadata, score) in zip(
+        for column, (item_id, metadata, score, variants) in zip(
             st.columns(GRID_COLUMNS), cards[start : start + GRID_COLUMNS], strict=False
         ):
             with column:
-                product_card(item_id, metadata, score, key)
+                product_card(item_id, metadata, score, variants, key)
 
 
 def show_query(query: Query) -> None:
@@ -311,8 +321,8 @@ def sidebar_query_controls() -> None:
         st.sidebar.button("Show me a random product", icon=":material/casino:", on_click=query_random_item)
 
 
-def sidebar_search_settings() -> tuple[int, dict[str, list[str]], float]:
-    """How many results, the filters applied inside the search, and how much colour counts."""
+def sidebar_search_settings() -> tuple[int, dict[str, list[str]], float, float]:
+    """How many results, the filters applied inside the search, how much colour counts, and how varied."""
     k = st.sidebar.slider("Number of results", 1, 20, 5, key="k")
     filters: dict[str, list[str]] = {}
     with st.sidebar.expander("Filters", icon=":material/filter_list:", expanded=False):
@@ -324,7 +334,11 @@ def sidebar_search_settings() -> tuple[int, dict[str, list[str]], float]:
         "Colour weight", 0.0, 1.0, 0.0, 0.05, key="colour_weight",
         help="0: shape only. Higher: products of the same colours come first (among the 100 closest shapes).",
     )  # fmt: skip
-    return k, filters, colour_weight
+    diversity = st.sidebar.slider(
+        "Variety", 0.0, 1.0, 0.0, 0.05, key="diversity",
+        help="0: the closest products. Higher: results that differ more from each other (among the 50 closest).",
+    )  # fmt: skip
+    return k, filters, colour_weight, diversity
 
 
 def init_state() -> None:
@@ -337,7 +351,7 @@ def init_state() -> None:
 def find_page() -> None:
     init_state()
     sidebar_query_controls()
-    k, filters, colour_weight = sidebar_search_settings()
+    k, filters, colour_weight, diversity = sidebar_search_settings()
     if st.session_state.image_error:
         st.error(st.session_state.image_error, icon=":material/error:")
 
@@ -351,19 +365,19 @@ def find_page() -> None:
         picks = st.session_state.setdefault(
             "picks", random.sample(recommender().items, min(GRID_COLUMNS, len(recommender())))
         )
-        product_grid([(item.id, item.metadata, None) for item in picks], key="pick")
+        product_grid([(item.id, item.metadata, None, ()) for item in picks], key="pick")
         return
 
     show_query(query)
     started = time.perf_counter()
-    matches = search(query, k, filters, colour_weight)
+    matches = search(query, k, filters, colour_weight, diversity)
     took_ms = (time.perf_counter() - started) * 1000
     st.subheader("Similar products", anchor=False)
     shown_filters = "; ".join(f"{FACETS[c]}: {', '.join(v)}" for c, v in filters.items())
     st.caption(f"{len(matches)} results in {took_ms:.0f} ms" + (f" · {shown_filters}" if shown_filters else ""))
     if not matches:
         st.info("No product matches these filters. Remove a filter to see more.", icon=":material/filter_alt_off:")
-    product_grid([(m.id, m.metadata, m.score) for m in matches], key="result")
+    product_grid([(m.id, m.metadata, m.score, m.variants) for m in matches], key="result")
 
 
 # ---- explore page --------------------------------------------------------------------------------
@@ -478,7 +492,7 @@ def explore_page() -> None:
             st.info("Click a dot to see its product here.", icon=":material/touch_app:")
         else:
             item = recommender().item(selected[0])
-            if product_card(item.id, item.metadata, None, key="map"):
+            if product_card(item.id, item.metadata, None, (), key="map"):
                 st.switch_page(PAGES["find"])
 
 

@@ -49,6 +49,15 @@ SearchKind = Annotated[
 ColourWeight = Annotated[
     float, typer.Option(min=0.0, max=1.0, help="How much colour counts: 0 shape only, 1 colour only.")
 ]
+Collapse = Annotated[
+    bool,
+    typer.Option(
+        "--collapse/--no-collapse", help="Show a product listed under several ids once, the others as its variants."
+    ),
+]
+Diversity = Annotated[
+    float, typer.Option(min=0.0, max=1.0, help="Spread the results (maximal marginal relevance): 0 off, 1 most.")
+]
 PrecisionOption = Annotated[str, typer.Option(help="Vectors in memory: float32, or float16 (half the memory).")]
 FilterOption = Annotated[
     list[str] | None,
@@ -154,10 +163,11 @@ def print_matches(matches: list[Match], as_json: bool, title: str) -> None:
     if matches and not columns:
         columns = list(matches[0].metadata)[:4]
     table = Table(title=title)
-    for name in ("rank", "id", "score", *columns):
+    for name in ("rank", "id", "score", *columns, "variants"):
         table.add_column(name, justify="right" if name in ("rank", "score") else "left")
     for m in matches:
-        table.add_row(str(m.rank), m.id, f"{m.score:.3f}", *(m.metadata.get(c, "") for c in columns))
+        variants = ", ".join(m.variants)
+        table.add_row(str(m.rank), m.id, f"{m.score:.3f}", *(m.metadata.get(c, "") for c in columns), variants)
     console.print(table if matches else "No matching products.")
 
 
@@ -187,6 +197,8 @@ def search(
         str,
         typer.Option(help="Cut the garment out of a busy photo first: none, border, or u2netp (best, ~60 ms more)."),
     ] = "none",
+    collapse: Collapse = True,
+    diversity: Diversity = 0.0,
 ) -> None:
     """Similar products for an image file (or the --crop part of it)."""
     if isolate not in get_args(Method):
@@ -194,7 +206,14 @@ def search(
     _query(
         index_dir,
         lambda r: r.similar_to_image(
-            image, k, parse_filters(filter), colour_weight, crop and parse_box(crop), isolate  # type: ignore[arg-type]
+            image,
+            k,
+            parse_filters(filter),
+            colour_weight,
+            crop and parse_box(crop),
+            isolate,  # type: ignore[arg-type]
+            collapse,
+            diversity,
         ),
         as_json,
         f"Products similar to {image}",
@@ -213,11 +232,13 @@ def similar(
     search: SearchKind = "auto",
     precision: PrecisionOption = "float16",
     colour_weight: ColourWeight = 0.0,
+    collapse: Collapse = True,
+    diversity: Diversity = 0.0,
 ) -> None:
     """Similar products for a catalog item (the item itself is never returned)."""
     _query(
         index_dir,
-        lambda r: r.similar_to_item(item_id, k, parse_filters(filter), colour_weight),
+        lambda r: r.similar_to_item(item_id, k, parse_filters(filter), colour_weight, collapse, diversity),
         as_json,
         f"Products similar to item {item_id}",
         search,

@@ -93,6 +93,7 @@ class StoredItem:
     id: str
     image: str
     metadata: dict[str, str]
+    image_hash: str = ""  # the same image under several ids is one product shown once (search collapse)
 
 
 def make_dir(path: Path) -> None:
@@ -310,7 +311,7 @@ class IndexStore:
         """
         digest = hashlib.blake2b(image, digest_size=16).hexdigest()
         name = f"{digest}-{secrets.token_hex(8)}"  # unique: a concurrent delete never removes this one
-        stored = StoredItem(item_id, f"{UPLOADED}{UPLOADS}/{name}", metadata)
+        stored = StoredItem(item_id, f"{UPLOADED}{UPLOADS}/{name}", metadata, digest)
         row = (item_id, stored.image, digest, json.dumps(metadata, ensure_ascii=False), *_blobs(vector, colour))
         path = self.directory / UPLOADS / name
         with self._lock, self._storage(), self._db:
@@ -413,7 +414,9 @@ class IndexStore:
         """
         vector_column = "vector" if with_vectors else "x''"
         with self._lock:
-            cursor = self._db.execute(f"SELECT id, image, metadata, {vector_column}, colour FROM items ORDER BY row")
+            cursor = self._db.execute(
+                f"SELECT id, image, metadata, {vector_column}, colour, image_hash FROM items ORDER BY row"
+            )
             for part in iter(lambda: cursor.fetchmany(chunk), []):
                 if with_vectors and any(len(r[3]) != 4 * self.dim for r in part):
                     raise IndexStoreError(
@@ -423,7 +426,10 @@ class IndexStore:
                 vectors = np.frombuffer(b"".join(r[3] for r in part), np.float32).reshape(len(part), -1)
                 colours = np.frombuffer(b"".join(r[4] for r in part), np.float32).reshape(len(part), COLOUR_DIM)
                 yield (
-                    [StoredItem(i, image, _interned(json.loads(meta))) for i, image, meta, _, _ in part],
+                    [
+                        StoredItem(i, image, _interned(json.loads(meta)), digest)
+                        for i, image, meta, _, _, digest in part
+                    ],
                     vectors,
                     colours,
                 )

@@ -2,7 +2,8 @@
 
 Inner product with FAISS (vector_index.py): the cosine for base encoders' unit vectors, the trained
 similarity for a trained encoder's (train.Adapter). Filters on metadata are applied inside the
-search through an id selector, so k results that all match come back.
+search through an id selector, so k results that all match come back. A product listed under several
+ids (the same photo) is one result by default, its other ids its `variants` (`collapse`, bench/variety.py).
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ if TYPE_CHECKING:
     import pandas as pd
 
 Filters = Mapping[str, str | Sequence[str]]
+Group = tuple[float, int, tuple[str, ...]]  # a result before it is a Match: score, position, variant ids
 TIE_MARGIN = 8  # extra candidates fetched so equal scores can be ordered by id
 RERANK_POOL = 100  # candidates by shape that a colour-weighted query ranks again
+DUPLICATE_COSINE = 0.995  # same image re-saved: >= 0.9999; 0.99-0.995 holds look-alike products (bench/variety.py)
+DIVERSITY_POOL = 50  # candidates that maximal marginal relevance picks from (at least 4k)
 MAX_COLUMNS = 64  # metadata columns in a whole index that an added item may bring: each widens every row
 MAX_METADATA_BYTES = 8 * 1024  # an added item's metadata, as JSON
 
@@ -56,6 +60,7 @@ class Match:
     score: float
     image: str
     metadata: dict[str, str]
+    variants: tuple[str, ...] = ()  # ids of the same product under other ids (same image, near-identical vector)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -64,6 +69,7 @@ class Match:
             "score": round(self.score, 6),
             "image": self.image,
             "metadata": self.metadata,
+            "variants": list(self.variants),
         }
 
 
@@ -137,28 +143,106 @@ class Snapshot:
 
         return pandas.DataFrame([item.metadata for item in self.items], columns=list(self.columns), dtype="string")
 
-    def search(self, query: Query, k: int, filters: Filters | None, exclude: str | None = None) -> list[Match]:
+    def search(
+        self,
+        query: Query,
+        k: int,
+        filters: Filters | None,
+        exclude: str | None = None,
+        collapse: bool = True,
+        diversity: float = 0.0,
+    ) -> list[Match]:
         """Cosine search (exact or IVF, see vector_index), blended with colour similarity when asked.
 
         With a colour weight w, the best RERANK_POOL candidates by shape are ranked again by
-        (1 - w) * shape similarity + w * colour similarity. Ties are ordered by id.
+        (1 - w) * shape similarity + w * colour similarity. Ties are ordered by id. `collapse` shows a
+        product listed under several ids once (the others as its `variants`), so k distinct products come
+        back; `diversity` (0 to 1) re-ranks by maximal marginal relevance to spread the results.
         """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
+        if not 0.0 <= diversity <= 1.0:
+            raise ValueError(f"diversity must be between 0 and 1, got {diversity}")
         allowed = self.matching_positions(filters) if filters else None
+        available = len(self.items) if allowed is None else len(allowed)
         pool = k + 1 + TIE_MARGIN if query.colour_weight == 0 else max(RERANK_POOL, 4 * k)
-        wanted = min(pool, len(self.items))
-        if wanted == 0 or (allowed is not None and len(allowed) == 0):
-            return []
+        if collapse:
+            pool = max(pool, 2 * k + 1 + TIE_MARGIN)  # room for a few duplicates
+        if diversity > 0:
+            pool = max(pool, DIVERSITY_POOL, 4 * k)
+        while True:
+            wanted = min(pool, len(self.items))
+            if wanted == 0 or available == 0:
+                return []
+            found = self._candidates(query, wanted, allowed, exclude)
+            groups = self._collapse(found, exclude) if collapse else [(s, p, ()) for s, p in found]
+            if len(groups) >= k or wanted >= available or len(found) < wanted - 1:
+                break
+            pool *= 4  # mostly duplicates: look further
+        if diversity > 0:
+            groups = self._diversify(groups, k, diversity)
+        return [
+            Match(rank, self.items[p].id, score, self.items[p].image, self.items[p].metadata, variants)
+            for rank, (score, p, variants) in enumerate(groups[:k], start=1)
+        ]
+
+    def _candidates(
+        self, query: Query, wanted: int, allowed: np.ndarray | None, exclude: str | None
+    ) -> list[tuple[float, int]]:
+        """The best `wanted` (score, position) pairs, best first, ties by id, without `exclude`."""
         scores, positions = self.index.search(query.vector, wanted, allowed)
         scores = blend(scores, positions, query.colour[None, :], self.colours, query.colour_weight)
-        found = [(float(s), self.items[p]) for s, p in zip(scores[0], positions[0], strict=True) if p >= 0]
-        found = [(s, item) for s, item in found if item.id != exclude]
-        found.sort(key=lambda pair: (-round(pair[0], 5), pair[1].id))
-        return [
-            Match(rank, item.id, score, item.image, item.metadata)
-            for rank, (score, item) in enumerate(found[:k], start=1)
-        ]
+        found = [(float(s), int(p)) for s, p in zip(scores[0], positions[0], strict=True) if p >= 0]
+        found = [(s, p) for s, p in found if self.items[p].id != exclude]
+        found.sort(key=lambda pair: (-round(pair[0], 5), self.items[pair[1]].id))
+        return found
+
+    def _collapse(self, found: list[tuple[float, int]], exclude: str | None) -> list[Group]:
+        """Candidates grouped into products: a candidate with the image or a near-identical vector (cosine
+        above DUPLICATE_COSINE) of a better one is its variant. Duplicates of `exclude` (the query item) are
+        dropped: they are the product the shopper is already looking at."""
+        query_position = self.positions.get(exclude) if exclude is not None else None
+        heads = [query_position] if query_position is not None else []
+        positions = heads + [p for _, p in found]
+        vectors = self.index.vectors(np.array(positions, dtype=np.int64))
+        offset = len(heads)  # row of found[0] in `vectors`
+        variants: dict[int, list[str]] = {}
+        by_hash = {self.items[p].image_hash: 0 for p in heads if self.items[p].image_hash}
+        head_rows = list(range(offset))
+        for row, p in enumerate(positions[offset:], start=offset):
+            digest = self.items[p].image_hash
+            same = by_hash.get(digest) if digest else None
+            if same is None and head_rows:  # one matrix-vector product: a full matrix costs more on few cores
+                cosines = vectors[head_rows] @ vectors[row]
+                best = int(np.argmax(cosines))
+                same = head_rows[best] if cosines[best] > DUPLICATE_COSINE else None
+            if same is None:
+                head_rows.append(row)
+                variants[row] = []
+                if digest:
+                    by_hash[digest] = row
+            elif same in variants:  # else a duplicate of the query item: dropped
+                variants[same].append(self.items[p].id)
+        return [(found[row - offset][0], positions[row], tuple(variants[row])) for row in head_rows if row in variants]
+
+    def _diversify(self, groups: list[Group], k: int, diversity: float) -> list[Group]:
+        """The k groups picked one by one by maximal marginal relevance: (1 - diversity) * score -
+        diversity * the cosine to the closest one already picked; equal values keep the search order."""
+        if len(groups) <= 1:
+            return groups
+        relevance = np.array([score for score, _, _ in groups])
+        vectors = self.index.vectors(np.array([p for _, p, _ in groups], dtype=np.int64))
+        closest = np.full(len(groups), -np.inf)
+        left = np.ones(len(groups), dtype=bool)
+        order: list[int] = []
+        for _ in range(min(k, len(groups))):
+            penalty = np.where(np.isfinite(closest), closest, 0.0)
+            value = np.round((1.0 - diversity) * relevance - diversity * penalty, 5)
+            pick = int(np.argmax(np.where(left, value, -np.inf)))
+            order.append(pick)
+            left[pick] = False
+            closest = np.maximum(closest, vectors @ vectors[pick])
+        return [groups[i] for i in order]
 
     def matching_positions(self, filters: Filters) -> np.ndarray:
         """Positions of the items whose metadata match every filter (any of its values)."""
@@ -396,28 +480,49 @@ class Recommender:
         colour_weight: float = 0.0,
         crop_box: Box | None = None,
         isolate: Method | None = None,
+        collapse: bool = True,
+        diversity: float = 0.0,
     ) -> list[Match]:
         """The k catalog products most similar to an image (or the `crop_box` part of it, or the garment that
-        `isolate` cuts out of it); colour_weight 0 is shape only, 1 colour only."""
+        `isolate` cuts out of it); colour_weight 0 is shape only, 1 colour only. See `similar` for `collapse`
+        and `diversity`."""
         query = self.embed_image(image, crop_box, isolate)
-        return self.similar(replace(query, colour_weight=colour_weight), k, filters)
+        return self.similar(replace(query, colour_weight=colour_weight), k, filters, None, collapse, diversity)
 
     def similar_to_item(
-        self, item_id: str | int, k: int = 5, filters: Filters | None = None, colour_weight: float = 0.0
+        self,
+        item_id: str | int,
+        k: int = 5,
+        filters: Filters | None = None,
+        colour_weight: float = 0.0,
+        collapse: bool = True,
+        diversity: float = 0.0,
     ) -> list[Match]:
-        """The k products most similar to a catalog item, from its stored vectors; never itself."""
+        """The k products most similar to a catalog item, from its stored vectors; never itself (nor, when
+        collapsing, its duplicates under other ids). See `similar` for `collapse` and `diversity`."""
         snapshot = self.snapshot
         position = snapshot.positions.get(str(item_id))
         if position is None:
             raise UnknownItemError(str(item_id))
         query = Query(snapshot.index.vectors([position])[0], snapshot.colours[position], colour_weight)
-        return snapshot.search(query, k, filters, exclude=str(item_id))
+        return snapshot.search(query, k, filters, str(item_id), collapse, diversity)
 
     def similar(
-        self, query: Query, k: int = 5, filters: Filters | None = None, exclude: str | None = None
+        self,
+        query: Query,
+        k: int = 5,
+        filters: Filters | None = None,
+        exclude: str | None = None,
+        collapse: bool = True,
+        diversity: float = 0.0,
     ) -> list[Match]:
-        """Search the current snapshot; ties are ordered by id so results are deterministic."""
-        return self.snapshot.search(query, k, filters, exclude)
+        """Search the current snapshot; ties are ordered by id so results are deterministic.
+
+        `collapse` (default) shows one product listed under several ids (same image, or a vector cosine above
+        DUPLICATE_COSINE) once, the other ids as its `variants`; `diversity` from 0 (pure similarity) to 1
+        re-ranks by maximal marginal relevance so the k results differ more from each other.
+        """
+        return self.snapshot.search(query, k, filters, exclude, collapse, diversity)
 
     def matching_positions(self, filters: Filters) -> np.ndarray:
         """Positions of the items whose metadata match every filter (any of its values)."""
