@@ -25,6 +25,8 @@ from fashionrec.search import Recommender
 
 from conftest import REPO
 
+pytestmark = pytest.mark.browser
+
 CHROMIUM = Path(os.environ.get("FASHIONREC_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--no-sandbox",

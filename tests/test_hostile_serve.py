@@ -289,6 +289,7 @@ def fill(disk: Path, leave: int) -> Path:
     return filler
 
 
+@pytest.mark.slow
 def test_full_disk_is_507_and_leaves_nothing_half_written(
     small_disk: Path, hostile_index: Path, tmp_path: Path
 ) -> None:
@@ -323,6 +324,7 @@ def test_full_disk_is_507_and_leaves_nothing_half_written(
         assert api.get("/v1/health").json()["items"] == before + added + 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("damage", "words"),
     [
