@@ -1,4 +1,5 @@
-# Two entry points (see README): `make run CATALOG=...` (index, search, then the web app) and `make test`.
+# Two entry points (see README): `make run CATALOG=...` (index, search, then the web app) and `make test`
+# (the whole suite; `make test-fast`: the fast core, no `slow` or `browser` tests, about a minute).
 # Both set up what they need first: `run` only the Python install, `test` also the browser its browser tests drive.
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +8,7 @@ CATALOG ?= ../shared/data/fashion-product-images-small.zip
 INDEX ?= indexes/$(basename $(notdir $(CATALOG)))
 ITEM ?= 15970
 
-.PHONY: setup run test lint browser
+.PHONY: setup run test test-fast lint browser
 
 setup: $(VENV)/.installed
 
@@ -40,3 +41,7 @@ lint: setup
 
 test: lint browser
 	$(BIN)/pytest -q
+
+# The fast core while working: lint and every test not marked `slow` or `browser` (no chromium needed).
+test-fast: lint
+	$(BIN)/pytest -q -m "not slow and not browser"

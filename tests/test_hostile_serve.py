@@ -36,6 +36,9 @@ from fashionrec.index import DATABASE, MANIFEST, UPLOADS
 
 from conftest import REPO, SHARED_ZIP, run_cli, sample_rows, small_tmpfs
 
+# Slow as a whole: its own index from a real `fashionrec index` run and its own server process.
+pytestmark = pytest.mark.slow
+
 VICTIM_BYTES = b"the victim's own bytes\n"
 SQLITE_MAGIC = b"SQLite format 3"
 UPLOAD_TOKEN = "0" * 32 + "-" + "1" * 16  # the shape of an add_item name, for a planted symlink
