@@ -1,5 +1,6 @@
 # Two entry points (see README): `make run CATALOG=...` (index, train, index again, then the web app) and
-# `make test`. `make quick` is the web app on the untrained encoder, in a few minutes.
+# `make test` (the whole suite). `make quick`: the web app on the untrained encoder, in a few minutes;
+# `make test-fast`: the fast core (no `slow` or `browser` tests), about a minute.
 # Both set up what they need first: `run` only the Python install, `test` also the browser its browser tests drive.
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +12,7 @@ TRAINED ?= $(INDEX)-trained
 LABELS ?= articleType baseColour
 ITEM ?= 15970
 
-.PHONY: setup run quick test lint browser
+.PHONY: setup run quick test test-fast lint browser
 
 setup: $(VENV)/.installed
 
@@ -53,3 +54,7 @@ lint: setup
 
 test: lint browser
 	$(BIN)/pytest -q
+
+# The fast core while working: lint and every test not marked `slow` or `browser` (no chromium needed).
+test-fast: lint
+	$(BIN)/pytest -q -m "not slow and not browser"

@@ -272,6 +272,7 @@ def test_concurrent_reads_during_writes_stay_consistent(api: httpx.Client, photo
     assert api.get("/v1/info").json()["items"] == 300
 
 
+@pytest.mark.slow
 def test_updates_survive_a_restart(tmp_path: Path, built_index: tuple[Path, BuildReport], photos: list[Path]) -> None:
     index = copy_index(built_index, tmp_path)
     photo, removed = photos[5], photos[6].stem
@@ -290,6 +291,7 @@ def test_updates_survive_a_restart(tmp_path: Path, built_index: tuple[Path, Buil
         assert_error(api.delete("/v1/items/durable-1", headers=WRITE), 403, "FASHIONREC_API_KEY")  # no key here
 
 
+@pytest.mark.slow
 def test_read_key_and_disabled_writes(
     tmp_path: Path, built_index: tuple[Path, BuildReport], photos: list[Path]
 ) -> None:
@@ -305,6 +307,7 @@ def test_read_key_and_disabled_writes(
         assert_error(refused, 403, "FASHIONREC_API_KEY")
 
 
+@pytest.mark.slow
 def test_workers_see_each_others_writes(
     tmp_path: Path, built_index: tuple[Path, BuildReport], photos: list[Path]
 ) -> None:
@@ -322,6 +325,7 @@ def test_workers_see_each_others_writes(
                 assert fresh.get("/v1/items/shared-1").status_code == 404
 
 
+@pytest.mark.slow
 def test_serve_refuses_a_bad_setup_in_one_line(tmp_path: Path, built_index: tuple[Path, BuildReport]) -> None:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     cases = [
@@ -340,6 +344,7 @@ def api_schema(api: httpx.Client) -> schemathesis.BaseSchema:
     return schemathesis.openapi.from_url(f"{api.base_url}/openapi.json")
 
 
+@pytest.mark.slow
 def test_fuzz_from_openapi_schema_never_5xx(api_schema: schemathesis.BaseSchema) -> None:
     """Valid and invalid requests for every operation of the schema, with the write key (deletes included)."""
     calls: Counter[str] = Counter()

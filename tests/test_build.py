@@ -107,6 +107,7 @@ def fashionrec(*args: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_an_interrupted_build_resumes_without_re_embedding(tmp_path: Path, stop: signal.Signals) -> None:
     header, rows = sample_rows(700, seed=6)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from fashionrec.build import BuildReport
 
 from conftest import run_cli as run
@@ -33,6 +35,7 @@ def test_index_search_similar_info(tmp_path: Path, sample_catalog: Path, built_i
     assert all(m["metadata"]["gender"] == gender for m in filtered)
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path: Path, built_index: tuple[Path, BuildReport]) -> None:
     index = str(built_index[0])
     not_image = tmp_path / "notes.jpg"

@@ -53,6 +53,7 @@ def test_index_spec_with_other_weights_is_refused(encoder: Encoder) -> None:
         load_encoder("resnet-9000")
 
 
+@pytest.mark.slow
 def test_onnx_file_is_cached_and_a_damaged_one_is_rebuilt(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_images: list, encoder: Encoder
 ) -> None:

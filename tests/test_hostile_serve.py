@@ -36,6 +36,9 @@ from fashionrec.index import DATABASE, MANIFEST, UPLOADS
 
 from conftest import REPO, SHARED_ZIP, run_cli, sample_rows, small_tmpfs
 
+# Slow as a whole: its own index from a real `fashionrec index` run and its own server process.
+pytestmark = pytest.mark.slow
+
 VICTIM_BYTES = b"the victim's own bytes\n"
 SQLITE_MAGIC = b"SQLite format 3"
 UPLOAD_TOKEN = "0" * 32 + "-" + "1" * 16  # the shape of an add_item name, for a planted symlink
@@ -290,6 +293,7 @@ def fill(disk: Path, leave: int) -> Path:
     return filler
 
 
+@pytest.mark.slow
 def test_full_disk_is_507_and_leaves_nothing_half_written(
     small_disk: Path, hostile_index: Path, tmp_path: Path
 ) -> None:
@@ -324,6 +328,7 @@ def test_full_disk_is_507_and_leaves_nothing_half_written(
         assert api.get("/v1/health").json()["items"] == before + added + 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("damage", "words"),
     [

@@ -95,6 +95,7 @@ def blurry_index(tmp_path_factory: pytest.TempPathFactory, encoder: Encoder) -> 
     return Recommender.open(out), sharp
 
 
+@pytest.mark.slow
 def test_sharper_photos_find_their_product_once_detail_is_matched(blurry_index: tuple[Recommender, Path]) -> None:
     """The real 60x80 photos hold twice the detail of this catalog: without matching, some miss."""
     recommender, sharp = blurry_index
@@ -113,6 +114,7 @@ def test_sharper_photos_find_their_product_once_detail_is_matched(blurry_index: 
     assert hits >= 36 and misses_before > len(photos) - hits  # the fix shows, and the failure showed first
 
 
+@pytest.mark.slow
 def test_a_product_added_through_the_api_is_embedded_like_the_catalog(blurry_index: tuple[Recommender, Path]) -> None:
     """Query-side steps never touch catalog images: an added product's vector is the build's."""
     recommender, sharp = blurry_index
@@ -126,6 +128,7 @@ def test_a_product_added_through_the_api_is_embedded_like_the_catalog(blurry_ind
         recommender.remove_item("added-1")
 
 
+@pytest.mark.slow
 def test_a_crop_box_searches_the_part_of_the_photo_pointed_at(built_index: tuple[Path, object], tmp_path: Path) -> None:
     recommender = Recommender.open(built_index[0])
     first, second = sorted((Path(recommender.images.root) / "images").glob("*.jpg"))[:2]

@@ -74,6 +74,7 @@ def trimmed_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Recommender
     return Recommender.open(out), folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "make",
     [

@@ -27,6 +27,9 @@ from fashionrec.trained import ADAPTER, CHECKPOINT, HELDOUT, ONNX, VIEWS
 
 from conftest import run_cli, sample_rows, write_catalog
 
+# Slow as a whole: every test trains a model, or reuses the module's trained one (about 13 s to train).
+pytestmark = pytest.mark.slow
+
 SMALL = TrainConfig(epochs=2, batch_size=64, hidden=64, dim=32, members=2, base_components=16, view_share=0.5)
 SMALL_OPTIONS = ["--batch-size", "64", "--hidden", "64", "--dim", "32", "--members", "2", "--base-components", "16"]
 SMALL_OPTIONS += ["--view-share", "0.5"]

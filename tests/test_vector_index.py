@@ -39,7 +39,7 @@ def test_auto_picks_exact_for_small_and_ivf_for_large_catalogs(data: np.ndarray)
         VectorIndex(DIM, 10, "hnsw")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("precision", ["float32", "float16"])
+@pytest.mark.parametrize("precision", ["float32", pytest.param("float16", marks=pytest.mark.slow)])
 def test_ivf_recall_against_exact_search(data: np.ndarray, precision: str) -> None:
     queries = clustered(100, seed=2)
     exact = VectorIndex.build(DIM, len(data), lambda: [data[:20_000], data[20_000:]], "exact")
