@@ -36,7 +36,6 @@ from fashionrec.catalog import Catalog, load_catalog
 from fashionrec.encoder import load_encoder
 from fashionrec.images import Detail, decode
 
-OUT = RESULTS / "resolution"
 Make = Callable[[Image.Image, Image.Image], Image.Image]  # (the real photo, the catalog copy) -> query
 
 
@@ -83,6 +82,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=500, help="sampled catalog items, each queried in every variant")
     parser.add_argument("--catalog-items", type=int, default=None, help="index a subset (default: the whole catalog)")
     parser.add_argument("--work", type=Path, default=REPO / "indexes" / "resolution")
+    parser.add_argument("--results", default="resolution", help="name of the results file and chart folder")
     args = parser.parse_args()
 
     original = catalog_subset(args.catalog_items)
@@ -111,11 +111,12 @@ def main() -> None:
     recall = {mode: {variant: recall_at(found) for variant, found in per.items()} for mode, per in hits.items()}
     for mode, per in recall.items():
         print(mode, {variant: figures["R@1"] for variant, figures in per.items()})
-    OUT.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / args.results
+    out.mkdir(parents=True, exist_ok=True)
     title = f"Catalog at {args.scale:g}x resolution ({len(reduced.items):,} items): query photos sharper than it"
-    bar_chart(recall, "R@1", OUT / "r1_by_variant.png", list(VARIANTS), title)
+    bar_chart(recall, "R@1", out / "r1_by_variant.png", list(VARIANTS), title)
     write_results(
-        "resolution",
+        args.results,
         {
             "scale": args.scale,
             "encoder": recommender.info()["encoder"],
