@@ -39,7 +39,7 @@ $(VENV)/.installed: pyproject.toml
 # shopper-like views of its photos, 16 epochs. Every step resumes where it stopped when rerun.
 run: setup
 	$(BIN)/fashionrec index "$(CATALOG)" --out "$(INDEX)"
-	$(BIN)/fashionrec train "$(INDEX)" --out "$(MODEL)" $(addprefix --label ,$(LABELS)) --epochs 16 --view-share 0.5
+	$(BIN)/fashionrec train "$(INDEX)" --out "$(MODEL)" $(addprefix --label ,$(LABELS)) --epochs 16 --view-share 0.5 --base-weight 0.6
 	$(BIN)/fashionrec index "$(CATALOG)" --encoder "$(MODEL)" --out "$(TRAINED)"
 	$(BIN)/fashionrec similar "$(TRAINED)" $(ITEM) -k 5
 	$(BIN)/fashionrec app "$(TRAINED)"
