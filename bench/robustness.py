@@ -31,7 +31,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from common import REPO, RESULTS, catalog_subset, write_results  # noqa: E402
 from PIL import Image, ImageDraw, ImageOps  # noqa: E402
-from scipy import ndimage  # noqa: E402
 
 from fashionrec.build import build_index  # noqa: E402
 from fashionrec.catalog import Catalog  # noqa: E402
@@ -39,6 +38,7 @@ from fashionrec.encoder import DEFAULT_ENCODER, Encoder, load_encoder  # noqa: E
 from fashionrec.evaluate import evaluate  # noqa: E402
 from fashionrec.images import Fit, decode, fit_square  # noqa: E402
 from fashionrec.search import Recommender  # noqa: E402
+from fashionrec.views import studio_white  # noqa: E402
 
 OUT = RESULTS / "robustness"
 WHITE = (255, 255, 255)
@@ -61,10 +61,7 @@ def rotate(degrees: float) -> Step:
 
 def backdrop_mask(image: Image.Image) -> np.ndarray:
     """The white backdrop: near-white pixels connected to the border (white inside the product stays)."""
-    near_white = np.asarray(image).min(axis=2) > 235
-    labels, _ = ndimage.label(near_white)
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    return np.isin(labels, border[border > 0])
+    return studio_white(np.asarray(image))
 
 
 def flat_backdrop(image: Image.Image, rng: random.Random) -> Image.Image:
