@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fashionrec.build import BuildReport
+from fashionrec.search import Recommender
 
 from conftest import run_cli as run
 
@@ -38,6 +39,7 @@ def test_index_search_similar_info(tmp_path: Path, sample_catalog: Path, built_i
 @pytest.mark.slow
 def test_user_errors_are_one_line_with_exit_code_2(tmp_path: Path, built_index: tuple[Path, BuildReport]) -> None:
     index = str(built_index[0])
+    item = Recommender.open(index).items[0].id
     not_image = tmp_path / "notes.jpg"
     not_image.write_text("hello")
     cases = [
@@ -45,6 +47,7 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path: Path, built_index: 
         (("search", index, str(tmp_path / "gone.jpg")), "gone.jpg: no such file"),
         (("similar", index, "no-such-id"), "item 'no-such-id' is not in the index"),
         (("similar", index, "x", "--filter", "colour"), "filter 'colour' is not COLUMN=VALUE"),
+        (("similar", index, item, "--filter", "gender=Mne"), "no item has gender='Mne'; did you mean 'Men'?"),
         (("info", str(tmp_path)), "not a fashionrec index"),
         (("app", str(tmp_path / "nothing")), "not a fashionrec index"),
         (("index", str(tmp_path / "nothing"), "--out", str(tmp_path / "i")), "no such file or folder"),

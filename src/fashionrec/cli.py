@@ -23,6 +23,7 @@ from rich.table import Table
 from fashionrec.build import BuildInterrupted, BuildReport, build_index
 from fashionrec.catalog import CatalogError, load_catalog
 from fashionrec.encoder import BACKBONES, DEFAULT_ENCODER, DEFAULT_FIT, WEIGHTS_ENV, EncoderError, load_encoder
+from fashionrec.filters import parse_filters
 from fashionrec.garment import Method
 from fashionrec.images import MAX_BYTES, Fit, ImageError, parse_box
 from fashionrec.index import IndexStore, IndexStoreError
@@ -84,16 +85,6 @@ def user_errors() -> Iterator[None]:
 def printable(text: str) -> str:
     """Control characters shown as escapes (\\x1b): a catalog's ids must not drive the user's terminal."""
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
-
-
-def parse_filters(raw: list[str] | None) -> dict[str, list[str]]:
-    filters: dict[str, list[str]] = {}
-    for entry in raw or []:
-        column, sep, value = entry.partition("=")
-        if not sep or not column:
-            raise ValueError(f"filter {entry!r} is not COLUMN=VALUE")
-        filters.setdefault(column.strip(), []).append(value.strip())
-    return filters
 
 
 @app.command()
@@ -208,7 +199,7 @@ def search(
         lambda r: r.similar_to_image(
             image,
             k,
-            parse_filters(filter),
+            parse_filters(filter or []),
             colour_weight,
             crop and parse_box(crop),
             isolate,  # type: ignore[arg-type]
@@ -238,7 +229,7 @@ def similar(
     """Similar products for a catalog item (the item itself is never returned)."""
     _query(
         index_dir,
-        lambda r: r.similar_to_item(item_id, k, parse_filters(filter), colour_weight, collapse, diversity),
+        lambda r: r.similar_to_item(item_id, k, parse_filters(filter or []), colour_weight, collapse, diversity),
         as_json,
         f"Products similar to item {item_id}",
         search,

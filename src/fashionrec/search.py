@@ -8,9 +8,11 @@ ids (the same photo) is one result by default, its other ids its `variants` (`co
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -23,16 +25,16 @@ from PIL import Image
 from fashionrec.catalog import ImageSource, Problem
 from fashionrec.colour import COLOUR_DIM, colour_vector
 from fashionrec.encoder import Encoder, encoder_for_index
+from fashionrec.filters import Filters, resolve_filters
 from fashionrec.garment import Method
 from fashionrec.garment import isolate as isolate_garment
 from fashionrec.images import Box, Detail, crop, decode, match_detail, open_image
 from fashionrec.index import UPLOADED, UPLOADS, DuplicateItemError, IndexStore, StoredItem
-from fashionrec.vector_index import Kind, Precision, VectorIndex, resolve_kind
+from fashionrec.vector_index import Kind, Precision, VectorIndex, resolve_kind, search_threads
 
 if TYPE_CHECKING:
     import pandas as pd
 
-Filters = Mapping[str, str | Sequence[str]]
 Group = tuple[float, int, tuple[str, ...]]  # a result before it is a Match: score, position, variant ids
 TIE_MARGIN = 8  # extra candidates fetched so equal scores can be ordered by id
 RERANK_POOL = 100  # candidates by shape that a colour-weighted query ranks again
@@ -40,6 +42,7 @@ DUPLICATE_COSINE = 0.995  # same image re-saved: >= 0.9999; 0.99-0.995 holds loo
 DIVERSITY_POOL = 50  # candidates that maximal marginal relevance picks from (at least 4k)
 MAX_COLUMNS = 64  # metadata columns in a whole index that an added item may bring: each widens every row
 MAX_METADATA_BYTES = 8 * 1024  # an added item's metadata, as JSON
+QUERY_CACHE = 16  # photos kept embedded: the app searches the same photo again on every change of a setting
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +65,16 @@ class Match:
     metadata: dict[str, str]
     variants: tuple[str, ...] = ()  # ids of the same product under other ids (same image, near-identical vector)
 
+    def __post_init__(self) -> None:
+        # Rounded, and clipped to the documented [-1, 1]: float16 vectors can add a few 1e-4 to a cosine of 1.
+        object.__setattr__(self, "score", round(min(max(float(self.score), -1.0), 1.0), 6))
+
     def to_dict(self) -> dict[str, object]:
+        """The one serialised form of a match: CLI JSON, the API (which adds an image URL), batch files."""
         return {
             "rank": self.rank,
             "id": self.id,
-            "score": round(self.score, 6),
+            "score": self.score,
             "image": self.image,
             "metadata": self.metadata,
             "variants": list(self.variants),
@@ -245,12 +253,14 @@ class Snapshot:
         return [groups[i] for i in order]
 
     def matching_positions(self, filters: Filters) -> np.ndarray:
-        """Positions of the items whose metadata match every filter (any of its values)."""
+        """Positions of the items whose metadata match every filter (any of its values).
+
+        Names and values match case-insensitively; one the index does not hold raises FilterError with a hint.
+        """
         mask = np.ones(len(self.items), dtype=bool)
-        for column, wanted in filters.items():
-            if column not in self.columns:
-                raise ValueError(f"unknown filter column {column!r}; columns are {', '.join(self.columns)}")
-            mask &= self.columns[column].matches([wanted] if isinstance(wanted, str) else wanted)
+        known = {name: column.values for name, column in self.columns.items()}
+        for column, wanted in resolve_filters(filters, known).items():
+            mask &= self.columns[column].matches(wanted)
         return np.flatnonzero(mask).astype(np.int64)
 
 
@@ -276,9 +286,13 @@ class Recommender:
         self.threads = threads
         self.kind = kind
         self.precision = precision
+        if threads:
+            search_threads(threads)
         self._encoder: Encoder | None = None
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._queries: OrderedDict[tuple[bytes, Box | None, str], Query] = OrderedDict()  # by photo digest
+        self._queries_lock = threading.Lock()
         catalog = store.manifest.get("catalog", {})
         self.images = ImageSource(Path(catalog["images_root"])) if catalog.get("images_root") else None
         self.detail = Detail.from_dict(store.manifest.get("detail"))
@@ -299,9 +313,9 @@ class Recommender:
         """Open an index directory; the encoder is loaded on the first image query.
 
         `kind` picks exact or approximate (ivf) search, `auto` by catalog size; `precision` float16
-        halves the memory the vectors take; `threads` is the cores one image embedding uses (0: all;
-        1 for a server that embeds several requests side by side); `isolation` how a query photo's garment
-        is cut out of its scene before embedding (garment.py).
+        halves the memory the vectors take; `threads` is the cores one image embedding or one search uses
+        (0: all; 1 for a server that serves requests side by side; sets FAISS's for the whole process);
+        `isolation` how a query photo's garment is cut out of its scene before embedding (garment.py).
         """
         return cls(IndexStore.open(directory), backend, kind, precision, threads, isolation)
 
@@ -446,9 +460,23 @@ class Recommender:
 
         `crop_box` (fractions of the photo: left, top, right, bottom) searches for that part only; `isolate`
         (default: the recommender's `isolation`) cuts the garment out of a shopper's photo. The photo, or the
-        garment cut out of it, is then brought down to the catalog's level of detail.
+        garment cut out of it, is then brought down to the catalog's level of detail. The queries of the last
+        QUERY_CACHE photos given as bytes are kept, so searching one again with other settings is instant.
         """
-        return self._embed(image, as_query=True, crop_box=crop_box, isolate=isolate)
+        method = isolate or self.isolation
+        if not isinstance(image, bytes):
+            return self._embed(image, as_query=True, crop_box=crop_box, isolate=method)
+        key = (hashlib.sha256(image).digest(), crop_box, method)
+        with self._queries_lock:
+            if (known := self._queries.get(key)) is not None:
+                self._queries.move_to_end(key)
+                return known
+        query = self._embed(image, as_query=True, crop_box=crop_box, isolate=method)
+        with self._queries_lock:
+            self._queries[key] = query
+            while len(self._queries) > QUERY_CACHE:
+                self._queries.popitem(last=False)
+        return query
 
     def _embed(
         self,

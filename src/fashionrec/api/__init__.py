@@ -21,7 +21,6 @@ from pathlib import Path
 
 import anyio
 import anyio.to_thread
-import faiss
 from fastapi import FastAPI
 
 from fashionrec import __version__
@@ -44,10 +43,8 @@ def create_app(index_dir: str | Path, keys: Keys | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Concurrent requests already use every core: FAISS's own OpenMP threads per search would only
-        # oversubscribe them (a single search on the full catalog under load: 45 ms with 2 threads, 18 ms with 1).
-        faiss.omp_set_num_threads(1)
-        recommender = Recommender.open(index_dir, threads=1)  # requests embed side by side, one core each
+        # Requests are served side by side, one core each: one thread per embedding and per search.
+        recommender = Recommender.open(index_dir, threads=1)
         recommender.encoder  # noqa: B018 (loads it)
         app.state.recommender = recommender
         # One thread per core (see the module docstring). Measured with bench/api_load.py: p99 124 ms

@@ -26,7 +26,9 @@ class ItemOut(BaseModel):
 
 class MatchOut(ItemOut):
     rank: int
-    score: float = Field(description="Similarity, at most 1: the cosine for a base encoder (1 = identical).")
+    score: float = Field(
+        ge=-1.0, le=1.0, description="Similarity from -1 to 1: the cosine for a base encoder (1 = identical)."
+    )
     variants: list[str] = Field(
         default_factory=list, description="Ids of the same product listed again (same image, or nearly)."
     )
@@ -73,16 +75,5 @@ def item_out(item: StoredItem) -> ItemOut:
 
 
 def matches_out(matches: list[Match]) -> MatchesOut:
-    return MatchesOut(
-        results=[
-            MatchOut(
-                id=m.id,
-                rank=m.rank,
-                score=round(m.score, 6),
-                metadata=m.metadata,
-                image_url=image_url(m.id),
-                variants=list(m.variants),
-            )
-            for m in matches
-        ]
-    )
+    """Matches as the API shows them: Match.to_dict (as the CLI's JSON) with the image's URL on this server."""
+    return MatchesOut(results=[MatchOut.model_validate(m.to_dict() | {"image_url": image_url(m.id)}) for m in matches])

@@ -26,6 +26,8 @@ from fashionrec.app.state import (
     search,
 )
 from fashionrec.app.widgets import GRID_COLUMNS, framed, product_grid, product_image
+from fashionrec.filters import FilterError
+from fashionrec.images import ImageError
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"]
 MODES = {
@@ -149,7 +151,11 @@ def render() -> None:
 
     show_query(query)
     started = time.perf_counter()
-    matches = search(query, k, filters, colour_weight, diversity)
+    try:
+        matches = search(query, k, filters, colour_weight, diversity)
+    except (FilterError, ImageError) as error:  # e.g. a shared URL naming a filter value this index lacks
+        st.error(f"We couldn't search: {error}", icon=":material/error:")
+        return
     took_ms = (time.perf_counter() - started) * 1000
     st.subheader("Similar products", anchor=False)
     shown_filters = "; ".join(f"{FACETS[c]}: {', '.join(v)}" for c, v in filters.items())

@@ -13,9 +13,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import streamlit as st
 
+from fashionrec.garment import Method
 from fashionrec.images import Box, ImageError, web_image
 from fashionrec.search import Match, Recommender
-from fashionrec.search import Query as SearchQuery
 
 # Metadata columns offered as filters, with the labels a shopper reads; only those in the index are shown.
 FACETS = {
@@ -42,7 +42,10 @@ class Query:
     upload: bytes | None = None  # the photo as sent, embedded again when the shopper frames a part of it
     crop: Box | None = None
     cut_out: bool = False  # the garment cut out of the scene (garment.py) before searching
-    embedding: SearchQuery | None = None  # an image's vector and colour; None for a catalog product
+
+    @property
+    def isolate(self) -> Method:
+        return "u2netp" if self.cut_out else "none"
 
 
 def index_dir() -> str:
@@ -104,14 +107,14 @@ def query_image(widget_key: str) -> None:
         return
     data = file.getvalue()
     try:
-        embedding = recommender().embed_image(data)
+        recommender().embed_image(data)  # a photo that cannot be searched is refused now (the result is cached)
         shown, _ = web_image(data, file.name)  # 8-bit RGB, whatever was uploaded: a 16-bit PNG would crash st.image
     except ImageError as error:
         st.session_state.image_error = (
             f"We couldn't use **{file.name}**: {error.reason}. Try a JPEG, PNG or WebP photo."
         )
         return
-    set_query(Query(title="Your photo", image=shown, upload=data, embedding=embedding))
+    set_query(Query(title="Your photo", image=shown, upload=data))
 
 
 def refine_photo_query() -> None:
@@ -123,12 +126,12 @@ def refine_photo_query() -> None:
     crop = None if box == (0.0, 0.0, 1.0, 1.0) else box
     isolate = "u2netp" if st.session_state.cut_out else "none"
     try:
-        embedding = recommender().embed_image(query.upload, crop, isolate)
+        recommender().embed_image(query.upload, crop, isolate)  # checks the frame now; cached for the search
     except (ImageError, ValueError) as error:
         st.session_state.image_error = f"We couldn't search that part of the photo: {error}."
         return
     st.session_state.image_error = None
-    st.session_state.query = replace(query, crop=crop, cut_out=isolate != "none", embedding=embedding)
+    st.session_state.query = replace(query, crop=crop, cut_out=isolate != "none")
 
 
 def query_typed_product() -> None:
@@ -160,11 +163,13 @@ def find_products(recommender: Recommender, text: str, limit: int = FOUND_LIMIT)
 
 
 def search(query: Query, k: int, filters: dict[str, list[str]], colour_weight: float, diversity: float) -> list[Match]:
+    """The same Recommender calls as the CLI's `similar` and `search` (a photo's embedding is cached)."""
     if query.item_id is not None:
         return recommender().similar_to_item(query.item_id, k, filters, colour_weight, diversity=diversity)
-    assert query.embedding is not None
-    embedding = replace(query.embedding, colour_weight=colour_weight)
-    return recommender().similar(embedding, k, filters, diversity=diversity)
+    assert query.upload is not None
+    return recommender().similar_to_image(
+        query.upload, k, filters, colour_weight, query.crop, query.isolate, diversity=diversity
+    )
 
 
 def init_state() -> None:
