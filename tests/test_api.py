@@ -258,6 +258,57 @@ def test_add_and_delete_live(api: httpx.Client, photos: list[Path]) -> None:
     assert "api-scarf-1" not in {m["id"] for m in gone} and api.get("/v1/info").json()["items"] == 300
 
 
+def test_items_are_listed_a_page_at_a_time(api: httpx.Client) -> None:
+    first = api.get("/v1/items", params={"limit": 2}).json()
+    assert first["total"] == 300 and first["offset"] == 0 and first["limit"] == 2 and len(first["items"]) == 2
+    assert set(first["items"][0]) == {"id", "metadata", "image_url"}
+    pages = [api.get("/v1/items", params={"offset": start, "limit": 128}).json() for start in range(0, 300, 128)]
+    ids = [item["id"] for page in pages for item in page["items"]]
+    assert len(ids) == len(set(ids)) == 300 and [len(p["items"]) for p in pages] == [128, 128, 44]
+    assert api.get("/v1/items", params={"offset": 300}).json()["items"] == []
+    for bad in ({"limit": 0}, {"limit": 1001}, {"offset": -1}, {"offset": "x"}):
+        assert_error(api.get("/v1/items", params=bad), 400)
+
+
+def test_patch_changes_metadata_live(api: httpx.Client, photos: list[Path]) -> None:
+    item = photos[8].stem
+    before = api.get(f"/v1/items/{item}").json()["metadata"]
+    change = {"metadata": {"baseColour": "Ultraviolet", "season": None, "label": "sale"}}
+    assert_error(api.patch(f"/v1/items/{item}", json=change), 401)
+    updated = api.patch(f"/v1/items/{item}", json=change, headers=WRITE)
+    assert updated.status_code == 200, updated.text
+    expected = {k: v for k, v in before.items() if k != "season"} | {"baseColour": "Ultraviolet", "label": "sale"}
+    assert updated.json()["metadata"] == expected == api.get(f"/v1/items/{item}").json()["metadata"]
+    found = api.get(f"/v1/items/{photos[9].stem}/similar", params={"filter": "baseColour=ultraviolet"}).json()
+    assert [m["id"] for m in found["results"]] == [item]  # the next search filters on the new value
+    bad = [
+        ("/v1/items/99999999", {"metadata": {}}, 404, "not in the index"),
+        (f"/v1/items/{item}", {"metadata": {"gender": 3}}, 400, "gender"),
+        (f"/v1/items/{item}", {"metadata": {"": "x"}}, 400, "metadata"),
+        (f"/v1/items/{item}", {"colour": "red"}, 400, "metadata"),
+        (f"/v1/items/{item}", {"metadata": {f"c{n}": "v" for n in range(65)}}, 400, "metadata"),
+        (f"/v1/items/{item}", {"metadata": {f"c{n}": "v" for n in range(60)}}, 400, "too many metadata columns"),
+    ]
+    for path, body, status, words in bad:
+        assert_error(api.patch(path, json=body, headers=WRITE), status, words)
+    restore = {"metadata": {"label": None, **before}}
+    assert api.patch(f"/v1/items/{item}", json=restore, headers=WRITE).json()["metadata"] == before
+
+
+def test_cors_is_off_unless_origins_are_set(api: httpx.Client, built_index: tuple[Path, BuildReport]) -> None:
+    origin = {"Origin": "https://shop.example"}
+    preflight = origin | {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "x-api-key"}
+    assert "access-control-allow-origin" not in api.get("/v1/health", headers=origin).headers
+    with TestClient(create_app(built_index[0], cors_origins=["https://shop.example"])) as client:
+        allowed = client.options("/v1/search", headers=preflight)
+        assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "https://shop.example"
+        assert "x-api-key" in allowed.headers["access-control-allow-headers"].lower()
+        answer = client.get("/v1/items/nope", headers=origin)  # errors carry the header too: the page can read them
+        assert answer.status_code == 404 and answer.headers["access-control-allow-origin"] == "https://shop.example"
+        other = client.get("/v1/health", headers={"Origin": "https://elsewhere.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
 def test_concurrent_reads_during_writes_stay_consistent(server: httpx.Client, photos: list[Path]) -> None:
     api = server
 
@@ -375,4 +426,4 @@ def test_fuzz_from_openapi_schema_never_5xx(api_schema: schemathesis.BaseSchema)
                 assert set(response.json()) == {"error", "detail"}, response.text
 
         never_5xx()
-    assert len(calls) == 8 and sum(calls.values()) > 150, calls  # every operation was exercised
+    assert len(calls) == 10 and sum(calls.values()) > 150, calls  # every operation was exercised

@@ -440,7 +440,7 @@ def serve(
         IndexStore.open(index_dir).close()
         keys = Keys.from_env()
     console.print(
-        "Catalog updates (POST/DELETE /v1/items): "
+        "Catalog updates (POST/PATCH/DELETE /v1/items): "
         + ("enabled, with the API key" if keys.write else f"disabled; set {WRITE_KEY_ENV} to enable them"),
         highlight=False,
     )

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from fashionrec.catalog import ImageSource, Problem
+from fashionrec.catalog import ImageSource, Item, Problem
 from fashionrec.colour import COLOUR_DIM, colour_vector
 from fashionrec.encoder import Encoder, encoder_for_index
 from fashionrec.filters import Filters, resolve_filters
@@ -419,6 +419,31 @@ class Recommender:
                 f"({', '.join(map(repr, new[:5]))}{', ...' if len(new) > 5 else ''}); the limit is {MAX_COLUMNS}. "
                 "Use the index's existing columns (GET /v1/info lists them)"
             )
+
+    def update_item(self, item_id: str, changes: Mapping[str, str | None]) -> StoredItem:
+        """Change a product's metadata (its image and vectors stay): each column given is set, or removed when
+        None; the next search filters on the new values. UnknownItemError if absent."""
+        with self._write_lock:
+            old = self.snapshot
+            position = old.positions.get(item_id)
+            if position is None:
+                raise UnknownItemError(item_id)
+            current = old.items[position]
+            metadata = {k: v for k, v in {**current.metadata, **changes}.items() if v is not None}
+            self.check_metadata(metadata)
+            updated = replace(current, metadata=metadata)
+            self.store.update_metadata([Item(updated.id, updated.image, updated.metadata)])
+            if self._refresh_locked():  # another process wrote too: reloaded all, this change included
+                return self.item(item_id)
+            self.snapshot = Snapshot.of(
+                [*old.items[:position], updated, *old.items[position + 1 :]], old.index, old.colours
+            )
+        return updated
+
+    def items_page(self, offset: int, limit: int) -> tuple[int, list[StoredItem]]:
+        """The number of products and `limit` of them from `offset`, in index order (from one snapshot)."""
+        items = self.snapshot.items
+        return len(items), items[offset : offset + limit]
 
     def remove_item(self, item_id: str) -> None:
         """Delete a product from the index (and its image, if it was uploaded); UnknownItemError if absent."""

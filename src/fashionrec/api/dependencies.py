@@ -38,7 +38,7 @@ def read_secret(name: str) -> str | None:
 
 @dataclass(frozen=True)
 class Keys:
-    """API keys: `write` enables POST/DELETE /v1/items; `read`, if set, is required by the read endpoints too."""
+    """API keys: `write` enables POST/PATCH/DELETE /v1/items; `read`, if set, is required by the read endpoints too."""
 
     write: str | None = None
     read: str | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import quote
 
-from pydantic import BaseModel, Field, StringConstraints, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
 from fashionrec.index import StoredItem
 from fashionrec.search import Match
@@ -55,15 +55,34 @@ class InfoOut(BaseModel):
     metadata_columns: list[str]
 
 
-Metadata = TypeAdapter(
-    Annotated[
-        dict[
-            Annotated[str, StringConstraints(min_length=1, max_length=100)],
-            Annotated[str, StringConstraints(max_length=2000)],
-        ],
-        Field(max_length=64),  # columns: every new one widens every product's row (search.MAX_COLUMNS)
+ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+ColumnValue = Annotated[str, StringConstraints(max_length=2000)]
+MAX_ITEM_COLUMNS = 64  # columns: every new one widens every product's row (search.MAX_COLUMNS)
+Metadata = TypeAdapter(Annotated[dict[ColumnName, ColumnValue], Field(max_length=MAX_ITEM_COLUMNS)])
+
+
+class ItemPatch(BaseModel):
+    """A change of a product's metadata (PATCH /v1/items/{id}); the same bounds as a new product's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metadata: Annotated[
+        dict[ColumnName, ColumnValue | None],
+        Field(
+            max_length=MAX_ITEM_COLUMNS,
+            description="Columns to set; `null` removes a column; columns not named stay as they are.",
+            examples=[{"baseColour": "Navy Blue", "season": None}],
+        ),
     ]
-)
+
+
+class ItemsOut(BaseModel):
+    """One page of the catalog, in index order."""
+
+    total: int = Field(description="Products in the index.")
+    offset: int
+    limit: int
+    items: list[ItemOut]
 
 
 def image_url(item_id: str) -> str:
