@@ -7,6 +7,8 @@ bad uploads, and the explore page. The real browser test is in test_app_browser.
 from __future__ import annotations
 
 import io
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -15,7 +17,10 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import fashionrec.app
+from fashionrec.app.explore_page import embedding_map
 from fashionrec.build import BuildReport
+from fashionrec.explore import MAP_FILE, read_map, write_map
+from fashionrec.index import IndexStore
 from fashionrec.search import Recommender
 
 from conftest import side_by_side
@@ -207,3 +212,27 @@ def test_explore_page(index: Path) -> None:
     assert len(explore.get("plotly_chart")) == 3  # product types, colours, the embedding map
     assert len(explore.image) == 1  # the word cloud
     assert [s.value for s in explore.subheader] == ["What the products are called", "The map of the catalog"]
+
+
+def test_explore_map_is_written_at_index_time_and_used(
+    built_index: tuple[Path, BuildReport], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = Path(shutil.copytree(built_index[0], tmp_path / "idx"))
+    lines: list[str] = []
+    path = write_map(index, log=lines.append)
+    stored = read_map(index)
+    assert path == index / MAP_FILE and stored is not None and lines
+    assert len(stored["ids"]) == len(stored["x"]) == 300 and stored["generation"] == IndexStore.open(index).generation()
+    assert len(set(zip(stored["x"], stored["y"], strict=True))) > 250  # spread out, not a heap
+    written = path.stat().st_mtime_ns
+    assert write_map(index, log=lines.append) == path and path.stat().st_mtime_ns == written  # unchanged: kept
+
+    ids = [*stored["ids"][:7], "gone-since"]
+    few = {"generation": stored["generation"], "ids": ids, "x": [*range(8)], "y": [0] * 8}
+    path.write_text(json.dumps(few))  # the page draws what the file holds, without products no longer indexed
+    monkeypatch.setattr(sys, "argv", [str(APP), str(index)])
+    explore = run(AppTest.from_string("from fashionrec.app.explore_page import render\nrender()", default_timeout=60))
+    assert any("7 of them" in c.value for c in explore.caption)
+    path.write_text("{not json")  # damaged: computed again, as without the file
+    frame = embedding_map.__wrapped__(str(index))
+    assert len(frame) == 300 and set(frame["id"]) == set(stored["ids"])

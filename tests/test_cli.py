@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fashionrec.build import BuildReport
+from fashionrec.explore import read_map
 from fashionrec.search import Recommender
 
 from conftest import run_cli as run
@@ -21,6 +22,7 @@ def test_index_search_similar_info(tmp_path: Path, sample_catalog: Path, built_i
     assert built.returncode == 0, built.stderr
     assert "items in index" in built.stdout and "300" in built.stdout
     assert "img/s" in built.stderr  # the progress bar, with its rate
+    assert read_map(index) is not None and "Mapping 300 products" in built.stdout  # the explore page's map
 
     first_id = next(iter(json.loads(run("info", str(index), "--json").stdout)["metadata_columns"]))
     assert first_id == "gender"

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from fashionrec.build import BuildInterrupted, BuildReport, build_index
 from fashionrec.catalog import CatalogError, load_catalog
 from fashionrec.encoder import BACKBONES, DEFAULT_ENCODER, DEFAULT_FIT, WEIGHTS_ENV, EncoderError, load_encoder
+from fashionrec.explore import write_map
 from fashionrec.filters import parse_filters
 from fashionrec.garment import Method
 from fashionrec.images import MAX_BYTES, Fit, ImageError, parse_box
@@ -129,6 +130,7 @@ def index(
         except BuildInterrupted as stop:
             errors.print(f"[yellow]{stop}[/yellow]")
             raise typer.Exit(130) from None
+        write_map(out, log=console.print)  # the app's explore page opens at once
     print_report(report)
 
 
