@@ -72,6 +72,9 @@ def test_upload_finds_the_catalog_product_itself_first(page: AppTest, catalog_ph
     assert page.session_state["query"].title == "Your photo"
     ids = result_ids(page)
     assert len(ids) == 5 and ids[0] == catalog_photo.stem
+    assert not any("Similarity" in c.value or f"#{catalog_photo.stem}" in c.value for c in page.caption)
+    page.sidebar.toggle(key="details").set_value(True)  # ids and raw scores only on request
+    run(page)
     assert any(f"Similarity **1.00** · #{catalog_photo.stem}" in c.value for c in page.caption)
 
 
@@ -152,10 +155,15 @@ def test_filters_and_k_apply_inside_the_search(page: AppTest, index: Path, catal
         m.id for m in recommender.similar_to_item(query.id, 8, {"gender": other_gender, "masterCategory": "Apparel"})
     ]
 
-    page.multiselect(key="filter-articleType").select("Tshirts").select("Watches")
-    page.multiselect(key="filter-masterCategory").unselect("Apparel").select("Footwear")
+    chosen = {"gender": other_gender, "masterCategory": "Apparel"}
+    types = page.multiselect(key="filter-articleType").options
+    assert "Tshirts" in types and "Watches" not in types  # the choices left by the other filters
+    assert types == recommender.column_values("articleType", chosen)
+    page.multiselect(key="filter-articleType").select("Tshirts")
     run(page)
-    assert result_ids(page) == [] and "No product matches these filters" in page.info[0].value
+    assert page.multiselect(key="filter-masterCategory").options == ["Apparel"]  # only apparel holds T-shirts
+    assert page.multiselect(key="filter-gender").value == [other_gender]  # narrowing keeps what was chosen
+    assert all(recommender.item(i).metadata["articleType"] == "Tshirts" for i in result_ids(page))
 
 
 def test_more_like_this_then_back(page: AppTest) -> None:
@@ -236,3 +244,35 @@ def test_explore_map_is_written_at_index_time_and_used(
     path.write_text("{not json")  # damaged: computed again, as without the file
     frame = embedding_map.__wrapped__(str(index))
     assert len(frame) == 300 and set(frame["id"]) == set(stored["ids"])
+
+
+def test_a_shared_url_restores_the_query_and_follows_it(index: Path) -> None:
+    recommender = Recommender.open(index)
+    item = recommender.items[0].id
+    gender = recommender.item(item).metadata["gender"]
+    page = AppTest.from_file(str(APP), default_timeout=60)
+    page.query_params.update({"item": item, "k": "3", "colour": "0.3", "filter": [f"gender={gender.lower()}"]})
+    run(page)
+    assert query_id(page) == item and page.sidebar.slider(key="k").value == 3
+    assert page.sidebar.slider(key="colour_weight").value == 0.3 and not page.error
+    assert page.multiselect(key="filter-gender").value == [gender]  # as the index spells it
+    expected = recommender.similar_to_item(item, 3, {"gender": gender}, colour_weight=0.3)
+    assert result_ids(page) == [m.id for m in expected]
+    assert page.query_params == {"item": item, "k": "3", "colour": "0.3", "filter": f"gender={gender}"}
+
+    page.button(key=f"result-{expected[0].id}").click()  # "More like this": the address follows
+    run(page)
+    assert page.query_params["item"] == expected[0].id
+    page.sidebar.toggle(key="details").set_value(True)
+    run(page)
+    assert page.query_params["details"] == "1"
+
+
+def test_a_broken_url_is_a_message(index: Path) -> None:
+    page = AppTest.from_file(str(APP), default_timeout=60)
+    page.query_params.update({"item": "no-such-item", "k": "99", "filter": ["gender=Robot"]})
+    run(page)
+    [error] = page.error
+    for words in ("item 'no-such-item' is not in this catalog", "k='99'", "no item has gender='Robot'"):
+        assert words in error.value
+    assert page.title[0].value == "Find your look-alike"  # the start page, usable

@@ -25,7 +25,7 @@ from PIL import Image
 from fashionrec.catalog import ImageSource, Item, Problem
 from fashionrec.colour import COLOUR_DIM, colour_vector
 from fashionrec.encoder import Encoder, encoder_for_index
-from fashionrec.filters import Filters, resolve_filters
+from fashionrec.filters import FilterError, Filters, resolve_filters
 from fashionrec.garment import Method
 from fashionrec.garment import isolate as isolate_garment
 from fashionrec.images import Box, Detail, crop, decode, match_detail, open_image
@@ -580,6 +580,18 @@ class Recommender:
     def matching_positions(self, filters: Filters) -> np.ndarray:
         """Positions of the items whose metadata match every filter (any of its values)."""
         return self.snapshot.matching_positions(filters)
+
+    def column_values(self, column: str, filters: Filters | None = None) -> list[str]:
+        """The values a metadata column holds among the items that match `filters` (every item without),
+        sorted: the choices a filter on that column has left once the others are set."""
+        snapshot = self.snapshot
+        if column not in snapshot.columns:
+            raise FilterError(f"unknown filter column {column!r}; columns are {', '.join(snapshot.columns)}")
+        codes = snapshot.columns[column].codes
+        if filters:
+            codes = codes[snapshot.matching_positions(filters)]
+        names = list(snapshot.columns[column].values)  # in code order
+        return sorted(value for value in (names[code] for code in np.unique(codes)) if value)
 
     def problems(self) -> list[Problem]:
         return self.store.problems()

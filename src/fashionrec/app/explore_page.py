@@ -7,6 +7,7 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 from PIL import Image, ImageColor
+from streamlit.navigation.page import StreamlitPage
 from wordcloud import STOPWORDS, WordCloud
 
 from fashionrec.app import find_page
@@ -130,7 +131,9 @@ def render() -> None:
         else:
             item = recommender().item(selected[0])
             if product_card(item.id, item.metadata, None, (), key="map"):
-                st.switch_page(find_page.PAGE)
+                st.switch_page(find_page.page())
 
 
-PAGE = st.Page(render, title="Explore the catalog", icon=":material/insights:", url_path="explore")
+def page() -> StreamlitPage:
+    """This page for st.navigation (see find_page.page)."""
+    return st.Page(render, title="Explore the catalog", icon=":material/insights:", url_path="explore")

@@ -6,16 +6,16 @@ import random
 import time
 
 import streamlit as st
+from streamlit.navigation.page import StreamlitPage
 
 from fashionrec.app.state import (
     FACETS,
     FOUND_LIMIT,
     NAME,
     Query,
-    facet_values,
+    facet_choices,
     find_products,
     go_back,
-    index_dir,
     init_state,
     query_image,
     query_picked_product,
@@ -23,7 +23,10 @@ from fashionrec.app.state import (
     query_typed_product,
     recommender,
     refine_photo_query,
+    restore_from_url,
     search,
+    share_in_url,
+    show_details,
 )
 from fashionrec.app.widgets import GRID_COLUMNS, framed, product_grid, product_image
 from fashionrec.filters import FilterError
@@ -51,7 +54,7 @@ def show_query(query: Query) -> None:
         if query.item_id is not None:
             metadata = recommender().item(query.item_id).metadata
             badges = [f":gray-badge[{FACETS[c]}: {metadata[c]}]" for c in FACETS if metadata.get(c)]
-            st.markdown(" ".join(badges) + f" :gray-badge[#{query.item_id}]")
+            st.markdown(" ".join(badges) + (f" :gray-badge[#{query.item_id}]" if show_details() else ""))
         if query.upload is not None:
             refined = query.crop is not None or query.cut_out
             with st.expander("Search part of the photo", icon=":material/crop:", expanded=refined):
@@ -111,28 +114,31 @@ def sidebar_query_controls() -> None:
 
 def sidebar_search_settings() -> tuple[int, dict[str, list[str]], float, float]:
     """How many results, the filters applied inside the search, how much colour counts, and how varied."""
-    k = st.sidebar.slider("Number of results", 1, 20, 5, key="k")
+    k = st.sidebar.slider("Number of results", 1, 20, key="k")
+    chosen = {column: st.session_state.get(f"filter-{column}") or [] for column in FACETS}
     filters: dict[str, list[str]] = {}
-    with st.sidebar.expander("Filters", icon=":material/filter_list:", expanded=False):
-        for column, values in facet_values(index_dir()).items():
-            chosen = st.multiselect(FACETS[column], values, key=f"filter-{column}", placeholder="Any")
-            if chosen:
-                filters[column] = chosen
+    with st.sidebar.expander("Filters", icon=":material/filter_list:", expanded=any(chosen.values())):
+        for column, values in facet_choices(chosen).items():
+            if picked := st.multiselect(FACETS[column], values, key=f"filter-{column}", placeholder="Any"):
+                filters[column] = picked
     colour_weight = st.sidebar.slider(
-        "Colour weight", 0.0, 1.0, 0.0, 0.05, key="colour_weight",
+        "Colour weight", 0.0, 1.0, step=0.05, key="colour_weight",
         help="0: shape only. Higher: products of the same colours come first (among the 100 closest shapes).",
     )  # fmt: skip
     diversity = st.sidebar.slider(
-        "Variety", 0.0, 1.0, 0.0, 0.05, key="diversity",
+        "Variety", 0.0, 1.0, step=0.05, key="diversity",
         help="0: the closest products. Higher: results that differ more from each other (among the 50 closest).",
     )  # fmt: skip
+    st.sidebar.toggle("Show ids and scores", key="details", help="Product ids and raw similarity scores, for staff.")
     return k, filters, colour_weight, diversity
 
 
 def render() -> None:
     init_state()
+    restore_from_url()
     sidebar_query_controls()
     k, filters, colour_weight, diversity = sidebar_search_settings()
+    share_in_url(st.session_state.query, k, filters, colour_weight, diversity)
     if st.session_state.image_error:
         st.error(st.session_state.image_error, icon=":material/error:")
 
@@ -165,4 +171,7 @@ def render() -> None:
     product_grid([(m.id, m.metadata, m.score, m.variants) for m in matches], key="result")
 
 
-PAGE = st.Page(render, title="Find similar", icon=":material/search:", url_path="find", default=True)
+def page() -> StreamlitPage:
+    """This page for st.navigation and st.switch_page (made on each run: a page made at import is bound to the
+    runtime of that moment)."""
+    return st.Page(render, title="Find similar", icon=":material/search:", url_path="find", default=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import streamlit as st
 
+from fashionrec.filters import FilterError, parse_filters, resolve_filters
 from fashionrec.garment import Method
 from fashionrec.images import Box, ImageError, web_image
 from fashionrec.search import Match, Recommender
@@ -30,6 +31,8 @@ FACETS = {
 NAME = "productDisplayName"
 FOUND_LIMIT = 100  # products listed for a name search
 HISTORY = 50  # queries the back button remembers
+URL_SETTINGS = (("k", "k", 1, 20), ("colour", "colour_weight", 0.0, 1.0), ("variety", "diversity", 0.0, 1.0))
+SETTING_DEFAULTS = {"k": 5, "colour_weight": 0.0, "diversity": 0.0}
 
 
 @dataclass(frozen=True)
@@ -68,15 +71,72 @@ def recommender() -> Recommender:
     return open_recommender(index_dir())
 
 
-@st.cache_data(show_spinner=False)
-def facet_values(path: str) -> dict[str, list[str]]:
-    """The values of each filter column present in the index, sorted."""
-    metadata = open_recommender(path).metadata
-    return {
-        column: sorted(v for v in metadata[column].dropna().unique() if v)
-        for column in FACETS
-        if column in metadata.columns
-    }
+def facet_choices(chosen: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The values each filter column offers, narrowed by the other filters chosen (its own chosen values stay
+    offered, so a choice never vanishes from its box)."""
+    columns = recommender().snapshot.columns
+    choices = {}
+    for column in (c for c in FACETS if c in columns):
+        others = {c: values for c, values in chosen.items() if values and c != column}
+        choices[column] = sorted({*recommender().column_values(column, others), *chosen.get(column, [])})
+    return choices
+
+
+def show_details() -> bool:
+    """Whether product ids and raw similarity scores are shown (a toggle: shoppers do not need them)."""
+    return bool(st.session_state.get("details", False))
+
+
+def restore_from_url() -> None:
+    """Once per session, the query and settings of a shared URL (see `share_in_url`); a value this index or
+    the page cannot take becomes a message, not a traceback."""
+    if st.session_state.get("url_restored"):
+        return
+    st.session_state.url_restored = True
+    params = st.query_params
+    problems = []
+    for name, key, low, high in URL_SETTINGS:
+        if name in params:
+            try:
+                value = float(params[name])
+                if not low <= value <= high:
+                    raise ValueError(f"not between {low} and {high}")
+            except ValueError as error:
+                problems.append(f"{name}={params[name]!r}: {error}")
+                continue
+            st.session_state[key] = int(value) if key == "k" else round(value * 20) / 20  # the sliders' steps
+    st.session_state.details = params.get("details") == "1"
+    try:
+        known = {name: column.values for name, column in recommender().snapshot.columns.items()}
+        for column, values in resolve_filters(parse_filters(params.get_all("filter")), known).items():
+            if column in FACETS:
+                st.session_state[f"filter-{column}"] = sorted(set(values))
+    except FilterError as error:
+        problems.append(str(error))
+    item = params.get("item")
+    if item is not None:
+        if item in recommender().positions:
+            query_item(item)
+        else:
+            problems.append(f"item {item!r} is not in this catalog")
+    if problems:
+        st.session_state.image_error = f"This link could not be opened in full: {'; '.join(problems)}."
+
+
+def share_in_url(query: Query | None, k: int, filters: dict[str, list[str]], colour: float, variety: float) -> None:
+    """Keep the query and settings in the address bar, so copying it shares them: ?item=ID&k=8&colour=0.3&
+    variety=0.2&filter=gender=Men&details=1 (defaults left out; a shopper's own photo cannot be in a URL)."""
+    params: dict[str, str | list[str]] = {}
+    if query is not None and query.item_id is not None:
+        params["item"] = query.item_id
+    for (name, key, _, _), value in zip(URL_SETTINGS, (k, colour, variety), strict=True):
+        if value != SETTING_DEFAULTS[key]:
+            params[name] = str(value)
+    if filters:
+        params["filter"] = [f"{column}={value}" for column, values in filters.items() for value in values]
+    if show_details():
+        params["details"] = "1"
+    st.query_params.from_dict(params)
 
 
 def set_query(query: Query) -> None:
@@ -177,3 +237,5 @@ def init_state() -> None:
     st.session_state.setdefault("query", None)
     st.session_state.setdefault("history", [])
     st.session_state.setdefault("image_error", None)
+    for key, default in SETTING_DEFAULTS.items():  # the sliders' values, before a shared URL may set them
+        st.session_state.setdefault(key, default)

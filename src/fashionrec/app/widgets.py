@@ -7,7 +7,7 @@ import io
 import streamlit as st
 from PIL import Image, ImageDraw
 
-from fashionrec.app.state import NAME, query_item, recommender
+from fashionrec.app.state import NAME, query_item, recommender, show_details
 from fashionrec.images import Box, ImageError, web_image
 
 CARD_FACETS = ("articleType", "baseColour", "gender")
@@ -49,10 +49,12 @@ def product_card(
         product_image(item_id)
         st.markdown(f"**{metadata.get(NAME, item_id)}**")
         attributes = " · ".join(metadata[c] for c in CARD_FACETS if metadata.get(c))
-        st.caption(attributes if score is None else f"{attributes}  \nSimilarity **{score:.2f}** · #{item_id}")
+        if show_details():  # ids and raw scores: for the shop's staff, on request
+            attributes += f"  \n#{item_id}" if score is None else f"  \nSimilarity **{score:.2f}** · #{item_id}"
+        st.caption(attributes)
         if variants:  # the same product under other ids: shown once (search collapse)
             more = f"{len(variants)} more listing{'s' if len(variants) > 1 else ''}"
-            st.caption(f":material/layers: {more}: #{', #'.join(variants)}")
+            st.caption(f":material/layers: {more}" + (f": #{', #'.join(variants)}" if show_details() else ""))
         return st.button(
             "More like this",
             key=f"{key}-{item_id}",
