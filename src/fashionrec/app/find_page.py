@@ -17,6 +17,7 @@ from fashionrec.app.state import (
     find_products,
     go_back,
     init_state,
+    keep_details,
     query_image,
     query_picked_product,
     query_random_item,
@@ -43,7 +44,7 @@ MODES = {
 
 def show_query(query: Query) -> None:
     picture, details = st.columns([1, 3], vertical_alignment="center")
-    with picture:
+    with picture, st.container(key="query-picture"):
         if query.item_id is None:
             st.image(framed(query.image, query.crop), width="stretch")
         else:
@@ -129,7 +130,10 @@ def sidebar_search_settings() -> tuple[int, dict[str, list[str]], float, float]:
         "Variety", 0.0, 1.0, step=0.05, key="diversity",
         help="0: the closest products. Higher: results that differ more from each other (among the 50 closest).",
     )  # fmt: skip
-    st.sidebar.toggle("Show ids and scores", key="details", help="Product ids and raw similarity scores, for staff.")
+    st.session_state.details = show_details()
+    st.sidebar.toggle(
+        "Show ids and scores", key="details", on_change=keep_details, help="Product ids and raw similarity scores."
+    )
     return k, filters, colour_weight, diversity
 
 

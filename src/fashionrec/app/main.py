@@ -11,13 +11,14 @@ from __future__ import annotations
 import streamlit as st
 
 from fashionrec.app import explore_page, find_page
-from fashionrec.app.widgets import page_icon
+from fashionrec.app.widgets import page_icon, phone_layout
 
 PAGES = (find_page, explore_page)  # one module per page, each with its `page()`
 
 
 def main() -> None:
     st.set_page_config(page_title="fashionrec: find similar products", page_icon=page_icon(), layout="wide")
+    phone_layout()
     st.navigation([module.page() for module in PAGES], position="top").run()
 
 

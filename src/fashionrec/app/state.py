@@ -84,7 +84,12 @@ def facet_choices(chosen: dict[str, list[str]]) -> dict[str, list[str]]:
 
 def show_details() -> bool:
     """Whether product ids and raw similarity scores are shown (a toggle: shoppers do not need them)."""
-    return bool(st.session_state.get("details", False))
+    return bool(st.session_state.get("show_details", False))
+
+
+def keep_details() -> None:
+    """The toggle's value, kept beyond its widget: Streamlit forgets a widget's state on a page without it."""
+    st.session_state.show_details = st.session_state.details
 
 
 def restore_from_url() -> None:
@@ -105,7 +110,7 @@ def restore_from_url() -> None:
                 problems.append(f"{name}={params[name]!r}: {error}")
                 continue
             st.session_state[key] = int(value) if key == "k" else round(value * 20) / 20  # the sliders' steps
-    st.session_state.details = params.get("details") == "1"
+    st.session_state.show_details = params.get("details") == "1"
     try:
         known = {name: column.values for name, column in recommender().snapshot.columns.items()}
         for column, values in resolve_filters(parse_filters(params.get_all("filter")), known).items():
