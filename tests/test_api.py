@@ -362,7 +362,13 @@ def test_read_key_and_disabled_writes(
 ) -> None:
     key_file = tmp_path / "read.key"
     key_file.write_text(READ_KEY + "\n")
-    with serve(built_index[0], tmp_path / "log", FASHIONREC_READ_KEY_FILE=str(key_file)) as api:
+    env = {
+        "FASHIONREC_READ_KEY_FILE": str(key_file),
+        "FASHIONREC_CORS_ORIGINS": "https://shop.example, https://b.example",
+    }
+    with serve(built_index[0], tmp_path / "log", **env) as api:
+        allowed = api.get("/v1/health", headers={"Origin": "https://b.example"})  # CORS from the environment
+        assert allowed.headers["access-control-allow-origin"] == "https://b.example"
         item = photos[0].stem
         assert_error(api.get(f"/v1/items/{item}"), 401)
         assert_error(api.get(f"/v1/items/{item}", headers={"X-API-Key": "nope"}), 403)

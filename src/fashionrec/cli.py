@@ -522,7 +522,7 @@ def serve(
     """Run the REST API over an index (docs at http://HOST:PORT/docs); writes need FASHIONREC_API_KEY."""
     import uvicorn  # only this command needs the server
 
-    from fashionrec.api import INDEX_ENV, WRITE_KEY_ENV, Keys
+    from fashionrec.api import CORS_ENV, INDEX_ENV, WRITE_KEY_ENV, Keys, cors_origins_from_env
 
     with user_errors():  # one clear line now rather than a traceback in every worker
         IndexStore.open(index_dir).close()
@@ -530,6 +530,12 @@ def serve(
     console.print(
         "Catalog updates (POST/PATCH/DELETE /v1/items): "
         + ("enabled, with the API key" if keys.write else f"disabled; set {WRITE_KEY_ENV} to enable them"),
+        highlight=False,
+    )
+    origins = cors_origins_from_env()
+    console.print(
+        "Calls from web pages of other sites (CORS): "
+        + (f"allowed for {', '.join(origins)}" if origins else f"off; set {CORS_ENV} to allow some"),
         highlight=False,
     )
     os.environ[INDEX_ENV] = str(index_dir.resolve())

@@ -31,7 +31,16 @@ from fashionrec.api.middleware import BodySizeLimit, KeysFirst, RawItemIds
 from fashionrec.api.routers import docs, items, search, system
 from fashionrec.search import Recommender
 
-__all__ = ["CORS_ENV", "INDEX_ENV", "READ_KEY_ENV", "WRITE_KEY_ENV", "Keys", "app_from_env", "create_app"]
+__all__ = [
+    "CORS_ENV",
+    "INDEX_ENV",
+    "READ_KEY_ENV",
+    "WRITE_KEY_ENV",
+    "Keys",
+    "app_from_env",
+    "cors_origins_from_env",
+    "create_app",
+]
 
 INDEX_ENV = "FASHIONREC_INDEX"
 CORS_ENV = "FASHIONREC_CORS_ORIGINS"  # comma-separated origins allowed to call from a browser, or *; unset: none
@@ -86,5 +95,9 @@ def create_app(index_dir: str | Path, keys: Keys | None = None, cors_origins: Se
 
 def app_from_env() -> FastAPI:
     """Factory for uvicorn (each worker process calls it): the index and keys come from the environment."""
-    origins = [origin.strip() for origin in os.environ.get(CORS_ENV, "").split(",") if origin.strip()]
-    return create_app(os.environ[INDEX_ENV], Keys.from_env(), origins)
+    return create_app(os.environ[INDEX_ENV], Keys.from_env(), cors_origins_from_env())
+
+
+def cors_origins_from_env() -> list[str]:
+    """The origins of $FASHIONREC_CORS_ORIGINS (comma-separated; `*` for any); none when unset."""
+    return [origin.strip() for origin in os.environ.get(CORS_ENV, "").split(",") if origin.strip()]
