@@ -1,6 +1,6 @@
 """The catalog map of the app's explore page: 2-D t-SNE positions of a sample of products.
 
-t-SNE of 3,000 products takes ~40 s on two busy cores: `fashionrec index` computes it once, after a build
+t-SNE of 3,000 products takes 40-75 s on two busy cores: `fashionrec index` computes it once, after a build
 (`write_map`), into a small JSON file in the index directory, so the page opens at once. The app computes it
 itself (`layout`) only when the file is missing, e.g. for an index built by an older version.
 """
@@ -58,7 +58,7 @@ def write_map(index_dir: str | Path, sample: int = MAP_SAMPLE, log: Callable[[st
             ids.extend(items[row].id for row in rows)
             vectors.append(chunk[rows])
             start += len(items)
-        log(f"Mapping {len(ids):,} products for the app's explore page (t-SNE, about 40 s for 3,000)...")
+        log(f"Mapping {len(ids):,} products for the app's explore page (t-SNE: about a minute for 3,000 on two busy cores)...")
         started = time.perf_counter()
         xy = layout(np.concatenate(vectors) if vectors else np.zeros((0, store.dim)))
         x, y = (np.round(xy[:, axis], 3).tolist() for axis in (0, 1))
