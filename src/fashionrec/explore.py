@@ -58,7 +58,7 @@ def write_map(index_dir: str | Path, sample: int = MAP_SAMPLE, log: Callable[[st
             ids.extend(items[row].id for row in rows)
             vectors.append(chunk[rows])
             start += len(items)
-        log(f"Mapping {len(ids):,} products for the app's explore page (t-SNE: about a minute for 3,000 on two busy cores)...")
+        log(f"Mapping {len(ids):,} products for the app's explore page (t-SNE: about a minute for 3,000)...")
         started = time.perf_counter()
         xy = layout(np.concatenate(vectors) if vectors else np.zeros((0, store.dim)))
         x, y = (np.round(xy[:, axis], 3).tolist() for axis in (0, 1))

@@ -252,14 +252,17 @@ class Snapshot:
             closest = np.maximum(closest, vectors @ vectors[pick])
         return [groups[i] for i in order]
 
+    def resolve(self, filters: Filters) -> dict[str, list[str]]:
+        """The filters as this snapshot spells its columns and values (filters.resolve_filters)."""
+        return resolve_filters(filters, {name: column.values for name, column in self.columns.items()})
+
     def matching_positions(self, filters: Filters) -> np.ndarray:
         """Positions of the items whose metadata match every filter (any of its values).
 
         Names and values match case-insensitively; one the index does not hold raises FilterError with a hint.
         """
         mask = np.ones(len(self.items), dtype=bool)
-        known = {name: column.values for name, column in self.columns.items()}
-        for column, wanted in resolve_filters(filters, known).items():
+        for column, wanted in self.resolve(filters).items():
             mask &= self.columns[column].matches(wanted)
         return np.flatnonzero(mask).astype(np.int64)
 
@@ -581,6 +584,16 @@ class Recommender:
         """Positions of the items whose metadata match every filter (any of its values)."""
         return self.snapshot.matching_positions(filters)
 
+    def resolve_filters(self, filters: Filters) -> dict[str, list[str]]:
+        """Filters spelled as the index spells them (any case given); FilterError, with the closest known names,
+        for a column or value the index does not hold. Every search does this itself."""
+        return self.snapshot.resolve(filters)
+
+    @property
+    def metadata_columns(self) -> list[str]:
+        """The metadata columns of the index's items, in first-seen order."""
+        return list(self.snapshot.columns)
+
     def column_values(self, column: str, filters: Filters | None = None) -> list[str]:
         """The values a metadata column holds among the items that match `filters` (every item without),
         sorted: the choices a filter on that column has left once the others are set."""
@@ -610,5 +623,5 @@ class Recommender:
             "catalog": manifest.get("catalog", {}).get("path"),  # type: ignore[union-attr]
             "complete": manifest.get("complete", False),
             "updated": manifest.get("updated"),
-            "metadata_columns": list(self.snapshot.columns),
+            "metadata_columns": self.metadata_columns,
         }

@@ -143,8 +143,8 @@ def render() -> None:
     sidebar_query_controls()
     k, filters, colour_weight, diversity = sidebar_search_settings()
     share_in_url(st.session_state.query, k, filters, colour_weight, diversity)
-    if st.session_state.image_error:
-        st.error(st.session_state.image_error, icon=":material/error:")
+    if st.session_state.notice:
+        st.error(st.session_state.notice, icon=":material/error:")
 
     query = st.session_state.query
     if query is None:

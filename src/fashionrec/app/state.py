@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import streamlit as st
 
-from fashionrec.filters import FilterError, parse_filters, resolve_filters
+from fashionrec.filters import FilterError, parse_filters
 from fashionrec.garment import Method
 from fashionrec.images import Box, ImageError, web_image
 from fashionrec.search import Match, Recommender
@@ -74,7 +74,7 @@ def recommender() -> Recommender:
 def facet_choices(chosen: dict[str, list[str]]) -> dict[str, list[str]]:
     """The values each filter column offers, narrowed by the other filters chosen (its own chosen values stay
     offered, so a choice never vanishes from its box)."""
-    columns = recommender().snapshot.columns
+    columns = recommender().metadata_columns
     choices = {}
     for column in (c for c in FACETS if c in columns):
         others = {c: values for c, values in chosen.items() if values and c != column}
@@ -112,8 +112,7 @@ def restore_from_url() -> None:
             st.session_state[key] = int(value) if key == "k" else round(value * 20) / 20  # the sliders' steps
     st.session_state.show_details = params.get("details") == "1"
     try:
-        known = {name: column.values for name, column in recommender().snapshot.columns.items()}
-        for column, values in resolve_filters(parse_filters(params.get_all("filter")), known).items():
+        for column, values in recommender().resolve_filters(parse_filters(params.get_all("filter"))).items():
             if column in FACETS:
                 st.session_state[f"filter-{column}"] = sorted(set(values))
     except FilterError as error:
@@ -125,7 +124,7 @@ def restore_from_url() -> None:
         else:
             problems.append(f"item {item!r} is not in this catalog")
     if problems:
-        st.session_state.image_error = f"This link could not be opened in full: {'; '.join(problems)}."
+        st.session_state.notice = f"This link could not be opened in full: {'; '.join(problems)}."
 
 
 def share_in_url(query: Query | None, k: int, filters: dict[str, list[str]], colour: float, variety: float) -> None:
@@ -149,7 +148,7 @@ def set_query(query: Query) -> None:
     if st.session_state.query is not None:
         st.session_state.history = [*st.session_state.history, st.session_state.query][-HISTORY:]
     st.session_state.query = query
-    st.session_state.image_error = None
+    st.session_state.notice = None
 
 
 def go_back() -> None:
@@ -175,9 +174,7 @@ def query_image(widget_key: str) -> None:
         recommender().embed_image(data)  # a photo that cannot be searched is refused now (the result is cached)
         shown, _ = web_image(data, file.name)  # 8-bit RGB, whatever was uploaded: a 16-bit PNG would crash st.image
     except ImageError as error:
-        st.session_state.image_error = (
-            f"We couldn't use **{file.name}**: {error.reason}. Try a JPEG, PNG or WebP photo."
-        )
+        st.session_state.notice = f"We couldn't use **{file.name}**: {error.reason}. Try a JPEG, PNG or WebP photo."
         return
     set_query(Query(title="Your photo", image=shown, upload=data))
 
@@ -193,9 +190,9 @@ def refine_photo_query() -> None:
     try:
         recommender().embed_image(query.upload, crop, isolate)  # checks the frame now; cached for the search
     except (ImageError, ValueError) as error:
-        st.session_state.image_error = f"We couldn't search that part of the photo: {error}."
+        st.session_state.notice = f"We couldn't search that part of the photo: {error}."
         return
-    st.session_state.image_error = None
+    st.session_state.notice = None
     st.session_state.query = replace(query, crop=crop, cut_out=isolate != "none")
 
 
@@ -241,6 +238,6 @@ def init_state() -> None:
     """The session's query state, before any widget callback of either page can use it."""
     st.session_state.setdefault("query", None)
     st.session_state.setdefault("history", [])
-    st.session_state.setdefault("image_error", None)
+    st.session_state.setdefault("notice", None)
     for key, default in SETTING_DEFAULTS.items():  # the sliders' values, before a shared URL may set them
         st.session_state.setdefault(key, default)
