@@ -548,6 +548,13 @@ class Recommender:
         the items whose catalog colour label is asked (and drops the refused ones). The items given as
         terms never come back.
         """
+        query, filters, seen = self._terms_query(terms, filters, colour)
+        return self._unseen(self.snapshot, query, k, filters, seen, collapse, diversity)
+
+    def _terms_query(
+        self, terms: Sequence[Term], filters: Filters | None, colour: ColourStrategy
+    ) -> tuple[Query, Filters | None, set[str]]:
+        """The query of some terms, the filters its colour strategy adds, and the item ids given as terms."""
         check_terms(terms)
         snapshot = self.snapshot
         examples: list[tuple[np.ndarray, np.ndarray | None, float]] = []
@@ -568,12 +575,11 @@ class Recommender:
         model = snapshot.colour_model if colours else None
         vector, histogram = compose(examples, colours, model)
         asked = model is not None and colour != "direction" and any(weight > 0 for _, weight in colours)
-        query = Query(vector, histogram, COLOUR_RERANK if asked else 0.0)
         if colour == "label" and model is not None:
             named = [(model.names[row], weight) for row, weight in colours]
             filters = label_filters(filters, named, snapshot.columns[COLOUR_COLUMN].values)
         seen = {str(term.value) for term in terms if term.kind == "item"}
-        return self._unseen(snapshot, query, k, filters, seen, collapse, diversity)
+        return Query(vector, histogram, COLOUR_RERANK if asked else 0.0), filters, seen
 
     def recommend(
         self,
@@ -581,18 +587,25 @@ class Recommender:
         negative: Sequence[str | bytes | Path] = (),
         k: int = 5,
         filters: Filters | None = None,
+        colour_weight: float = 0.0,
         collapse: bool = True,
         diversity: float = 0.0,
     ) -> list[Match]:
-        """Products like the liked examples and unlike the disliked ones (as Qdrant's recommend API, its
-        average-vector strategy: bench/feedback.py). An example is an item id (str) or an image (path or
-        bytes); liked and disliked items never come back."""
+        """Products like the liked examples and unlike the disliked ones, as Qdrant's recommend API with its
+        average-vector strategy (picked by bench/feedback.py): 2 * mean(liked) - mean(disliked). An example
+        is an item id (str) or an image (path or bytes); liked and disliked items never come back. `colour_weight`
+        ranks the best candidates again by their colour's likeness to the liked examples' colours."""
+        if not positive:
+            raise TermError("recommend needs at least one liked example")
+        weights = ((positive, 2.0 / len(positive)), (negative, -1.0 / max(len(negative), 1)))
         terms = [
-            Term("item" if isinstance(example, str) else "image", example, sign)
-            for examples, sign in ((positive, 1.0), (negative, -1.0))
+            Term("item" if isinstance(example, str) else "image", example, weight)
+            for examples, weight in weights
             for example in examples
         ]
-        return self.similar_to_terms(terms, k, filters, "direction", collapse, diversity)
+        query, filters, seen = self._terms_query(terms, filters, "direction")
+        query = replace(query, colour_weight=colour_weight)
+        return self._unseen(self.snapshot, query, k, filters, seen, collapse, diversity)
 
     def _text_vector(self, text: str) -> np.ndarray:
         """A text's vector from the text encoder (`text_vector`, a separate feature), or a clear error."""
