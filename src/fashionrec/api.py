@@ -9,15 +9,18 @@ worker, a rebuild) commits to the index's SQLite database.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import os
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 from urllib.parse import quote, unquote
 
 import anyio
@@ -36,10 +39,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fashionrec import __version__
+from fashionrec.feedback import MAX_EXAMPLES, FeedbackStore
 from fashionrec.garment import Method
 from fashionrec.images import ImageError, ImageTooLarge, parse_box, web_image
 from fashionrec.index import DuplicateItemError, StorageFullError
 from fashionrec.search import Match, Recommender, UnknownItemError
+from fashionrec.terms import MAX_TERMS, MAX_VALUE_CHARS, MAX_WEIGHT, ColourStrategy, Term
 
 INDEX_ENV = "FASHIONREC_INDEX"
 WRITE_KEY_ENV = "FASHIONREC_API_KEY"
@@ -106,6 +111,7 @@ ERROR_CODES = {
     413: "too_large",
     422: "invalid_image",
     500: "internal_error",
+    503: "unavailable",
     507: "insufficient_storage",
 }
 USER_ERRORS: dict[type[Exception], int] = {
@@ -384,6 +390,129 @@ async def add_item(
 def delete_item(item_id: ItemId, recommender: Rec) -> Response:
     """Remove a product from the index (and its image, if it was uploaded)."""
     recommender.remove_item(item_id)
+    return Response(status_code=204)
+
+
+class TermIn(BaseModel):
+    """One weighted part of a query."""
+
+    kind: Literal["item", "image", "text", "colour"]
+    value: str = Field(
+        min_length=1,
+        max_length=2 * MAX_UPLOAD_BYTES,
+        description="An item id, a colour name (GET /v1/info lists the catalog's columns; colours are its "
+        "baseColour values), a text, or for `image` the photo's bytes in base64.",
+        examples=["15970"],
+    )
+    weight: float = Field(1.0, ge=-MAX_WEIGHT, le=MAX_WEIGHT, description="Negative: steer away. Not 0.")
+
+    def term(self) -> Term:
+        """The library's term; an image's base64 decoded (a clear 400 if it is not base64)."""
+        if self.kind != "image":
+            if len(self.value) > MAX_VALUE_CHARS:
+                raise ValueError(f"{self.kind} term: the value is longer than {MAX_VALUE_CHARS:,} characters")
+            return Term(self.kind, self.value, self.weight)
+        try:
+            return Term("image", base64.b64decode(self.value, validate=True), self.weight)
+        except binascii.Error:
+            raise ValueError("image term: the value must be the image's bytes in base64") from None
+
+
+Ids = Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=200)]], Field(max_length=MAX_EXAMPLES)]
+FilterBody = Annotated[
+    list[str], Field(max_length=100, description="Metadata filters `column:value`, as the `filter` query parameter.")
+]
+
+
+class TermsIn(BaseModel):
+    terms: list[TermIn] = Field(
+        min_length=1,
+        max_length=MAX_TERMS,
+        examples=[[{"kind": "item", "value": "15970"}, {"kind": "colour", "value": "Red", "weight": 0.5}]],
+    )
+    k: int = Field(10, ge=1, le=MAX_K)
+    filter: FilterBody = []
+    colour: ColourStrategy = Field(
+        "rerank",
+        description="What a colour term does beyond moving the query: `direction` nothing, `rerank` re-ranks by "
+        "colour histogram, `label` keeps only items whose catalog colour is asked.",
+    )
+    collapse: bool = True
+    diversity: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class RecommendIn(BaseModel):
+    positive: Ids = Field(default_factory=list, description="Liked item ids.")
+    negative: Ids = Field(default_factory=list, description="Disliked item ids.")
+    session: str | None = Field(None, description="Add the likes stored for this session (PUT /v1/sessions/...).")
+    k: int = Field(10, ge=1, le=MAX_K)
+    filter: FilterBody = []
+    colour_weight: float = Field(0.5, ge=0.0, le=1.0, description="Re-rank by the liked items' colours.")
+    collapse: bool = True
+    diversity: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class LikesIn(BaseModel):
+    liked: Ids = Field(default_factory=list)
+    disliked: Ids = Field(default_factory=list)
+
+
+class LikesOut(LikesIn):
+    session: str
+
+
+def feedback_store(recommender: Recommender) -> FeedbackStore:
+    """The likes beside the index; a 503 saying why when the index directory cannot hold them."""
+    try:
+        return FeedbackStore.for_index(recommender.store.directory)
+    except sqlite3.Error as error:
+        raise HTTPException(503, f"likes cannot be stored beside this index: {error}") from None
+
+
+@reads.post("/search/terms", tags=["search"])
+async def search_terms(request: Request, body: TermsIn, recommender: Rec) -> MatchesOut:
+    """Products close to a query of weighted terms: "like item 15970, in red, not like item 123"."""
+    terms = [term.term() for term in body.terms]
+    filters = parse_filters(body.filter)
+    found = await run_image_work(
+        request, recommender.similar_to_terms, terms, body.k, filters, body.colour, body.collapse, body.diversity
+    )
+    return MatchesOut(results=[match_out(m) for m in found])
+
+
+@reads.post("/recommend", tags=["search"])
+def recommend(body: RecommendIn, recommender: Rec) -> MatchesOut:
+    """Products like the liked items and unlike the disliked ones (and a session's stored likes)."""
+    positive, negative = list(body.positive), list(body.negative)
+    if body.session is not None:
+        stored = feedback_store(recommender).get(body.session)
+        positive += [i for i in stored.liked if i not in positive]
+        negative += [i for i in stored.disliked if i not in negative]
+    found = recommender.recommend(
+        positive, negative, body.k, parse_filters(body.filter), body.colour_weight, body.collapse, body.diversity
+    )
+    return MatchesOut(results=[match_out(m) for m in found])
+
+
+@reads.get("/sessions/{name}/likes", tags=["feedback"])
+def get_likes(name: str, recommender: Rec) -> LikesOut:
+    """A session's stored likes and dislikes (none for an unknown session)."""
+    return LikesOut(session=name, **feedback_store(recommender).get(name).to_dict())
+
+
+@writes.put("/sessions/{name}/likes", tags=["feedback"])
+def put_likes(name: str, body: LikesIn, recommender: Rec) -> LikesOut:
+    """Replace a session's likes and dislikes; every id must be in the index."""
+    for item_id in [*body.liked, *body.disliked]:
+        recommender.item(item_id)  # 404 naming an unknown id
+    stored = feedback_store(recommender).put(name, body.liked, body.disliked)
+    return LikesOut(session=name, **stored.to_dict())
+
+
+@writes.delete("/sessions/{name}/likes", tags=["feedback"], status_code=204, response_class=Response)
+def delete_likes(name: str, recommender: Rec) -> Response:
+    """Forget a session's likes."""
+    feedback_store(recommender).delete(name)
     return Response(status_code=204)
 
 

@@ -74,8 +74,10 @@ class Term:
             raise TermError(f"term {spec!r}: write KIND:VALUE[:WEIGHT] with KIND one of {', '.join(TERM_KINDS)}")
         value, sep, weight = rest.rpartition(":")
         try:
-            number = float(weight) if sep else 1.0
+            number = float(weight)
         except ValueError:
+            sep = ""
+        if not sep:
             value, number = rest, 1.0
         return cls(kind.strip().lower(), Path(value) if kind == "image" else value, number)  # type: ignore[arg-type]
 
