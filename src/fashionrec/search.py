@@ -8,9 +8,11 @@ ids (the same photo) is one result by default, its other ids its `variants` (`co
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -20,9 +22,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from fashionrec.catalog import ImageSource, Problem
+from fashionrec.catalog import ImageSource, Item, Problem
 from fashionrec.colour import COLOUR_DIM, colour_vector
 from fashionrec.encoder import Encoder, encoder_for_index
+from fashionrec.filters import FilterError, Filters, resolve_filters
 from fashionrec.garment import Method
 from fashionrec.garment import isolate as isolate_garment
 from fashionrec.images import Box, Detail, crop, decode, match_detail, open_image
@@ -39,12 +42,11 @@ from fashionrec.terms import (
     compose,
     label_filters,
 )
-from fashionrec.vector_index import Kind, Precision, VectorIndex, resolve_kind
+from fashionrec.vector_index import Kind, Precision, VectorIndex, resolve_kind, search_threads
 
 if TYPE_CHECKING:
     import pandas as pd
 
-Filters = Mapping[str, str | Sequence[str]]
 Group = tuple[float, int, tuple[str, ...]]  # a result before it is a Match: score, position, variant ids
 TIE_MARGIN = 8  # extra candidates fetched so equal scores can be ordered by id
 RERANK_POOL = 100  # candidates by shape that a colour-weighted query ranks again
@@ -52,6 +54,7 @@ DUPLICATE_COSINE = 0.995  # same image re-saved: >= 0.9999; 0.99-0.995 holds loo
 DIVERSITY_POOL = 50  # candidates that maximal marginal relevance picks from (at least 4k)
 MAX_COLUMNS = 64  # metadata columns in a whole index that an added item may bring: each widens every row
 MAX_METADATA_BYTES = 8 * 1024  # an added item's metadata, as JSON
+QUERY_CACHE = 16  # photos kept embedded: the app searches the same photo again on every change of a setting
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +77,16 @@ class Match:
     metadata: dict[str, str]
     variants: tuple[str, ...] = ()  # ids of the same product under other ids (same image, near-identical vector)
 
+    def __post_init__(self) -> None:
+        # Rounded, and clipped to the documented [-1, 1]: float16 vectors can add a few 1e-4 to a cosine of 1.
+        object.__setattr__(self, "score", round(min(max(float(self.score), -1.0), 1.0), 6))
+
     def to_dict(self) -> dict[str, object]:
+        """The one serialised form of a match: CLI JSON, the API (which adds an image URL), batch files."""
         return {
             "rank": self.rank,
             "id": self.id,
-            "score": round(self.score, 6),
+            "score": self.score,
             "image": self.image,
             "metadata": self.metadata,
             "variants": list(self.variants),
@@ -268,13 +276,18 @@ class Snapshot:
             closest = np.maximum(closest, vectors @ vectors[pick])
         return [groups[i] for i in order]
 
+    def resolve(self, filters: Filters) -> dict[str, list[str]]:
+        """The filters as this snapshot spells its columns and values (filters.resolve_filters)."""
+        return resolve_filters(filters, {name: column.values for name, column in self.columns.items()})
+
     def matching_positions(self, filters: Filters) -> np.ndarray:
-        """Positions of the items whose metadata match every filter (any of its values)."""
+        """Positions of the items whose metadata match every filter (any of its values).
+
+        Names and values match case-insensitively; one the index does not hold raises FilterError with a hint.
+        """
         mask = np.ones(len(self.items), dtype=bool)
-        for column, wanted in filters.items():
-            if column not in self.columns:
-                raise ValueError(f"unknown filter column {column!r}; columns are {', '.join(self.columns)}")
-            mask &= self.columns[column].matches([wanted] if isinstance(wanted, str) else wanted)
+        for column, wanted in self.resolve(filters).items():
+            mask &= self.columns[column].matches(wanted)
         return np.flatnonzero(mask).astype(np.int64)
 
 
@@ -300,9 +313,13 @@ class Recommender:
         self.threads = threads
         self.kind = kind
         self.precision = precision
+        if threads:
+            search_threads(threads)
         self._encoder: Encoder | None = None
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._queries: OrderedDict[tuple[bytes, Box | None, str], Query] = OrderedDict()  # by photo digest
+        self._queries_lock = threading.Lock()
         catalog = store.manifest.get("catalog", {})
         self.images = ImageSource(Path(catalog["images_root"])) if catalog.get("images_root") else None
         self.detail = Detail.from_dict(store.manifest.get("detail"))
@@ -323,9 +340,9 @@ class Recommender:
         """Open an index directory; the encoder is loaded on the first image query.
 
         `kind` picks exact or approximate (ivf) search, `auto` by catalog size; `precision` float16
-        halves the memory the vectors take; `threads` is the cores one image embedding uses (0: all;
-        1 for a server that embeds several requests side by side); `isolation` how a query photo's garment
-        is cut out of its scene before embedding (garment.py).
+        halves the memory the vectors take; `threads` is the cores one image embedding or one search uses
+        (0: all; 1 for a server that serves requests side by side; sets FAISS's for the whole process);
+        `isolation` how a query photo's garment is cut out of its scene before embedding (garment.py).
         """
         return cls(IndexStore.open(directory), backend, kind, precision, threads, isolation)
 
@@ -430,6 +447,31 @@ class Recommender:
                 "Use the index's existing columns (GET /v1/info lists them)"
             )
 
+    def update_item(self, item_id: str, changes: Mapping[str, str | None]) -> StoredItem:
+        """Change a product's metadata (its image and vectors stay): each column given is set, or removed when
+        None; the next search filters on the new values. UnknownItemError if absent."""
+        with self._write_lock:
+            old = self.snapshot
+            position = old.positions.get(item_id)
+            if position is None:
+                raise UnknownItemError(item_id)
+            current = old.items[position]
+            metadata = {k: v for k, v in {**current.metadata, **changes}.items() if v is not None}
+            self.check_metadata(metadata)
+            updated = replace(current, metadata=metadata)
+            self.store.update_metadata([Item(updated.id, updated.image, updated.metadata)])
+            if self._refresh_locked():  # another process wrote too: reloaded all, this change included
+                return self.item(item_id)
+            self.snapshot = Snapshot.of(
+                [*old.items[:position], updated, *old.items[position + 1 :]], old.index, old.colours
+            )
+        return updated
+
+    def items_page(self, offset: int, limit: int) -> tuple[int, list[StoredItem]]:
+        """The number of products and `limit` of them from `offset`, in index order (from one snapshot)."""
+        items = self.snapshot.items
+        return len(items), items[offset : offset + limit]
+
     def remove_item(self, item_id: str) -> None:
         """Delete a product from the index (and its image, if it was uploaded); UnknownItemError if absent."""
         with self._write_lock:
@@ -470,9 +512,23 @@ class Recommender:
 
         `crop_box` (fractions of the photo: left, top, right, bottom) searches for that part only; `isolate`
         (default: the recommender's `isolation`) cuts the garment out of a shopper's photo. The photo, or the
-        garment cut out of it, is then brought down to the catalog's level of detail.
+        garment cut out of it, is then brought down to the catalog's level of detail. The queries of the last
+        QUERY_CACHE photos given as bytes are kept, so searching one again with other settings is instant.
         """
-        return self._embed(image, as_query=True, crop_box=crop_box, isolate=isolate)
+        method = isolate or self.isolation
+        if not isinstance(image, bytes):
+            return self._embed(image, as_query=True, crop_box=crop_box, isolate=method)
+        key = (hashlib.sha256(image).digest(), crop_box, method)
+        with self._queries_lock:
+            if (known := self._queries.get(key)) is not None:
+                self._queries.move_to_end(key)
+                return known
+        query = self._embed(image, as_query=True, crop_box=crop_box, isolate=method)
+        with self._queries_lock:
+            self._queries[key] = query
+            while len(self._queries) > QUERY_CACHE:
+                self._queries.popitem(last=False)
+        return query
 
     def _embed(
         self,
@@ -577,7 +633,9 @@ class Recommender:
         asked = model is not None and colour != "direction" and any(weight > 0 for _, weight in colours)
         if colour == "label" and model is not None:
             named = [(model.names[row], weight) for row, weight in colours]
-            filters = label_filters(filters, named, snapshot.columns[COLOUR_COLUMN].values)
+            filters = label_filters(
+                snapshot.resolve(filters) if filters else None, named, snapshot.columns[COLOUR_COLUMN].values
+            )
         seen = {str(term.value) for term in terms if term.kind == "item"}
         return Query(vector, histogram, COLOUR_RERANK if asked else 0.0), filters, seen
 
@@ -650,6 +708,28 @@ class Recommender:
         """Positions of the items whose metadata match every filter (any of its values)."""
         return self.snapshot.matching_positions(filters)
 
+    def resolve_filters(self, filters: Filters) -> dict[str, list[str]]:
+        """Filters spelled as the index spells them (any case given); FilterError, with the closest known names,
+        for a column or value the index does not hold. Every search does this itself."""
+        return self.snapshot.resolve(filters)
+
+    @property
+    def metadata_columns(self) -> list[str]:
+        """The metadata columns of the index's items, in first-seen order."""
+        return list(self.snapshot.columns)
+
+    def column_values(self, column: str, filters: Filters | None = None) -> list[str]:
+        """The values a metadata column holds among the items that match `filters` (every item without),
+        sorted: the choices a filter on that column has left once the others are set."""
+        snapshot = self.snapshot
+        if column not in snapshot.columns:
+            raise FilterError(f"unknown filter column {column!r}; columns are {', '.join(snapshot.columns)}")
+        codes = snapshot.columns[column].codes
+        if filters:
+            codes = codes[snapshot.matching_positions(filters)]
+        names = list(snapshot.columns[column].values)  # in code order
+        return sorted(value for value in (names[code] for code in np.unique(codes)) if value)
+
     def problems(self) -> list[Problem]:
         return self.store.problems()
 
@@ -667,5 +747,5 @@ class Recommender:
             "catalog": manifest.get("catalog", {}).get("path"),  # type: ignore[union-attr]
             "complete": manifest.get("complete", False),
             "updated": manifest.get("updated"),
-            "metadata_columns": list(self.snapshot.columns),
+            "metadata_columns": self.metadata_columns,
         }
