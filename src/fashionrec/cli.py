@@ -203,7 +203,7 @@ ColourStrategyOption = Annotated[
     str,
     typer.Option(
         help="What a colour term does beyond moving the query: direction (nothing), rerank (by colour histogram), "
-        "label (keep only items labelled with the asked colours)."
+        "label (default: keep only items labelled with the asked colours)."
     ),
 ]
 
@@ -262,7 +262,7 @@ def search(
     like: LikeOption = None,
     unlike: UnlikeOption = None,
     colour: ColourOption = None,
-    colour_strategy: ColourStrategyOption = "rerank",
+    colour_strategy: ColourStrategyOption = "label",
 ) -> None:
     """Similar products for an image file (or the --crop part of it), for every photo of a --folder, or for
     weighted terms ("like this, but ...": --term, --like, --unlike, --colour; IMAGE, if given, is one more)."""

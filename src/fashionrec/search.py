@@ -33,6 +33,7 @@ from fashionrec.index import UPLOADED, UPLOADS, DuplicateItemError, IndexStore, 
 from fashionrec.terms import (
     COLOUR_COLUMN,
     COLOUR_RERANK,
+    LABEL_STEP,
     TYPE_COLUMN,
     ColourModel,
     ColourStrategy,
@@ -592,7 +593,7 @@ class Recommender:
         terms: Sequence[Term],
         k: int = 5,
         filters: Filters | None = None,
-        colour: ColourStrategy = "rerank",
+        colour: ColourStrategy = "label",
         collapse: bool = True,
         diversity: float = 0.0,
     ) -> list[Match]:
@@ -600,9 +601,9 @@ class Recommender:
 
         Examples (items, images, texts) are summed by weight and moved along each asked colour's
         direction (terms.compose). `colour` says what else a colour term does: "direction" nothing,
-        "rerank" (default) also ranks the best candidates again by colour histogram, "label" also keeps only
-        the items whose catalog colour label is asked (and drops the refused ones). The items given as
-        terms never come back.
+        "rerank" also ranks the best candidates again by colour histogram, "label" (default, best measured
+        in bench/terms.py) keeps only the items whose catalog colour label is asked (and drops the refused
+        ones) and moves a quarter of the way (LABEL_STEP). The items given as terms never come back.
         """
         query, filters, seen = self._terms_query(terms, filters, colour)
         return self._unseen(self.snapshot, query, k, filters, seen, collapse, diversity)
@@ -629,8 +630,9 @@ class Recommender:
             else:
                 examples.append((self._text_vector(str(term.value)), None, term.weight))
         model = snapshot.colour_model if colours else None
-        vector, histogram = compose(examples, colours, model)
-        asked = model is not None and colour != "direction" and any(weight > 0 for _, weight in colours)
+        steps = [(row, weight * (LABEL_STEP if colour == "label" else 1.0)) for row, weight in colours]
+        vector, histogram = compose(examples, steps, model)
+        asked = model is not None and colour == "rerank" and any(weight > 0 for _, weight in colours)
         if colour == "label" and model is not None:
             named = [(model.names[row], weight) for row, weight in colours]
             filters = label_filters(

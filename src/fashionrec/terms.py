@@ -29,6 +29,7 @@ MAX_WEIGHT = 10.0
 MAX_VALUE_CHARS = 1_000  # an id, a colour name or a text
 COLOUR_COLUMN, TYPE_COLUMN = "baseColour", "articleType"
 COLOUR_RERANK = 0.5  # colour-histogram weight of the "rerank" strategy (bench/terms.py)
+LABEL_STEP = 0.25  # "label": the colour label already decides; a full step along the direction loses the type
 CHUNK = 8_192  # vectors read at a time when learning colours
 
 

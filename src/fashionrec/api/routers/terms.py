@@ -62,7 +62,7 @@ class TermsIn(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K)
     filter: FilterBody = []
     colour: ColourStrategy = Field(
-        "rerank",
+        "label",
         description="What a colour term does beyond moving the query: `direction` nothing, `rerank` re-ranks by "
         "colour histogram, `label` keeps only items whose catalog colour is asked (drops refused ones).",
     )
