@@ -1,4 +1,4 @@
-"""Weighted multi-term queries and recommend, on the small real index: library, CLI and API."""
+"""Weighted multi-term queries and recommend, on the small real index: library, CLI, API and app."""
 
 from __future__ import annotations
 
@@ -11,13 +11,18 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import test_app
+from streamlit.testing.v1 import AppTest
 from test_api import KEY, WRITE, copy_index, serve
+from test_app import choose_mode, query_id, result_ids, run
 
 from fashionrec.build import BuildReport
 from fashionrec.search import Match, Recommender, UnknownItemError
 from fashionrec.terms import MAX_TERMS, Term, TermError
 
 from conftest import run_cli
+
+index, page = test_app.index, test_app.page  # the app's fixtures: its index, passed on the command line
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +95,8 @@ def test_recommend_with_liked_and_disliked_items(recommender: Recommender) -> No
     assert set(liked).isdisjoint(m.id for m in plain) and set(liked + [disliked]).isdisjoint(m.id for m in refined)
     assert mean_cosine(recommender, refined, disliked) < mean_cosine(recommender, plain, disliked)
     assert [m.rank for m in refined] == list(range(1, 9))
-    by_colour = recommender.recommend(liked, [disliked], k=8, colour_weight=0.5)
-    assert [m.id for m in by_colour] != [m.id for m in refined]
+    by_shape = recommender.recommend(liked, [disliked], k=8, colour_weight=0.0)  # default: colour re-rank 0.5
+    assert [m.id for m in by_shape] != [m.id for m in refined]
 
 
 @pytest.mark.parametrize(
@@ -207,3 +212,27 @@ def test_api_session_likes_are_kept_and_used(api: httpx.Client, recommender: Rec
     assert api.put("/v1/sessions/a%2F..%2Fb/likes", json={"liked": liked}, headers=WRITE).status_code in (400, 404)
     assert api.delete("/v1/sessions/ann/likes", headers=WRITE).status_code == 204
     assert api.get("/v1/sessions/ann/likes").json()["liked"] == []
+
+
+def test_app_more_and_less_like_this_refine_the_results(page: AppTest, index: Path) -> None:
+    choose_mode(page, "random")
+    page.sidebar.button[0].click()
+    run(page)
+    query, first = query_id(page), result_ids(page)
+
+    page.button(key=f"dislike-result-{first[0]}").click()
+    run(page)
+    assert query_id(page) == query and first[0] not in result_ids(page) and result_ids(page) != first
+    liked = result_ids(page)[1]
+    page.button(key=f"like-result-{liked}").click()
+    run(page)
+    assert page.session_state["liked"] == [liked] and page.session_state["disliked"] == [first[0]]
+    assert liked not in result_ids(page) and query_id(page) == query
+
+    page.selectbox(key="other_colour").set_value("Black")
+    run(page)
+    recommender = Recommender.open(index)
+    assert all(recommender.item(i).metadata["baseColour"] == "Black" for i in result_ids(page))
+    page.button(key="clear").click()
+    run(page)
+    assert result_ids(page) == first and page.session_state["other_colour"] is None

@@ -33,6 +33,7 @@ from fashionrec.index import UPLOADED, UPLOADS, DuplicateItemError, IndexStore, 
 from fashionrec.terms import (
     COLOUR_COLUMN,
     COLOUR_RERANK,
+    FEEDBACK_COLOUR,
     LABEL_STEP,
     TYPE_COLUMN,
     ColourModel,
@@ -41,6 +42,7 @@ from fashionrec.terms import (
     TermError,
     check_terms,
     compose,
+    example_terms,
     label_filters,
 )
 from fashionrec.vector_index import Kind, Precision, VectorIndex, resolve_kind, search_threads
@@ -647,7 +649,7 @@ class Recommender:
         negative: Sequence[str | bytes | Path] = (),
         k: int = 5,
         filters: Filters | None = None,
-        colour_weight: float = 0.0,
+        colour_weight: float = FEEDBACK_COLOUR,
         collapse: bool = True,
         diversity: float = 0.0,
     ) -> list[Match]:
@@ -655,14 +657,7 @@ class Recommender:
         average-vector strategy (picked by bench/feedback.py): 2 * mean(liked) - mean(disliked). An example
         is an item id (str) or an image (path or bytes); liked and disliked items never come back. `colour_weight`
         ranks the best candidates again by their colour's likeness to the liked examples' colours."""
-        if not positive:
-            raise TermError("recommend needs at least one liked example")
-        weights = ((positive, 2.0 / len(positive)), (negative, -1.0 / max(len(negative), 1)))
-        terms = [
-            Term("item" if isinstance(example, str) else "image", example, weight)
-            for examples, weight in weights
-            for example in examples
-        ]
+        terms = example_terms(positive, negative)
         query, filters, seen = self._terms_query(terms, filters, "direction")
         query = replace(query, colour_weight=colour_weight)
         return self._unseen(self.snapshot, query, k, filters, seen, collapse, diversity)

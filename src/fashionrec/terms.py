@@ -29,6 +29,7 @@ MAX_WEIGHT = 10.0
 MAX_VALUE_CHARS = 1_000  # an id, a colour name or a text
 COLOUR_COLUMN, TYPE_COLUMN = "baseColour", "articleType"
 COLOUR_RERANK = 0.5  # colour-histogram weight of the "rerank" strategy (bench/terms.py)
+FEEDBACK_COLOUR = 0.5  # recommend's colour re-rank by the liked examples' colours (bench/feedback.py)
 LABEL_STEP = 0.25  # "label": the colour label already decides; a full step along the direction loses the type
 CHUNK = 8_192  # vectors read at a time when learning colours
 
@@ -91,6 +92,19 @@ def check_terms(terms: Sequence[Term]) -> None:
         raise TermError(f"too many terms: {len(terms):,} (the limit is {MAX_TERMS})")
     if not any(term.weight > 0 for term in terms):
         raise TermError("at least one term must have a positive weight: only negatives say nothing to look for")
+
+
+def example_terms(positive: Sequence[str | bytes | Path], negative: Sequence[str | bytes | Path]) -> list[Term]:
+    """Liked and disliked examples (item ids, or images as paths or bytes) as Qdrant's average-vector
+    recommend weighs them: 2 * mean(liked) - mean(disliked)."""
+    if not positive:
+        raise TermError("recommend needs at least one liked example")
+    weights = ((positive, 2.0 / len(positive)), (negative, -1.0 / max(len(negative), 1)))
+    return [
+        Term("item" if isinstance(example, str) else "image", example, weight)
+        for examples, weight in weights
+        for example in examples
+    ]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from fashionrec.api.models import MatchesOut, matches_out
 from fashionrec.feedback import MAX_EXAMPLES, FeedbackStore
 from fashionrec.filters import parse_filters
 from fashionrec.search import Recommender
-from fashionrec.terms import MAX_TERMS, MAX_VALUE_CHARS, MAX_WEIGHT, ColourStrategy, Term
+from fashionrec.terms import FEEDBACK_COLOUR, MAX_TERMS, MAX_VALUE_CHARS, MAX_WEIGHT, ColourStrategy, Term
 
 reads = APIRouter(prefix="/v1", dependencies=READS, responses=ERROR_RESPONSES)
 writes = APIRouter(prefix="/v1", dependencies=WRITES, responses=ERROR_RESPONSES)
@@ -76,7 +76,7 @@ class RecommendIn(BaseModel):
     session: str | None = Field(None, description="Add the likes stored for this session (PUT /v1/sessions/...).")
     k: int = Field(10, ge=1, le=MAX_K)
     filter: FilterBody = []
-    colour_weight: float = Field(0.5, ge=0.0, le=1.0, description="Re-rank by the liked items' colours.")
+    colour_weight: float = Field(FEEDBACK_COLOUR, ge=0.0, le=1.0, description="Re-rank by the liked items' colours.")
     collapse: bool = True
     diversity: float = Field(0.0, ge=0.0, le=1.0)
 
