@@ -46,7 +46,9 @@ def no_feedback(recommender: Recommender, liked: list[str], disliked: list[str],
 
 
 def likes_only(recommender: Recommender, liked: list[str], disliked: list[str]) -> list[str]:
-    return [m.id for m in recommender.recommend(liked, [], K + len(disliked)) if m.id not in disliked][:K]
+    return [
+        m.id for m in recommender.recommend(liked, [], K + len(disliked), colour_weight=0.0) if m.id not in disliked
+    ][:K]
 
 
 def best_score(recommender: Recommender, liked: list[str], disliked: list[str]) -> list[str]:
