@@ -131,15 +131,14 @@ class ColourModel:
         colour_sums, type_sums = np.zeros((n_colours, dim)), np.zeros((n_types, dim))
         for start in range(0, len(colours), CHUNK):
             positions = np.arange(start, min(start + CHUNK, len(colours)), dtype=np.int64)
-            chunk = vectors(positions).astype(np.float64)
-            np.add.at(colour_sums, colour_of[positions], chunk)
-            np.add.at(type_sums, type_of[positions], chunk)
+            chunk = vectors(positions)
+            colour_sums += _group_sums(colour_of[positions], n_colours, chunk)
+            type_sums += _group_sums(type_of[positions], n_types, chunk)
         type_means = type_sums / np.maximum(np.bincount(type_of, minlength=n_types), 1)[:, None]
         both = np.zeros((n_colours, n_types))
         np.add.at(both, (colour_of, type_of), 1.0)
         directions = colour_sums - both @ type_means  # sum over a colour's items of (vector - its type's mean)
-        prototypes = np.zeros((n_colours, histograms.shape[1]))
-        np.add.at(prototypes, colour_of, histograms)
+        prototypes = _group_sums(colour_of, n_colours, histograms)
         keep = np.array([name.strip() != "" for name in colour_names], dtype=bool)  # unlabelled items: no colour
         return cls(tuple(str(n) for n in colour_names[keep]), _unit(directions[keep]), _unit(prototypes[keep]))
 
@@ -150,6 +149,11 @@ class ColourModel:
             if known.casefold() == wanted:
                 return row
         raise TermError(f"unknown colour {name!r}; this catalog's colours are {', '.join(self.names)}")
+
+
+def _group_sums(groups: np.ndarray, count: int, rows: np.ndarray) -> np.ndarray:
+    """[count, dim] sums of the rows of each group: a one-hot matrix product (np.add.at is ~20x slower)."""
+    return (np.eye(count, dtype=np.float32)[groups].T @ rows.astype(np.float32)).astype(np.float64)
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
