@@ -106,6 +106,7 @@ def test_recommend_with_liked_and_disliked_items(recommender: Recommender) -> No
         ([Term("item", "X"), Term("colour", "ultraviolet")], TermError, "unknown colour 'ultraviolet'.*Black"),
         ([Term("colour", "Red", -1)], TermError, "positive weight"),
         ([], TermError, "at least one term"),
+        ([Term("item", "X"), Term("colour", "Red"), Term("colour", "red", -1)], TermError, "no colour to show"),
         ([Term("text", "red leather jacket")], TermError, "text term 'red leather jacket'.*no text encoder"),
     ],
 )

@@ -200,5 +200,7 @@ def label_filters(
     allowed = set(known) if given is None else {given} if isinstance(given, str) else set(given)
     wanted = {name for name, weight in colours if weight > 0}
     allowed = (allowed & wanted if wanted else allowed) - {name for name, weight in colours if weight < 0}
+    if not allowed:  # an empty filter would be no filter at all
+        raise TermError("the colour terms and the colour filter leave no colour to show: ask for one they allow")
     merged[COLOUR_COLUMN] = sorted(allowed)
     return merged

@@ -34,6 +34,7 @@ from fashionrec.app.state import (
 from fashionrec.app.widgets import GRID_COLUMNS, framed, product_grid, product_image
 from fashionrec.filters import FilterError
 from fashionrec.images import ImageError
+from fashionrec.terms import TermError
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"]
 MODES = {
@@ -181,7 +182,7 @@ def render() -> None:
     started = time.perf_counter()
     try:
         matches = search(query, k, filters, colour_weight, diversity)
-    except (FilterError, ImageError) as error:  # e.g. a shared URL naming a filter value this index lacks
+    except (FilterError, ImageError, TermError) as error:  # a shared URL naming an unknown filter value, a colour
         st.error(f"We couldn't search: {error}", icon=":material/error:")
         return
     took_ms = (time.perf_counter() - started) * 1000
