@@ -33,6 +33,7 @@ from fashionrec.garment import Method
 from fashionrec.images import MAX_BYTES, Fit, ImageError, parse_box
 from fashionrec.index import IndexStore, IndexStoreError, write_bytes_atomic
 from fashionrec.search import Match, Recommender, UnknownItemError
+from fashionrec.terms import COLOUR_STRATEGIES, Term
 from fashionrec.trained import TrainConfig
 
 app = typer.Typer(
@@ -177,6 +178,56 @@ def _query(
     print_matches(matches, as_json, title)
 
 
+TermOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--term",
+        "-t",
+        help="A weighted query term KIND:VALUE[:WEIGHT], KIND one of item, image, text, colour; repeat it. "
+        "E.g. --term item:15970 --term colour:red:0.5 --term item:123:-0.5 (negative: steer away).",
+    ),
+]
+LikeOption = Annotated[
+    list[str] | None,
+    typer.Option("--like", help="An item id or image file to look like (--term item:ID:1); repeat it."),
+]
+UnlikeOption = Annotated[
+    list[str] | None,
+    typer.Option("--unlike", help="An item id or image file to steer away from (weight -1); repeat it."),
+]
+ColourOption = Annotated[
+    list[str] | None,
+    typer.Option("--colour", help="A colour the results should have, NAME[:WEIGHT] (e.g. red, red:0.5, black:-1)."),
+]
+ColourStrategyOption = Annotated[
+    str,
+    typer.Option(
+        help="What a colour term does beyond moving the query: direction (nothing), rerank (by colour histogram), "
+        "label (default: keep only items labelled with the asked colours)."
+    ),
+]
+
+
+def example_term(example: str, weight: float) -> Term:
+    """A --like/--unlike value: an image if it names an existing file, else an item id."""
+    return Term("image", Path(example), weight) if Path(example).is_file() else Term("item", example, weight)
+
+
+def parse_terms(
+    image: Path | None,
+    terms: list[str] | None,
+    likes: list[str] | None,
+    unlikes: list[str] | None,
+    colours: list[str] | None,
+) -> list[Term]:
+    """Every query term of the command line, the IMAGE argument first."""
+    found = [Term("image", image)] if image is not None else []
+    found += [Term.parse(spec) for spec in terms or []]
+    found += [example_term(example, 1.0) for example in likes or []]
+    found += [example_term(example, -1.0) for example in unlikes or []]
+    return found + [Term.parse(f"colour:{spec}") for spec in colours or []]
+
+
 @app.command()
 def search(
     index_dir: IndexDir,
@@ -207,10 +258,34 @@ def search(
     ] = "none",
     collapse: Collapse = True,
     diversity: Diversity = 0.0,
+    term: TermOption = None,
+    like: LikeOption = None,
+    unlike: UnlikeOption = None,
+    colour: ColourOption = None,
+    colour_strategy: ColourStrategyOption = "label",
 ) -> None:
-    """Similar products for an image file (or the --crop part of it), or for every photo of a --folder."""
+    """Similar products for an image file (or the --crop part of it), for every photo of a --folder, or for
+    weighted terms ("like this, but ...": --term, --like, --unlike, --colour; IMAGE, if given, is one more)."""
     if isolate not in get_args(Method):
         raise typer.BadParameter(f"{isolate!r} is not one of {', '.join(get_args(Method))}", param_hint="--isolate")
+    if term or like or unlike or colour:
+        if folder is not None or crop or isolate != "none" or colour_weight:
+            raise typer.BadParameter(
+                "--folder, --crop, --isolate and --colour-weight are for image searches, not terms"
+            )
+        if colour_strategy not in COLOUR_STRATEGIES:
+            raise typer.BadParameter(f"{colour_strategy!r} is not one of {', '.join(COLOUR_STRATEGIES)}")
+        with user_errors():
+            terms = parse_terms(image, term, like, unlike, colour)
+        _query(
+            index_dir,
+            lambda r: r.similar_to_terms(terms, k, parse_filters(filter or []), colour_strategy, collapse, diversity),  # type: ignore[arg-type]
+            as_json,
+            "Products for " + ", ".join(f"{t.kind} {t.value} ({t.weight:g})" for t in terms if t.kind != "image"),
+            search,
+            precision,
+        )
+        return
     if (image is None) == (folder is None):
         raise typer.BadParameter("give one IMAGE, or --folder PHOTOS", param_hint="IMAGE")
     if out is not None and (folder is None or out.suffix.lower() not in (".csv", ".json")):

@@ -30,6 +30,21 @@ from fashionrec.garment import Method
 from fashionrec.garment import isolate as isolate_garment
 from fashionrec.images import Box, Detail, crop, decode, match_detail, open_image
 from fashionrec.index import UPLOADED, UPLOADS, DuplicateItemError, IndexStore, StoredItem
+from fashionrec.terms import (
+    COLOUR_COLUMN,
+    COLOUR_RERANK,
+    FEEDBACK_COLOUR,
+    LABEL_STEP,
+    TYPE_COLUMN,
+    ColourModel,
+    ColourStrategy,
+    Term,
+    TermError,
+    check_terms,
+    compose,
+    example_terms,
+    label_filters,
+)
 from fashionrec.vector_index import Kind, Precision, VectorIndex, resolve_kind, search_threads
 
 if TYPE_CHECKING:
@@ -150,6 +165,18 @@ class Snapshot:
         import pandas
 
         return pandas.DataFrame([item.metadata for item in self.items], columns=list(self.columns), dtype="string")
+
+    @cached_property
+    def colour_model(self) -> ColourModel:
+        """Colour directions learnt from this snapshot's items, on the first colour term (about 1 s at 44k)."""
+        if COLOUR_COLUMN not in self.columns:
+            raise TermError(f"this index has no {COLOUR_COLUMN!r} metadata to learn colours from")
+        return ColourModel.learn(
+            self.index.vectors,
+            [item.metadata.get(COLOUR_COLUMN, "") for item in self.items],
+            [item.metadata.get(TYPE_COLUMN, "") for item in self.items],
+            self.colours,
+        )
 
     def search(
         self,
@@ -562,6 +589,100 @@ class Recommender:
             raise UnknownItemError(str(item_id))
         query = Query(snapshot.index.vectors([position])[0], snapshot.colours[position], colour_weight)
         return snapshot.search(query, k, filters, str(item_id), collapse, diversity)
+
+    def similar_to_terms(
+        self,
+        terms: Sequence[Term],
+        k: int = 5,
+        filters: Filters | None = None,
+        colour: ColourStrategy = "label",
+        collapse: bool = True,
+        diversity: float = 0.0,
+    ) -> list[Match]:
+        """The k products closest to a query of weighted terms ("like this jacket, in red, not leather").
+
+        Examples (items, images, texts) are summed by weight and moved along each asked colour's
+        direction (terms.compose). `colour` says what else a colour term does: "direction" nothing,
+        "rerank" also ranks the best candidates again by colour histogram, "label" (default, best measured
+        in bench/terms.py) keeps only the items whose catalog colour label is asked (and drops the refused
+        ones) and moves a quarter of the way (LABEL_STEP). The items given as terms never come back.
+        """
+        query, filters, seen = self._terms_query(terms, filters, colour)
+        return self._unseen(self.snapshot, query, k, filters, seen, collapse, diversity)
+
+    def _terms_query(
+        self, terms: Sequence[Term], filters: Filters | None, colour: ColourStrategy
+    ) -> tuple[Query, Filters | None, set[str]]:
+        """The query of some terms, the filters its colour strategy adds, and the item ids given as terms."""
+        check_terms(terms)
+        snapshot = self.snapshot
+        examples: list[tuple[np.ndarray, np.ndarray | None, float]] = []
+        colours: list[tuple[int, float]] = []
+        for term in terms:
+            if term.kind == "colour":
+                colours.append((snapshot.colour_model.find(str(term.value)), term.weight))
+            elif term.kind == "item":
+                position = snapshot.positions.get(str(term.value))
+                if position is None:
+                    raise UnknownItemError(str(term.value))
+                examples.append((snapshot.index.vectors([position])[0], snapshot.colours[position], term.weight))
+            elif term.kind == "image":
+                query = self.embed_image(term.value)  # type: ignore[arg-type]
+                examples.append((query.vector, query.colour, term.weight))
+            else:
+                examples.append((self._text_vector(str(term.value)), None, term.weight))
+        model = snapshot.colour_model if colours else None
+        steps = [(row, weight * (LABEL_STEP if colour == "label" else 1.0)) for row, weight in colours]
+        vector, histogram = compose(examples, steps, model)
+        asked = model is not None and colour == "rerank" and any(weight > 0 for _, weight in colours)
+        if colour == "label" and model is not None:
+            named = [(model.names[row], weight) for row, weight in colours]
+            filters = label_filters(
+                snapshot.resolve(filters) if filters else None, named, snapshot.columns[COLOUR_COLUMN].values
+            )
+        seen = {str(term.value) for term in terms if term.kind == "item"}
+        return Query(vector, histogram, COLOUR_RERANK if asked else 0.0), filters, seen
+
+    def recommend(
+        self,
+        positive: Sequence[str | bytes | Path],
+        negative: Sequence[str | bytes | Path] = (),
+        k: int = 5,
+        filters: Filters | None = None,
+        colour_weight: float = FEEDBACK_COLOUR,
+        collapse: bool = True,
+        diversity: float = 0.0,
+    ) -> list[Match]:
+        """Products like the liked examples and unlike the disliked ones, as Qdrant's recommend API with its
+        average-vector strategy (picked by bench/feedback.py): 2 * mean(liked) - mean(disliked). An example
+        is an item id (str) or an image (path or bytes); liked and disliked items never come back. `colour_weight`
+        ranks the best candidates again by their colour's likeness to the liked examples' colours."""
+        terms = example_terms(positive, negative)
+        query, filters, seen = self._terms_query(terms, filters, "direction")
+        query = replace(query, colour_weight=colour_weight)
+        return self._unseen(self.snapshot, query, k, filters, seen, collapse, diversity)
+
+    def _text_vector(self, text: str) -> np.ndarray:
+        """A text's vector from the text encoder (`text_vector`, a separate feature), or a clear error."""
+        text_vector = getattr(self, "text_vector", None)
+        if text_vector is None:
+            raise TermError(f"text term {text[:60]!r}: this fashionrec has no text encoder (Recommender.text_vector)")
+        return np.asarray(text_vector(text), dtype=np.float32)
+
+    @staticmethod
+    def _unseen(
+        snapshot: Snapshot,
+        query: Query,
+        k: int,
+        filters: Filters | None,
+        seen: set[str],
+        collapse: bool,
+        diversity: float,
+    ) -> list[Match]:
+        """Search without the `seen` items (and, when collapsing, their duplicates): the shopper knows them."""
+        matches = snapshot.search(query, k + len(seen), filters, None, collapse, diversity)
+        fresh = [m for m in matches if m.id not in seen and seen.isdisjoint(m.variants)]
+        return [replace(match, rank=rank) for rank, match in enumerate(fresh[:k], start=1)]
 
     def similar(
         self,

@@ -28,7 +28,7 @@ from fashionrec import __version__
 from fashionrec.api.dependencies import MAX_UPLOAD_BYTES, READ_KEY_ENV, WRITE_KEY_ENV, Keys
 from fashionrec.api.errors import install_error_handlers
 from fashionrec.api.middleware import BodySizeLimit, KeysFirst, RawItemIds
-from fashionrec.api.routers import docs, items, search, system
+from fashionrec.api.routers import docs, items, search, system, terms
 from fashionrec.search import Recommender
 
 __all__ = [
@@ -45,7 +45,7 @@ __all__ = [
 INDEX_ENV = "FASHIONREC_INDEX"
 CORS_ENV = "FASHIONREC_CORS_ORIGINS"  # comma-separated origins allowed to call from a browser, or *; unset: none
 MAX_BODY_BYTES = MAX_UPLOAD_BYTES + 2**20  # the image plus multipart framing and the metadata field
-ROUTERS = (search.router, items.router, system.router, docs.router)
+ROUTERS = (search.router, terms.reads, terms.writes, items.router, system.router, docs.router)
 
 
 def create_app(index_dir: str | Path, keys: Keys | None = None, cors_origins: Sequence[str] = ()) -> FastAPI:

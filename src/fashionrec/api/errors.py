@@ -24,6 +24,7 @@ ERROR_CODES = {
     413: "too_large",
     422: "invalid_image",
     500: "internal_error",
+    503: "unavailable",
     507: "insufficient_storage",
 }
 USER_ERRORS: dict[type[Exception], tuple[int, str]] = {  # the first class an error is an instance of wins

@@ -13,6 +13,8 @@ from fashionrec.app.state import (
     FOUND_LIMIT,
     NAME,
     Query,
+    clear_refinements,
+    colours,
     facet_choices,
     find_products,
     go_back,
@@ -32,6 +34,7 @@ from fashionrec.app.state import (
 from fashionrec.app.widgets import GRID_COLUMNS, framed, product_grid, product_image
 from fashionrec.filters import FilterError
 from fashionrec.images import ImageError
+from fashionrec.terms import TermError
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"]
 MODES = {
@@ -137,6 +140,22 @@ def sidebar_search_settings() -> tuple[int, dict[str, list[str]], float, float]:
     return k, filters, colour_weight, diversity
 
 
+def refine_controls() -> None:
+    """ "In another colour", and what the thumbs on the results have refined so far (with a way to undo it)."""
+    choices = colours()
+    picker, status = st.columns([1, 2], vertical_alignment="bottom")
+    if choices:
+        picker.selectbox(
+            "In another colour", choices, key="other_colour", placeholder="Any colour",
+            help="Like this, but in that colour: products of the same kind whose catalog colour is this one.",
+        )  # fmt: skip
+    liked, disliked = len(st.session_state.liked), len(st.session_state.disliked)
+    if liked or disliked or st.session_state.other_colour:
+        with status:
+            st.caption(f"Refined by {liked} :material/thumb_up: and {disliked} :material/thumb_down:")
+            st.button("Clear refinements", icon=":material/restart_alt:", on_click=clear_refinements, key="clear")
+
+
 def render() -> None:
     init_state()
     restore_from_url()
@@ -163,16 +182,17 @@ def render() -> None:
     started = time.perf_counter()
     try:
         matches = search(query, k, filters, colour_weight, diversity)
-    except (FilterError, ImageError) as error:  # e.g. a shared URL naming a filter value this index lacks
+    except (FilterError, ImageError, TermError) as error:  # a shared URL naming an unknown filter value, a colour
         st.error(f"We couldn't search: {error}", icon=":material/error:")
         return
     took_ms = (time.perf_counter() - started) * 1000
     st.subheader("Similar products", anchor=False)
+    refine_controls()
     shown_filters = "; ".join(f"{FACETS[c]}: {', '.join(v)}" for c, v in filters.items())
     st.caption(f"{len(matches)} results in {took_ms:.0f} ms" + (f" · {shown_filters}" if shown_filters else ""))
     if not matches:
         st.info("No product matches these filters. Remove a filter to see more.", icon=":material/filter_alt_off:")
-    product_grid([(m.id, m.metadata, m.score, m.variants) for m in matches], key="result")
+    product_grid([(m.id, m.metadata, m.score, m.variants) for m in matches], key="result", rating=True)
 
 
 def page() -> StreamlitPage:

@@ -17,6 +17,7 @@ from fashionrec.filters import FilterError, parse_filters
 from fashionrec.garment import Method
 from fashionrec.images import Box, ImageError, web_image
 from fashionrec.search import Match, Recommender
+from fashionrec.terms import COLOUR_COLUMN, MAX_TERMS, Term, example_terms
 
 # Metadata columns offered as filters, with the labels a shopper reads; only those in the index are shown.
 FACETS = {
@@ -149,10 +150,42 @@ def set_query(query: Query) -> None:
         st.session_state.history = [*st.session_state.history, st.session_state.query][-HISTORY:]
     st.session_state.query = query
     st.session_state.notice = None
+    clear_refinements()
 
 
 def go_back() -> None:
     st.session_state.query = st.session_state.history.pop()
+    clear_refinements()
+
+
+def clear_refinements() -> None:
+    """Forget the likes, dislikes and other colour of the current results (a new query starts afresh)."""
+    st.session_state.liked, st.session_state.disliked = [], []
+    st.session_state.other_colour = None
+
+
+def rate(item_id: str, liked: bool) -> None:
+    """ "More like this" / "less like this" on a result: refines the current results (the query stays)."""
+    mine, other = ("liked", "disliked") if liked else ("disliked", "liked")
+    st.session_state[other] = [i for i in st.session_state[other] if i != item_id]
+    st.session_state[mine] = [*(i for i in st.session_state[mine] if i != item_id), item_id][-(MAX_TERMS // 2) :]
+
+
+def colours() -> list[str]:
+    """The catalog's colours, for "in another colour" (none if the index has no colour labels)."""
+    index = recommender()
+    return index.column_values(COLOUR_COLUMN) if COLOUR_COLUMN in index.metadata_columns else []
+
+
+def refined_search(query: Query, k: int, filters: dict[str, list[str]], diversity: float) -> list[Match]:
+    """The query with the rated results as liked and disliked examples (Recommender.recommend), and in the
+    other colour if one was asked (Recommender.similar_to_terms with the same examples and a colour term)."""
+    first: str | bytes = query.item_id if query.item_id is not None else query.upload or b""
+    positive, negative = [first, *st.session_state.liked], st.session_state.disliked
+    if not st.session_state.other_colour:
+        return recommender().recommend(positive, negative, k, filters, diversity=diversity)
+    terms = [*example_terms(positive, negative), Term("colour", st.session_state.other_colour)]
+    return recommender().similar_to_terms(terms, k, filters, diversity=diversity)
 
 
 def query_item(item_id: str) -> None:
@@ -225,7 +258,10 @@ def find_products(recommender: Recommender, text: str, limit: int = FOUND_LIMIT)
 
 
 def search(query: Query, k: int, filters: dict[str, list[str]], colour_weight: float, diversity: float) -> list[Match]:
-    """The same Recommender calls as the CLI's `similar` and `search` (a photo's embedding is cached)."""
+    """The same Recommender calls as the CLI's `similar` and `search` (a photo's embedding is cached), or, once
+    the shopper rated results or asked for another colour, its `similar_to_terms` (as `search --term`)."""
+    if st.session_state.liked or st.session_state.disliked or st.session_state.other_colour:
+        return refined_search(query, k, filters, diversity)
     if query.item_id is not None:
         return recommender().similar_to_item(query.item_id, k, filters, colour_weight, diversity=diversity)
     assert query.upload is not None
@@ -239,5 +275,8 @@ def init_state() -> None:
     st.session_state.setdefault("query", None)
     st.session_state.setdefault("history", [])
     st.session_state.setdefault("notice", None)
+    for key in ("liked", "disliked"):
+        st.session_state.setdefault(key, [])
+    st.session_state.setdefault("other_colour", None)
     for key, default in SETTING_DEFAULTS.items():  # the sliders' values, before a shared URL may set them
         st.session_state.setdefault(key, default)

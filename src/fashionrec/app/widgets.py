@@ -7,7 +7,7 @@ import io
 import streamlit as st
 from PIL import Image, ImageDraw
 
-from fashionrec.app.state import NAME, query_item, recommender, show_details
+from fashionrec.app.state import NAME, query_item, rate, recommender, show_details
 from fashionrec.images import Box, ImageError, web_image
 
 CARD_FACETS = ("articleType", "baseColour", "gender")
@@ -48,7 +48,12 @@ Card = tuple[str, dict[str, str], float | None, tuple[str, ...]]  # id, metadata
 
 
 def product_card(
-    item_id: str, metadata: dict[str, str], score: float | None, variants: tuple[str, ...], key: str
+    item_id: str,
+    metadata: dict[str, str],
+    score: float | None,
+    variants: tuple[str, ...],
+    key: str,
+    rating: bool = False,
 ) -> bool:
     """A product as a shop shows it: picture, name, main attributes, its other listings, and a way to see more
     like it.
@@ -65,6 +70,18 @@ def product_card(
         if variants:  # the same product under other ids: shown once (search collapse)
             more = f"{len(variants)} more listing{'s' if len(variants) > 1 else ''}"
             st.caption(f":material/layers: {more}" + (f": #{', #'.join(variants)}" if show_details() else ""))
+        if rating:  # refine the current results with this one as a liked or disliked example
+            liked = item_id in st.session_state.liked
+            disliked = item_id in st.session_state.disliked
+            up, down = st.columns(2)
+            up.button(
+                "", key=f"like-{key}-{item_id}", icon=":material/thumb_up:", on_click=rate, args=(item_id, True),
+                help="Refine: more like this", type="primary" if liked else "secondary", width="stretch",
+            )  # fmt: skip
+            down.button(
+                "", key=f"dislike-{key}-{item_id}", icon=":material/thumb_down:", on_click=rate, args=(item_id, False),
+                help="Refine: less like this", type="primary" if disliked else "secondary", width="stretch",
+            )  # fmt: skip
         return st.button(
             "More like this",
             key=f"{key}-{item_id}",
@@ -75,15 +92,15 @@ def product_card(
         )
 
 
-def product_grid(cards: list[Card], key: str) -> None:
-    """Cards five to a row; two to a row on a phone (PHONE_CSS)."""
+def product_grid(cards: list[Card], key: str, rating: bool = False) -> None:
+    """Cards five to a row; two to a row on a phone (PHONE_CSS); `rating` adds more/less like this buttons."""
     with st.container(key=f"grid-{key}"):
         for start in range(0, len(cards), GRID_COLUMNS):
             for column, (item_id, metadata, score, variants) in zip(
                 st.columns(GRID_COLUMNS), cards[start : start + GRID_COLUMNS], strict=False
             ):
                 with column:
-                    product_card(item_id, metadata, score, variants, key)
+                    product_card(item_id, metadata, score, variants, key, rating)
 
 
 def phone_layout() -> None:

@@ -1,0 +1,173 @@
+"""A simulated shopper refining results with likes and dislikes (Recommender.recommend).
+
+Target: a held-out catalog item. Round 0 shows the 5 products most similar to it; in each round the
+shopper likes the shown results that share the target's articleType and baseColour and dislikes the
+others, then asks again with positive = [target, every liked item] and negative = [every disliked item].
+Rated items never come back, so each round's P@5 (type and colour both right) is over new products.
+Strategies: "average" (Recommender.recommend: 2 * mean(liked) - mean(disliked), Qdrant's average_vector), "likes only"
+(dislikes ignored) and Qdrant's "best_score" (each candidate scored by its best liked example, or minus
+its best disliked one when that is closer); "no feedback" is the next page of the first query, the
+baseline that shows what feedback adds beyond paging. Issue #15 target: +15 points after one round.
+Writes bench/results/feedback.json and feedback.png.
+
+    python bench/feedback.py [--index /work/indexes/full] [--queries 300] [--rounds 2] [--name feedback]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from common import RESULTS, write_results
+
+from fashionrec.search import Recommender
+from fashionrec.terms import COLOUR_COLUMN, TYPE_COLUMN
+from fashionrec.train import heldout_mask
+from fashionrec.trained import TrainConfig
+
+K = 5
+POOL = 100  # best_score: candidates per liked example
+Strategy = Callable[[Recommender, list[str], list[str]], list[str]]
+
+
+def average(recommender: Recommender, liked: list[str], disliked: list[str], colour: float = 0.0) -> list[str]:
+    return [m.id for m in recommender.recommend(liked, disliked, K, colour_weight=colour)]
+
+
+def no_feedback(recommender: Recommender, liked: list[str], disliked: list[str], colour: float = 0.0) -> list[str]:
+    """The next page of the first query: what the shopper would see without refining."""
+    rated = set(liked + disliked)
+    found = recommender.recommend(liked[:1], [], K + len(rated), colour_weight=colour)
+    return [m.id for m in found if m.id not in rated][:K]
+
+
+def likes_only(recommender: Recommender, liked: list[str], disliked: list[str]) -> list[str]:
+    return [
+        m.id for m in recommender.recommend(liked, [], K + len(disliked), colour_weight=0.0) if m.id not in disliked
+    ][:K]
+
+
+def best_score(recommender: Recommender, liked: list[str], disliked: list[str]) -> list[str]:
+    """Qdrant's best_score, over the union of each liked example's POOL nearest items."""
+    snapshot = recommender.snapshot
+    liked_vectors = snapshot.index.vectors(np.array([snapshot.positions[i] for i in liked]))
+    disliked_vectors = snapshot.index.vectors(np.array([snapshot.positions[i] for i in disliked], dtype=np.int64))
+    _, found = snapshot.index.search(liked_vectors, POOL)
+    seen = {snapshot.positions[i] for i in liked + disliked}
+    candidates = np.array(sorted({int(p) for p in found.ravel() if p >= 0} - seen), dtype=np.int64)
+    vectors = snapshot.index.vectors(candidates)
+    best_liked = (vectors @ liked_vectors.T).max(axis=1)
+    best_disliked = (vectors @ disliked_vectors.T).max(axis=1) if len(disliked) else np.full(len(candidates), -np.inf)
+    scores = np.where(best_liked > best_disliked, best_liked, -best_disliked)
+    return [snapshot.items[p].id for p in candidates[np.argsort(-scores, kind="stable")[:K]]]
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "no feedback (next page)": no_feedback,
+    "average": average,
+    "likes only": likes_only,
+    "best_score": best_score,
+    "no feedback, colour 0.5": partial(no_feedback, colour=0.5),
+    "average, colour 0.3": partial(average, colour=0.3),
+    "average, colour 0.5": partial(average, colour=0.5),
+}
+
+
+def targets(recommender: Recommender, count: int) -> list[str]:
+    """Held-out items (TrainConfig's split) whose articleType and colour at least 5 other items share."""
+    items = recommender.items
+    config = TrainConfig()
+    pairs: dict[tuple[str, str], int] = {}
+    for item in items:
+        key = (item.metadata.get(TYPE_COLUMN, ""), item.metadata.get(COLOUR_COLUMN, ""))
+        pairs[key] = pairs.get(key, 0) + 1
+    heldout = np.flatnonzero(heldout_mask([item.id for item in items], config.holdout, config.seed))
+    chosen = []
+    for position in np.random.default_rng(0).permutation(heldout):
+        metadata = items[position].metadata
+        if pairs[(metadata.get(TYPE_COLUMN, ""), metadata.get(COLOUR_COLUMN, ""))] > K:
+            chosen.append(items[position].id)
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def shop(recommender: Recommender, target: str, strategy: Strategy, rounds: int) -> list[float]:
+    """P@5 of each round for one target."""
+    wanted = recommender.item(target).metadata
+    liked, disliked = [target], []
+    shown = [m.id for m in recommender.similar_to_item(target, K)]
+    precision = []
+    for round_ in range(rounds + 1):
+        good = [
+            i
+            for i in shown
+            if all(recommender.item(i).metadata.get(c) == wanted.get(c) for c in (TYPE_COLUMN, COLOUR_COLUMN))
+        ]
+        precision.append(len(good) / K)
+        if round_ < rounds:
+            liked += good
+            disliked += [i for i in shown if i not in good]
+            shown = strategy(recommender, liked, disliked)
+    return precision
+
+
+def plot(results: dict[str, list[float]], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for name, values in results.items():
+        axes.plot(range(len(values)), values, marker="o", label=name)
+    axes.set(xlabel="feedback rounds", ylabel="P@5 (articleType and baseColour)", title=title, ylim=(0, 1))
+    axes.set_xticks(range(len(next(iter(results.values())))))
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", type=Path, default=Path("/work/indexes/full"))
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--name", default="feedback", help="results bench/results/NAME.json and NAME.png")
+    args = parser.parse_args()
+
+    recommender = Recommender.open(args.index)
+    chosen = targets(recommender, args.queries)
+    results: dict[str, list[float]] = {}
+    for name, strategy in STRATEGIES.items():
+        started = time.perf_counter()
+        precision = np.mean([shop(recommender, target, strategy, args.rounds) for target in chosen], axis=0)
+        results[name] = [round(float(p), 4) for p in precision]
+        took = time.perf_counter() - started
+        gain = (precision[1] - precision[0]) * 100 if args.rounds else 0.0
+        rounds = " -> ".join(f"{p:.3f}" for p in precision)
+        print(f"{name:24s} P@5 by round {rounds}   (+{gain:.1f} points after one round; {took:.0f} s)", flush=True)
+    encoder = str(recommender.info()["encoder"])
+    plot(results, f"Simulated shopper, {len(chosen)} held-out targets\n{encoder}", RESULTS / f"{args.name}.png")
+    write_results(
+        args.name,
+        {
+            "index": str(args.index),
+            "encoder": encoder,
+            "targets": len(chosen),
+            "k": K,
+            "p_at_5_by_round": results,
+            "points_after_one_round": {n: round((v[1] - v[0]) * 100, 1) for n, v in results.items() if len(v) > 1},
+            "command": f"python bench/feedback.py --index {args.index} --queries {args.queries} --name {args.name}",
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Weighted multi-term queries and recommend, on the small real index: library, CLI, API and app."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import test_app
+from streamlit.testing.v1 import AppTest
+from test_api import KEY, WRITE, copy_index, serve
+from test_app import choose_mode, query_id, result_ids, run
+
+from fashionrec.build import BuildReport
+from fashionrec.search import Match, Recommender, UnknownItemError
+from fashionrec.terms import MAX_TERMS, Term, TermError
+
+from conftest import run_cli
+
+index, page = test_app.index, test_app.page  # the app's fixtures: its index, passed on the command line
+
+
+@pytest.fixture(scope="module")
+def recommender(built_index: tuple[Path, BuildReport]) -> Recommender:
+    return Recommender.open(built_index[0])
+
+
+def mean_cosine(recommender: Recommender, matches: list[Match], item_id: str) -> float:
+    """How close the results are, on average, to one item."""
+    snapshot = recommender.snapshot
+    vectors = snapshot.index.vectors(np.array([snapshot.positions[m.id] for m in matches]))
+    return float(np.mean(vectors @ snapshot.index.vectors([snapshot.positions[item_id]])[0]))
+
+
+def test_parse_terms() -> None:
+    assert Term.parse("item:15970") == Term("item", "15970", 1.0)
+    assert Term.parse("colour:Red:0.5") == Term("colour", "Red", 0.5)
+    assert Term.parse("item:123:-0.5") == Term("item", "123", -0.5)
+    assert Term.parse("text:leather: not suede") == Term("text", "leather: not suede", 1.0)
+    assert Term.parse("image:shots/a.jpg:2") == Term("image", Path("shots/a.jpg"), 2.0)
+    for bad, problem in [("15970", "KIND:VALUE"), ("shoe:1", "unknown term kind"), ("item:1:0", "non-zero")]:
+        with pytest.raises(TermError, match=problem):
+            Term.parse(bad)
+
+
+def test_weights_pull_the_results_toward_the_heavier_example(recommender: Recommender) -> None:
+    a, b = recommender.items[0].id, recommender.items[1].id
+    toward_a = recommender.similar_to_terms([Term("item", a, 1.0), Term("item", b, 0.2)], k=5)
+    toward_b = recommender.similar_to_terms([Term("item", a, 0.2), Term("item", b, 1.0)], k=5)
+    assert mean_cosine(recommender, toward_a, a) > mean_cosine(recommender, toward_b, a)
+    assert mean_cosine(recommender, toward_b, b) > mean_cosine(recommender, toward_a, b)
+    assert {a, b}.isdisjoint(m.id for m in toward_a + toward_b)  # the examples themselves never come back
+
+
+def test_a_negative_term_pushes_its_look_alikes_down(recommender: Recommender) -> None:
+    query = recommender.items[5].id
+    away = recommender.similar_to_item(query, k=1)[0].id  # the closest product: what "not like this" refuses
+    plain = recommender.similar_to_terms([Term("item", query)], k=5)
+    avoiding = recommender.similar_to_terms([Term("item", query), Term("item", away, -0.5)], k=5)
+    assert mean_cosine(recommender, avoiding, away) < mean_cosine(recommender, plain, away)
+
+
+def test_a_colour_term_moves_results_toward_that_colour(recommender: Recommender) -> None:
+    queries = [item.id for item in recommender.items if item.metadata.get("baseColour") not in ("Black", "")][:30]
+
+    def black(terms: list[list[Term]], colour: str) -> int:
+        found = [m for query in terms for m in recommender.similar_to_terms(query, k=5, colour=colour)]
+        return sum(m.metadata.get("baseColour") == "Black" for m in found)
+
+    plain = black([[Term("item", q)] for q in queries], "direction")
+    for strategy in ("direction", "rerank"):
+        assert black([[Term("item", q), Term("colour", "black")] for q in queries], strategy) > plain + 10
+    labelled = [[Term("item", q), Term("colour", "Black", 0.5)] for q in queries]
+    assert black(labelled, "label") == 5 * len(queries)  # label: only items labelled with the colour
+    refused = [[Term("item", q), Term("colour", "Black", -1)] for q in queries]
+    assert black(refused, "label") == 0
+
+
+def test_a_colour_alone_finds_that_colour(recommender: Recommender) -> None:
+    found = recommender.similar_to_terms([Term("colour", "Blue")], k=10)
+    counts = Counter(m.metadata.get("baseColour") for m in found)
+    assert counts.most_common(1)[0][0] == "Blue"
+
+
+def test_recommend_with_liked_and_disliked_items(recommender: Recommender) -> None:
+    liked = [recommender.items[10].id, recommender.items[11].id]
+    disliked = recommender.similar_to_item(liked[0], k=3)[2].id
+    plain = recommender.recommend(liked, k=8)
+    refined = recommender.recommend(liked, [disliked], k=8)
+    assert set(liked).isdisjoint(m.id for m in plain) and set(liked + [disliked]).isdisjoint(m.id for m in refined)
+    assert mean_cosine(recommender, refined, disliked) < mean_cosine(recommender, plain, disliked)
+    assert [m.rank for m in refined] == list(range(1, 9))
+    by_shape = recommender.recommend(liked, [disliked], k=8, colour_weight=0.0)  # default: colour re-rank 0.5
+    assert [m.id for m in by_shape] != [m.id for m in refined]
+
+
+@pytest.mark.parametrize(
+    ("terms", "error", "problem"),
+    [
+        ([Term("item", "no-such-item")], UnknownItemError, "no-such-item"),
+        ([Term("item", "X"), Term("colour", "ultraviolet")], TermError, "unknown colour 'ultraviolet'.*Black"),
+        ([Term("colour", "Red", -1)], TermError, "positive weight"),
+        ([], TermError, "at least one term"),
+        ([Term("item", "X"), Term("colour", "Red"), Term("colour", "red", -1)], TermError, "no colour to show"),
+        ([Term("text", "red leather jacket")], TermError, "text term 'red leather jacket'.*no text encoder"),
+    ],
+)
+def test_bad_terms_are_refused_clearly(
+    recommender: Recommender, terms: list[Term], error: type[Exception], problem: str
+) -> None:
+    terms = [Term("item", recommender.items[0].id) if t.value == "X" else t for t in terms]
+    with pytest.raises(error, match=problem):
+        recommender.similar_to_terms(terms)
+
+
+def test_limits_on_terms(recommender: Recommender) -> None:
+    item = recommender.items[0].id
+    with pytest.raises(TermError, match="too many terms: 1,000"):
+        recommender.similar_to_terms([Term("item", item)] * 1_000)
+    with pytest.raises(TermError, match="cancel out"):
+        recommender.similar_to_terms([Term("item", item), Term("item", item, -1)])
+    for weight in (0, float("nan"), 11):
+        with pytest.raises(TermError, match="weight"):
+            Term("item", item, weight)
+    assert len(recommender.similar_to_terms([Term("item", item)] * MAX_TERMS, k=3)) == 3
+
+
+def test_an_image_term_and_a_photo_search_agree(recommender: Recommender, catalog_photo: Path) -> None:
+    by_photo = recommender.similar_to_image(catalog_photo, k=5)
+    by_term = recommender.similar_to_terms([Term("image", catalog_photo)], k=5)
+    assert [m.id for m in by_term] == [m.id for m in by_photo]
+
+
+@pytest.mark.slow  # starts a server or CLI processes
+def test_cli_search_with_terms(recommender: Recommender) -> None:
+    index = str(recommender.store.directory)
+    item = recommender.items[3].id
+    done = run_cli("search", index, "--term", f"item:{item}", "--term", "colour:black:0.5", "--json", "-k", "4")
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert len(found) == 4 and item not in {m["id"] for m in found}
+    bad = run_cli("search", index, "--term", f"item:{item}", "--term", "colour:ultraviolet")
+    assert bad.returncode == 2 and "unknown colour 'ultraviolet'" in bad.stderr
+    liked = run_cli("search", index, "--like", item, "--unlike", recommender.items[4].id, "--json", "-k", "3")
+    assert liked.returncode == 0 and len(json.loads(liked.stdout)) == 3, liked.stderr
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory, built_index: tuple[Path, BuildReport]) -> Iterator[httpx.Client]:
+    folder = tmp_path_factory.mktemp("terms-api")
+    with serve(copy_index(built_index, folder), folder / "server.log", FASHIONREC_API_KEY=KEY) as client:
+        yield client
+
+
+@pytest.mark.slow  # starts a server or CLI processes
+def test_api_search_terms_and_recommend(api: httpx.Client, recommender: Recommender, catalog_photo: Path) -> None:
+    item = recommender.items[3].id
+    body = {"terms": [{"kind": "item", "value": item}, {"kind": "colour", "value": "Black", "weight": 0.5}], "k": 4}
+    answer = api.post("/v1/search/terms", json=body)
+    assert answer.status_code == 200, answer.text
+    expected = recommender.similar_to_terms([Term("item", item), Term("colour", "Black", 0.5)], k=4)
+    assert [m["id"] for m in answer.json()["results"]] == [m.id for m in expected]
+    photo = {"kind": "image", "value": base64.b64encode(catalog_photo.read_bytes()).decode()}
+    assert api.post("/v1/search/terms", json={"terms": [photo], "k": 2}).status_code == 200
+    liked = api.post("/v1/recommend", json={"positive": [item], "negative": [recommender.items[4].id], "k": 3})
+    assert liked.status_code == 200 and len(liked.json()["results"]) == 3
+
+
+@pytest.mark.slow  # starts a server or CLI processes
+@pytest.mark.parametrize(
+    ("body", "status", "problem"),
+    [
+        ({"terms": [{"kind": "item", "value": "no-such-item"}]}, 404, "no-such-item"),
+        ({"terms": [{"kind": "colour", "value": "ultraviolet"}]}, 400, "unknown colour"),
+        ({"terms": [{"kind": "item", "value": "1", "weight": 0}]}, 400, "non-zero"),
+        ({"terms": [{"kind": "item", "value": "1"}] * 1_000}, 400, "at most 32"),
+        ({"terms": [{"kind": "image", "value": "not base64!"}]}, 400, "base64"),
+        ({"terms": [{"kind": "image", "value": base64.b64encode(b"not an image").decode()}]}, 422, "image"),
+        ({"terms": [{"kind": "text", "value": "leather"}]}, 400, "no text encoder"),
+        ({"terms": [{"kind": "shoe", "value": "1"}]}, 400, "kind"),
+        ({"terms": []}, 400, "at least 1"),
+    ],
+)
+def test_api_bad_terms_are_4xx(api: httpx.Client, body: dict[str, object], status: int, problem: str) -> None:
+    answer = api.post("/v1/search/terms", json=body)
+    assert answer.status_code == status and problem in answer.json()["detail"], answer.text
+
+
+@pytest.mark.slow  # starts a server or CLI processes
+def test_api_bad_recommend_is_4xx(api: httpx.Client) -> None:
+    assert api.post("/v1/recommend", json={"positive": []}).status_code == 400
+    assert api.post("/v1/recommend", json={"positive": ["no-such-item"]}).status_code == 404
+    assert api.post("/v1/recommend", json={"positive": ["1"], "session": "../etc"}).status_code == 400
+
+
+@pytest.mark.slow  # starts a server or CLI processes
+def test_api_session_likes_are_kept_and_used(api: httpx.Client, recommender: Recommender) -> None:
+    liked, disliked = [recommender.items[20].id, recommender.items[21].id], [recommender.items[22].id]
+    assert api.put("/v1/sessions/ann/likes", json={"liked": liked, "disliked": disliked}).status_code == 401
+    stored = api.put("/v1/sessions/ann/likes", json={"liked": liked, "disliked": disliked}, headers=WRITE)
+    assert stored.status_code == 200, stored.text
+    assert api.get("/v1/sessions/ann/likes").json() == {"session": "ann", "liked": liked, "disliked": disliked}
+    by_session = api.post("/v1/recommend", json={"positive": [liked[0]], "session": "ann", "k": 5}).json()["results"]
+    direct = recommender.recommend(liked, disliked, k=5, colour_weight=0.5)
+    assert [m["id"] for m in by_session] == [m.id for m in direct]
+    unknown = api.put("/v1/sessions/ann/likes", json={"liked": ["no-such-item"]}, headers=WRITE)
+    assert unknown.status_code == 404 and "no-such-item" in unknown.json()["detail"]
+    assert api.put("/v1/sessions/a%2F..%2Fb/likes", json={"liked": liked}, headers=WRITE).status_code in (400, 404)
+    assert api.delete("/v1/sessions/ann/likes", headers=WRITE).status_code == 204
+    assert api.get("/v1/sessions/ann/likes").json()["liked"] == []
+
+
+def test_app_more_and_less_like_this_refine_the_results(page: AppTest, index: Path) -> None:
+    choose_mode(page, "random")
+    page.sidebar.button[0].click()
+    run(page)
+    query, first = query_id(page), result_ids(page)
+
+    page.button(key=f"dislike-result-{first[0]}").click()
+    run(page)
+    assert query_id(page) == query and first[0] not in result_ids(page) and result_ids(page) != first
+    liked = result_ids(page)[1]
+    page.button(key=f"like-result-{liked}").click()
+    run(page)
+    assert page.session_state["liked"] == [liked] and page.session_state["disliked"] == [first[0]]
+    assert liked not in result_ids(page) and query_id(page) == query
+
+    page.selectbox(key="other_colour").set_value("Black")
+    run(page)
+    recommender = Recommender.open(index)
+    assert all(recommender.item(i).metadata["baseColour"] == "Black" for i in result_ids(page))
+    page.button(key="clear").click()
+    run(page)
+    assert result_ids(page) == first and page.session_state["other_colour"] is None
