@@ -13,6 +13,7 @@ is used as it is and left running.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -105,6 +106,8 @@ class RayRunner:
 @contextmanager
 def ray_session(address: str | None) -> Iterator[None]:
     """Ray for one build: joined or started here and shut down at the end, or the caller's, left running."""
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the build's own bar shows rate and ETA
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # not a line per dataset in the middle of that bar
     if ray.is_initialized():
         yield
         return
@@ -112,8 +115,6 @@ def ray_session(address: str | None) -> Iterator[None]:
         ray.init(address=address, logging_level="WARNING")
     else:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # the build shows its own bar (rate and ETA) on the driver
     try:
         yield
     finally:
