@@ -23,9 +23,6 @@ from fashionrec.index import IndexStore
 
 from conftest import sample_rows, write_catalog
 
-RAY_CPUS = 2
-
-
 def vectors_by_id(index: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every stored item's (vector, colour vector)."""
     return {
@@ -37,11 +34,10 @@ def vectors_by_id(index: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 @pytest.fixture(scope="module")
 def ray_instance() -> Iterator[None]:
-    """One Ray for the module's in-process builds (the runner uses a Ray it finds running and leaves it up)."""
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=RAY_CPUS, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
+    """One Ray for the module's in-process builds: a runner uses the Ray it finds running and leaves it up."""
+    runner = pytest.importorskip("fashionrec.runners.ray")
+    with runner.ray_session(None):
+        yield
 
 
 def test_runners_are_chosen_by_name_with_clear_errors(tmp_path: Path, sample_catalog: Path, encoder: Encoder) -> None:
