@@ -71,7 +71,7 @@ def child(runner: str, out: str, items: int) -> None:
     assert report.embedded == report.total, report
 
 
-def contender(name: str, items: int, directory: Path, source: Path) -> dict[str, float]:
+def contender(name: str, items: int, directory: Path, source: Path) -> dict[str, float | None]:
     """Run one build in a child process, watching its stored count and its memory."""
     out = directory / name
     env = {**os.environ, "PYTHONPATH": str(source), "RAY_USAGE_STATS_ENABLED": "0"}
@@ -89,14 +89,18 @@ def contender(name: str, items: int, directory: Path, source: Path) -> dict[str,
         raise RuntimeError(f"{name} build failed (exit {process.returncode})")
     total = stored(out)
     first = first or (wall, 0)
-    steady = (total - first[1]) / (wall - first[0]) if wall > first[0] else float("nan")
+    if total > first[1]:
+        steady = (total - first[1]) / (wall - first[0])
+        startup: float | None = round(wall - total / steady, 1)
+    else:  # everything was stored at once: too few images to tell start-up from work
+        steady, startup = total / wall, None
     figures = {
         "items": total,
         "wall_s": round(wall, 1),
         "images_per_s": round(total / wall, 1),
         "first_batch_s": round(first[0], 1),
         "steady_images_per_s": round(steady, 1),
-        "startup_s": round(wall - total / steady, 1),
+        "startup_s": startup,
         "peak_rss_mb": round(peak),
     }
     print(name, figures, flush=True)
@@ -136,7 +140,7 @@ def baseline_source(ref: str, directory: Path) -> Path:
     return directory / "src"
 
 
-def ratio(results: dict[str, dict[str, float]], one: str, other: str, key: str) -> float:
+def ratio(results: dict[str, dict[str, float | None]], one: str, other: str, key: str) -> float:
     return round(results[one][key] / results[other][key], 2)
 
 

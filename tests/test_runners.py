@@ -23,6 +23,7 @@ from fashionrec.index import IndexStore
 
 from conftest import sample_rows, write_catalog
 
+
 def vectors_by_id(index: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every stored item's (vector, colour vector)."""
     return {
