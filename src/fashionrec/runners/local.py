@@ -32,7 +32,7 @@ CHUNK = 16  # images per message to a worker: fewer, larger messages
 MAX_IN_FLIGHT = 4 * COMMIT_EVERY  # images handed out ahead of the model: bounds the decoded pixels in memory
 POLL_SECONDS = 1.0  # how often a waiting main process checks that its workers are alive
 
-Task = tuple[int, str]  # position in the work list, image name
+Task = tuple[int, str, str]  # position in the work list, item id, image name
 Decoded = tuple[int, str, "np.ndarray | None", "np.ndarray | None", "Problem | None"]
 
 
@@ -47,9 +47,9 @@ class DecodeWorker:
     source: ImageSource
     decoder: Decoder
 
-    def decode(self, task: Task, item_id: str) -> Decoded:
+    def decode(self, task: Task) -> Decoded:
         """(position, hash, pixels, colour, None) of one image, or (position, hash, None, None, its problem)."""
-        position, name = task
+        position, item_id, name = task
         try:
             data = self.source.read(name)
         except (ImageError, OSError) as error:
@@ -61,10 +61,10 @@ class DecodeWorker:
         return position, content_hash(data), pixels, colour, None
 
     def serve(self, inbox: queue.Queue, outbox: queue.Queue) -> None:
-        """Decode chunks of (task, item id) from `inbox` into `outbox` until a None arrives."""
+        """Decode chunks of tasks from `inbox` into `outbox` until a None arrives."""
         while (chunk := inbox.get()) is not None:
             try:
-                outbox.put([self.decode(task, item_id) for task, item_id in chunk])
+                outbox.put([self.decode(task) for task in chunk])
             except Exception:  # a bug, not a bad image: the main process stops the build with its traceback
                 outbox.put(WorkerFailed(traceback.format_exc()))
                 return
@@ -93,7 +93,7 @@ class LocalRunner:
     def run(self, work: Sequence[ToEmbed], source: ImageSource, encoder: Encoder) -> Iterator[Embedded]:
         """Embed `work` in batches; bad images come back as problems of their items."""
         worker = DecodeWorker(source, Decoder(encoder.spec.size, encoder.spec.fit))
-        tasks = [((position, entry.item.image), entry.item.id) for position, entry in enumerate(work)]
+        tasks = [(position, entry.item.id, entry.item.image) for position, entry in enumerate(work)]
         positions: list[int] = []
         digests: list[str] = []
         pixels: list[np.ndarray] = []
@@ -135,18 +135,15 @@ def _batch(
     )
 
 
-def _decoded(tasks: list[tuple[Task, str]], worker: DecodeWorker, workers: int) -> Iterator[Decoded]:
+def _decoded(tasks: list[Task], worker: DecodeWorker, workers: int) -> Iterator[Decoded]:
     """Decode tasks inline (workers=0), in worker processes, or in threads when processes cannot be spawned."""
     if workers == 0 or len(tasks) <= CHUNK:  # a few images: starting workers would take longer
-        for task, item_id in tasks:
-            yield worker.decode(task, item_id)
+        yield from map(worker.decode, tasks)
         return
     yield from _in_parallel(tasks, worker, workers, processes=spawn_is_safe())
 
 
-def _in_parallel(
-    tasks: list[tuple[Task, str]], worker: DecodeWorker, workers: int, *, processes: bool
-) -> Iterator[Decoded]:
+def _in_parallel(tasks: list[Task], worker: DecodeWorker, workers: int, *, processes: bool) -> Iterator[Decoded]:
     """Decode in `workers` processes or threads, each running `worker`, in whatever order they finish.
 
     At most MAX_IN_FLIGHT images are handed out ahead of the consumer: decoded pixels would otherwise
