@@ -7,15 +7,17 @@ the steady rate needs for the images), and the peak memory of the whole process 
 workers, Ray's own processes and actors). Then what bounds a cluster: the driver reads and hashes
 every image and writes every batch, so its rates cap what added nodes can give.
 
-    python bench/runners.py [--items 5000] [--baseline 497b1e6]
+    python bench/runners.py [--items 5000] [--baseline 497b1e6] [--no-ray] [--rounds 1]
 
-`--baseline REF` adds the local build of git REF (the code before the runner seam) as a contender.
+`--baseline REF` adds the local build of git REF (the code before the runner seam) as a contender;
+with `--rounds R` each contender builds R times, in alternating order, and its median run is reported.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -144,37 +146,48 @@ def ratio(results: dict[str, dict[str, float | None]], one: str, other: str, key
     return round(results[one][key] / results[other][key], 2)
 
 
+def median_run(runs: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """The run with the median steady rate (the lower middle one of an even count)."""
+    return sorted(runs, key=lambda run: run["steady_images_per_s"] or 0.0)[(len(runs) - 1) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=5000)
     parser.add_argument("--baseline", help="Also build with the local build of this git ref (before the seam).")
+    parser.add_argument("--no-ray", action="store_true", help="Only local (and baseline): the before/after check.")
+    parser.add_argument("--rounds", type=int, default=1, help="Rounds of all contenders, in alternating order.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         work = Path(directory)
-        sources = {"local": REPO / "src", "ray": REPO / "src"}
+        sources = {"local": REPO / "src"} | ({} if args.no_ray else {"ray": REPO / "src"})
         if args.baseline:
             sources["baseline"] = baseline_source(args.baseline, work)
-        results = {name: contender(name, args.items, work, source) for name, source in sources.items()}
-    ceiling = driver_ceiling(args.items)
-    cpus = os.cpu_count() or 1
-    per_core = results["ray"]["steady_images_per_s"] / cpus
-    figures: dict[str, object] = {
-        "items": args.items,
-        "runners": results,
-        "ray_vs_local_steady": ratio(results, "ray", "local", "steady_images_per_s"),
-        "ray_vs_local_end_to_end": ratio(results, "ray", "local", "images_per_s"),
-        "driver": ceiling,
-        "ray_images_per_s_per_core": round(per_core, 1),
-        "nodes_until_driver_bound_16_cores": round(min(ceiling.values()) / (16 * per_core), 1),
-    }
+        runs: dict[str, list[dict[str, float | None]]] = {name: [] for name in sources}
+        for round_ in range(args.rounds):
+            for name in list(sources)[:: 1 if round_ % 2 == 0 else -1]:  # no contender always runs first
+                shutil.rmtree(work / name, ignore_errors=True)
+                runs[name].append(contender(name, args.items, work, sources[name]))
+    results = {name: median_run(each) for name, each in runs.items()}
+    figures: dict[str, object] = {"items": args.items, "rounds": args.rounds, "runners": results, "runs": runs}
+    if "ray" in results:
+        ceiling = driver_ceiling(args.items)
+        per_core = (results["ray"]["steady_images_per_s"] or 0.0) / (os.cpu_count() or 1)
+        figures |= {
+            "ray_vs_local_steady": ratio(results, "ray", "local", "steady_images_per_s"),
+            "ray_vs_local_end_to_end": ratio(results, "ray", "local", "images_per_s"),
+            "driver": ceiling,
+            "ray_images_per_s_per_core": round(per_core, 1),
+            "nodes_until_driver_bound_16_cores": round(min(ceiling.values()) / (16 * per_core), 1),
+        }
     if args.baseline:
         figures["baseline_ref"] = args.baseline
         figures["local_vs_baseline_steady"] = ratio(results, "local", "baseline", "steady_images_per_s")
         figures["local_vs_baseline_end_to_end"] = ratio(results, "local", "baseline", "images_per_s")
     for key, value in figures.items():
-        if key != "runners":
+        if key not in ("runners", "runs"):
             print(f"{key}: {value}")
-    write_results("runners", figures)
+    write_results("runners" if "ray" in results else "runners-local-before-after", figures)
 
 
 if __name__ == "__main__":
