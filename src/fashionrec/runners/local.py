@@ -151,14 +151,19 @@ def _in_parallel(tasks: list[Task], worker: DecodeWorker, workers: int, *, proce
     stopped at once (threads finish their chunk), so the build stops at once.
     """
     running: list[multiprocessing.Process] | list[threading.Thread]
+    done = threading.Event()
+    outbox: queue.Queue = queue.Queue()  # results, in this process: read by the consumer
     if processes:  # spawn, not fork: this process holds model threads
         context = multiprocessing.get_context("spawn")
-        inbox, outbox = context.Queue(), context.Queue()
+        inbox, pipe = context.Queue(), context.Queue()
         running = [
-            context.Process(target=worker.serve_process, args=(inbox, outbox), daemon=True) for _ in range(workers)
+            context.Process(target=worker.serve_process, args=(inbox, pipe), daemon=True) for _ in range(workers)
         ]
+        # Results (1 MB a chunk) are moved off the pipe while the model runs, as ProcessPoolExecutor does:
+        # workers never wait on a full pipe, and the consumer finds them ready.
+        threading.Thread(target=_drain, args=(pipe, outbox, done), daemon=True, name="fashionrec-results").start()
     else:
-        inbox, outbox = queue.Queue(), queue.Queue()
+        inbox = queue.Queue()
         running = [
             threading.Thread(target=worker.serve, args=(inbox, outbox), daemon=True, name="fashionrec-decode")
             for _ in range(workers)
@@ -183,7 +188,19 @@ def _in_parallel(tasks: list[Task], worker: DecodeWorker, workers: int, *, proce
             yield from results
         finished = True
     finally:
+        done.set()
         _stop(running, inbox, finished)
+
+
+def _drain(pipe: queue.Queue, outbox: queue.Queue, done: threading.Event) -> None:
+    """Move results from the worker processes' pipe into `outbox` until `done`."""
+    while not done.is_set():
+        try:
+            outbox.put(pipe.get(timeout=POLL_SECONDS))
+        except queue.Empty:
+            continue
+        except (OSError, EOFError, ValueError):  # the pipe closed under us: the build is stopping
+            return
 
 
 def _next_results(outbox: queue.Queue, running: Sequence[multiprocessing.Process | threading.Thread]) -> list[Decoded]:
