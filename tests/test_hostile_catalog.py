@@ -359,7 +359,7 @@ def test_build_index_works_in_a_script_without_a_main_guard(tmp_path: Path) -> N
     script = tmp_path / "quick.py"
     script.write_text(
         "from fashionrec import build_index, load_catalog, load_encoder\n"
-        "from fashionrec.build import spawn_is_safe\n"
+        "from fashionrec.runners.local import spawn_is_safe\n"
         f"report = build_index(load_catalog({str(catalog)!r}), {str(tmp_path / 'idx')!r}, load_encoder(), workers=2)\n"
         "print('indexed', report.total, 'processes', spawn_is_safe())\n"
         "if __name__ == '__main__':\n"

@@ -1,42 +1,28 @@
-"""Build (or update) an index from a catalog: read, decode, embed, store.
+"""Build (or update) an index from a catalog: plan, read and decode, embed, write.
 
-Worker processes read and decode images while the main process runs the model on full batches.
-Spawned processes re-import the caller's `__main__` script; when that script would start the build
-again (no `if __name__ == "__main__":` guard, as a pasted snippet has none), worker threads decode
-instead: slower for small images (the GIL), but a library call works as the user wrote it. Each batch
-is committed in one transaction, so a run killed at any point resumes where it stopped. Images are
-identified by a hash of their bytes: a rerun embeds only new or changed images and drops items that
-left the catalog.
+The plan says, by a hash of each image's bytes, which items are new, changed, unchanged or removed,
+before any image is decoded; a runner (`fashionrec.runners`: local processes, or Ray actors) decodes and
+embeds the new and changed ones; every batch it hands back is committed in one transaction, so a run
+killed at any point resumes where it stopped, and a rerun embeds only new or changed images and drops
+items that left the catalog, whatever the runner.
 """
 
 from __future__ import annotations
 
-import ast
-import hashlib
-import multiprocessing
-import os
 import random
-import signal
 import sqlite3
-import sys
 import time
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
-from fashionrec.catalog import Catalog, ImageSource, Item, Problem
-from fashionrec.colour import colour_vector
+from fashionrec.catalog import Catalog, Item, Problem
 from fashionrec.encoder import Encoder
-from fashionrec.images import DETAIL_SAMPLE, Detail, Fit, ImageError, decode, fit_square, sides_of
+from fashionrec.images import DETAIL_SAMPLE, Detail, ImageError, sides_of
 from fashionrec.index import IndexStore, IndexStoreError
-
-COMMIT_EVERY = 256  # images per transaction: small enough to lose little when killed
-MAX_IN_FLIGHT = 4 * COMMIT_EVERY
+from fashionrec.runners import Runner, make_runner
+from fashionrec.runners.stages import ToEmbed, content_hash, problem_of
 
 
 class BuildInterrupted(RuntimeError):
@@ -55,6 +41,7 @@ class BuildReport:
     problems: list[Problem] = field(default_factory=list)
     seconds: float = 0.0
     total: int = 0
+    runner: str = "local"
 
     @property
     def skipped(self) -> int:
@@ -65,107 +52,44 @@ class BuildReport:
         return self.embedded / self.seconds if self.seconds else 0.0
 
 
-Task = tuple[str, str, "str | None"]  # item id, image name, hash of the image already embedded
-Prepared = tuple[str, str, "np.ndarray | None", "np.ndarray | None", "str | None"]
+@dataclass
+class BuildPlan:
+    """What a build must do, decided by content hash before any image is decoded: plain data."""
+
+    new: list[ToEmbed] = field(default_factory=list)
+    changed: list[ToEmbed] = field(default_factory=list)
+    unchanged: list[Item] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)  # images that cannot be read
+
+    @property
+    def to_embed(self) -> list[ToEmbed]:
+        return self.new + self.changed
 
 
-@dataclass(frozen=True)
-class _Preparer:
-    """Reads, hashes and decodes images of one source for one encoder's input."""
+def plan_build(catalog: Catalog, known: dict[str, str], progress: bool = False) -> BuildPlan:
+    """Compare the catalog with the hashes already stored (`IndexStore.hashes`): reads and hashes every image.
 
-    source: ImageSource
-    size: int
-    fit: Fit
-
-    def __call__(self, task: Task) -> Prepared:
-        """(id, hash, pixels and colour or None if unchanged, error or None) of one image."""
-        item_id, name, known_hash = task
-        try:
-            data = self.source.read(name)
-        except ImageError as error:
-            return item_id, "", None, None, f"image {error}"
-        except OSError as error:
-            return item_id, "", None, None, f"cannot read image {name} ({error})"
-        digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-        if digest == known_hash:
-            return item_id, digest, None, None, None
-        try:
-            pixels = fit_square(decode(data, name, min_side=self.size), self.size, self.fit)
-        except ImageError as error:
-            return item_id, digest, None, None, f"image {error}"
-        return item_id, digest, pixels, colour_vector(pixels), None
-
-
-_worker_prepare: _Preparer  # in a worker process: set once by _init_process, so tasks stay small
-
-
-def _init_process(prepare: _Preparer) -> None:
-    global _worker_prepare
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the main process stops
-    _worker_prepare = prepare
-
-
-def _prepare_in_process(task: Task) -> Prepared:
-    return _worker_prepare(task)
-
-
-def spawn_is_safe() -> bool:
-    """Whether spawned workers can start: they re-import the `__main__` script, which must not build again.
-
-    True when there is no script (a REPL, a notebook, `python -c`) or when the build was called from
-    inside the script's `if __name__ == "__main__":` block (as the CLI is); False otherwise.
+    Reading is cheap next to decoding (a tenth of a millisecond for a catalog JPEG), and it lets the
+    runners see only the work left and the progress bar show a true ETA. An image that cannot be read
+    is its item's problem; the item's stored vector, if any, is kept.
     """
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if main is None or path is None:
-        return True
-    frame = sys._getframe()
-    while frame is not None and not (frame.f_code.co_name == "<module>" and frame.f_globals is vars(main)):
-        frame = frame.f_back
-    if frame is None:  # called from another thread while the script may still be running: assume not safe
-        return False
-    try:
-        tree = ast.parse(Path(path).read_bytes())
-    except (OSError, SyntaxError, ValueError):
-        return False
-    guard = ast.parse('__name__ == "__main__"', mode="eval").body
-    return any(
-        isinstance(node, ast.If)
-        and ast.dump(node.test) == ast.dump(guard)
-        and node.lineno <= frame.f_lineno <= (node.end_lineno or node.lineno)
-        for node in tree.body
-    )
-
-
-def _prepared(tasks: list[Task], source: ImageSource, encoder: Encoder, workers: int) -> Iterator[Prepared]:
-    """Prepare tasks in worker processes, worker threads when processes cannot be spawned, or inline
-    with workers=0; in order.
-
-    At most MAX_IN_FLIGHT tasks are handed out ahead of the consumer: decoded pixels would otherwise
-    pile up in memory whenever decoding outpaces the model. On Ctrl-C or an error the queued tasks
-    are cancelled, so the build stops at once.
-    """
-    prepare = _Preparer(source, encoder.spec.size, encoder.spec.fit)
-    if workers == 0:
-        yield from map(prepare, tasks)
-        return
-    pool: Executor
-    if spawn_is_safe():  # spawn, not fork: this process holds model threads
-        context = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(workers, context, initializer=_init_process, initargs=(prepare,))
-        work = _prepare_in_process
-    else:
-        pool, work = ThreadPoolExecutor(workers, thread_name_prefix="fashionrec-decode"), prepare
-    in_flight: deque[Future[Prepared]] = deque()
-    try:
-        for task in tasks:
-            if len(in_flight) >= MAX_IN_FLIGHT:
-                yield in_flight.popleft().result()
-            in_flight.append(pool.submit(work, task))
-        while in_flight:
-            yield in_flight.popleft().result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    in_catalog = {item.id for item in catalog.items}
+    plan = BuildPlan(removed=[item_id for item_id in known if item_id not in in_catalog])
+    for item in tqdm(catalog.items, unit="img", desc="Planning", disable=not progress, dynamic_ncols=True):
+        try:
+            digest = content_hash(catalog.source.read(item.image))
+        except (ImageError, OSError) as error:
+            plan.problems.append(problem_of(item.id, item.image, error))
+            continue
+        before = known.get(item.id)
+        if before is None:
+            plan.new.append(ToEmbed(item, digest))
+        elif before != digest:
+            plan.changed.append(ToEmbed(item, digest))
+        else:
+            plan.unchanged.append(item)
+    return plan
 
 
 def build_index(
@@ -175,16 +99,21 @@ def build_index(
     *,
     workers: int | None = None,
     progress: bool = True,
+    runner: str = "local",
+    ray_address: str | None = None,
 ) -> BuildReport:
     """Index `catalog` into directory `out` with `encoder`, resuming or updating what is there.
 
-    The problems stored in the index are replaced, in one transaction, only when the run completes:
-    until then (and after a run that was killed) the previous run's list stays visible. A full disk
-    or another write error raises IndexStoreError; every batch committed before it is kept.
+    `runner` is "local" (`workers` decoding processes) or "ray" (`workers` actors, default one per CPU;
+    `ray_address` joins a cluster). The problems stored in the index are replaced, in one transaction,
+    only when the run completes: until then (and after a run that was killed) the previous run's list
+    stays visible. A full disk or another write error raises IndexStoreError; every batch committed
+    before it is kept.
     """
+    chosen = make_runner(runner, workers=workers, ray_address=ray_address)
     store = IndexStore.create_or_open(out, encoder.spec.to_dict(), catalog.describe())
     try:
-        return _build(catalog, store, encoder, min(os.cpu_count() or 1, 4) if workers is None else workers, progress)
+        return _build(catalog, store, encoder, chosen, progress)
     except (OSError, sqlite3.Error) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise IndexStoreError(
@@ -195,38 +124,28 @@ def build_index(
         store.close()
 
 
-def _build(catalog: Catalog, store: IndexStore, encoder: Encoder, workers: int, progress: bool) -> BuildReport:
+def _build(catalog: Catalog, store: IndexStore, encoder: Encoder, runner: Runner, progress: bool) -> BuildReport:
     started = time.perf_counter()
     store.update_manifest(complete=False)
-    report = BuildReport(index=store.directory, catalog_items=len(catalog.items), problems=list(catalog.problems))
-    by_id = {item.id: item for item in catalog.items}
-    known = store.hashes()
-    report.removed = store.remove([item_id for item_id in known if item_id not in by_id])
-    store.update_metadata(by_id[item_id] for item_id in known if item_id in by_id)
-
-    tasks = [(item.id, item.image, known.get(item.id)) for item in catalog.items]
-    pending: list[tuple[Item, str, np.ndarray, np.ndarray]] = []
-
-    def commit() -> None:
-        if pending:
-            items, hashes, pixels, colours = zip(*pending, strict=True)
-            store.put(items, hashes, encoder.embed_pixels(np.stack(pixels)), np.stack(colours))
-            report.embedded += len(pending)
-            pending.clear()
-
-    bar = tqdm(total=len(tasks), unit="img", desc="Indexing", disable=not progress, dynamic_ncols=True)
+    plan = plan_build(catalog, store.hashes(), progress)
+    report = BuildReport(
+        index=store.directory,
+        catalog_items=len(catalog.items),
+        problems=[*catalog.problems, *plan.problems],
+        unchanged=len(plan.unchanged),
+        runner=runner.name,
+    )
+    report.removed = store.remove(plan.removed)
+    store.update_metadata(plan.unchanged)
+    work = plan.to_embed
+    bar = tqdm(total=len(work), unit="img", desc="Indexing", disable=not progress, dynamic_ncols=True)
     try:
-        for item_id, digest, pixels, colour, error in _prepared(tasks, catalog.source, encoder, workers):
-            if error is not None:
-                report.problems.append(Problem(item_id, error))
-            elif pixels is None:
-                report.unchanged += 1
-            else:
-                pending.append((by_id[item_id], digest, pixels, colour))
-                if len(pending) >= COMMIT_EVERY:
-                    commit()
-            bar.update()
-        commit()
+        for batch in runner.run(work, catalog.source, encoder) if work else ():
+            if batch.items:
+                store.put(batch.items, batch.digests, batch.vectors, batch.colours)
+            report.embedded += len(batch.items)
+            report.problems.extend(batch.problems)
+            bar.update(batch.done)
     except KeyboardInterrupt:
         raise BuildInterrupted(
             f"interrupted: {store.count()} items are stored in {store.directory}; run the same command to resume"
@@ -240,7 +159,8 @@ def _build(catalog: Catalog, store: IndexStore, encoder: Encoder, workers: int, 
     store.update_manifest(
         detail=None if detail is None else detail.to_dict(),
         complete=True,
-        counts={"items": report.total, "problems": len(report.problems), "catalog_items": len(tasks)},
+        counts={"items": report.total, "problems": len(report.problems), "catalog_items": len(catalog.items)},
+        build=runner.describe(),
     )
     return report
 

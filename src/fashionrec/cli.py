@@ -116,8 +116,16 @@ def index(
     image_column: Annotated[
         str | None, typer.Option(help="Image path column of a CSV/Parquet catalog (relative to it).")
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="Image decoding processes (0: none).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Image decoding processes (0: none); with --runner ray, actors.")
+    ] = None,
     backend: Annotated[str, typer.Option(help="onnx (fast) or torch (reference).")] = "onnx",
+    runner: Annotated[str, typer.Option(help="local (this machine) or ray (Ray actors; pip install '.[ray]').")] = (
+        "local"
+    ),
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join with --runner ray: auto, or ray://HOST:10001.")
+    ] = None,
 ) -> None:
     """Build or update the index of a catalog; rerun to resume or to pick up catalog changes."""
     with user_errors():
@@ -127,7 +135,7 @@ def index(
         loaded = load_catalog(catalog, id_column=id_column, image_column=image_column)
         console.print(f"Catalog {catalog}: {len(loaded.items)} items, {len(loaded.problems)} problems")
         try:
-            report = build_index(loaded, out, model, workers=workers)
+            report = build_index(loaded, out, model, workers=workers, runner=runner, ray_address=ray_address)
         except BuildInterrupted as stop:
             errors.print(f"[yellow]{stop}[/yellow]")
             raise typer.Exit(130) from None
