@@ -15,11 +15,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image
 
+from fashionrec.bridge import BRIDGE_MANIFEST, DEFAULT_DIR, BridgeError, TextBridge
 from fashionrec.catalog import ImageSource, Problem
 from fashionrec.colour import COLOUR_DIM, colour_vector
 from fashionrec.encoder import Encoder, encoder_for_index
@@ -27,6 +28,7 @@ from fashionrec.garment import Method
 from fashionrec.garment import isolate as isolate_garment
 from fashionrec.images import Box, Detail, crop, decode, match_detail, open_image
 from fashionrec.index import UPLOADED, UPLOADS, DuplicateItemError, IndexStore, StoredItem
+from fashionrec.text import TextIndex, check_query
 from fashionrec.vector_index import Kind, Precision, VectorIndex, resolve_kind
 
 if TYPE_CHECKING:
@@ -40,6 +42,10 @@ DUPLICATE_COSINE = 0.995  # same image re-saved: >= 0.9999; 0.99-0.995 holds loo
 DIVERSITY_POOL = 50  # candidates that maximal marginal relevance picks from (at least 4k)
 MAX_COLUMNS = 64  # metadata columns in a whole index that an added item may bring: each widens every row
 MAX_METADATA_BYTES = 8 * 1024  # an added item's metadata, as JSON
+TextMode = Literal["fused", "bridge", "words"]
+TEXT_MODES: tuple[TextMode, ...] = ("fused", "bridge", "words")
+TEXT_POOL = 100  # candidates of each text signal that fusion ranks again (at least 4k)
+FUSION_CONSTANT = 60  # reciprocal rank fusion: 1 / (FUSION_CONSTANT + rank) per signal (bench/text_search.py)
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +102,30 @@ def blend(
     return np.where(positions >= 0, (1.0 - weight) * scores + weight * colour_scores, scores)
 
 
+def top_scores(scores: np.ndarray, allowed: np.ndarray | None, pool: int) -> list[tuple[float, int]]:
+    """The best `pool` (score, position) pairs with a positive score, among `allowed` positions if given."""
+    positions = np.flatnonzero(scores > 0) if allowed is None else allowed[scores[allowed] > 0]
+    if len(positions) > pool:
+        positions = positions[np.argpartition(-scores[positions], pool - 1)[:pool]]
+    return sorted(((float(scores[p]), int(p)) for p in positions), reverse=True)
+
+
+def fuse(rankings: Sequence[list[tuple[float, int]]], constant: int = FUSION_CONSTANT) -> list[tuple[float, int]]:
+    """Reciprocal rank fusion (Cormack et al. 2009): each item scores the sum over rankings of
+    1 / (constant + its rank there); equal scores share a rank (many products have the same name).
+
+    Ranks, not scores, are added: BM25 scores and cosines have unrelated scales.
+    """
+    totals: dict[int, float] = {}
+    for ranking in rankings:
+        rank, previous = 0, None
+        for n, (score, position) in enumerate(sorted(ranking, reverse=True), start=1):
+            if score != previous:
+                rank, previous = n, score
+            totals[position] = totals.get(position, 0.0) + 1.0 / (constant + rank)
+    return [(total, position) for position, total in totals.items()]
+
+
 @dataclass(frozen=True)
 class Column:
     """One metadata column as small integer codes: a filter compares integers, not strings."""
@@ -134,6 +164,11 @@ class Snapshot:
             index=index,
             colours=colours,
         )
+
+    @cached_property
+    def text(self) -> TextIndex:
+        """BM25 over the items' names and metadata (text.py), built on the first text search (~1 s for 44k)."""
+        return TextIndex.of([item.metadata for item in self.items])
 
     @cached_property
     def metadata(self) -> pd.DataFrame:
@@ -179,12 +214,45 @@ class Snapshot:
             if len(groups) >= k or wanted >= available or len(found) < wanted - 1:
                 break
             pool *= 4  # mostly duplicates: look further
+        return self._matches(groups, k, diversity)
+
+    def _matches(self, groups: list[Group], k: int, diversity: float) -> list[Match]:
+        """The first k groups as Matches, after the maximal marginal relevance re-ranking if `diversity` > 0."""
         if diversity > 0:
             groups = self._diversify(groups, k, diversity)
         return [
             Match(rank, self.items[p].id, score, self.items[p].image, self.items[p].metadata, variants)
             for rank, (score, p, variants) in enumerate(groups[:k], start=1)
         ]
+
+    def search_text(
+        self,
+        text: str,
+        vector: np.ndarray | None,
+        k: int,
+        filters: Filters | None,
+        words: bool = True,
+        collapse: bool = True,
+        diversity: float = 0.0,
+    ) -> list[Match]:
+        """Products for a text: its BM25 ranking (`words`), the bridge's `vector` searched in the image index,
+        or both fused by reciprocal rank (`fuse`). Ties are ordered by id; see `search` for the rest."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if not 0.0 <= diversity <= 1.0:
+            raise ValueError(f"diversity must be between 0 and 1, got {diversity}")
+        allowed = self.matching_positions(filters) if filters else None
+        pool = max(TEXT_POOL, 4 * k)
+        rankings = []
+        if words:
+            rankings.append(top_scores(self.text.scores(text), allowed, pool))
+        if vector is not None and len(self.items):
+            scores, positions = self.index.search(vector, min(pool, len(self.items)), allowed)
+            rankings.append([(float(s), int(p)) for s, p in zip(scores[0], positions[0], strict=True) if p >= 0])
+        found = rankings[0] if len(rankings) == 1 else fuse(rankings)
+        found.sort(key=lambda pair: (-round(pair[0], 5), self.items[pair[1]].id))
+        groups = self._collapse(found, None) if collapse else [(s, p, ()) for s, p in found]
+        return self._matches(groups, k, diversity)
 
     def _candidates(
         self, query: Query, wanted: int, allowed: np.ndarray | None, exclude: str | None
@@ -269,6 +337,7 @@ class Recommender:
         precision: Precision = "float16",
         threads: int = 0,
         isolation: Method = "none",
+        text_model: str | Path | None = None,
     ) -> None:
         self.store = store
         self.isolation = isolation
@@ -277,6 +346,12 @@ class Recommender:
         self.kind = kind
         self.precision = precision
         self._encoder: Encoder | None = None
+        self._bridge: TextBridge | None = None
+        self.text_model = Path(text_model) if text_model is not None else store.directory / DEFAULT_DIR
+        if text_model is not None and not (self.text_model / BRIDGE_MANIFEST).is_file():
+            raise BridgeError(
+                f"{self.text_model}: not a text bridge (no {BRIDGE_MANIFEST}); see `fashionrec train-text`"
+            )
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         catalog = store.manifest.get("catalog", {})
@@ -295,15 +370,17 @@ class Recommender:
         precision: Precision = "float16",
         threads: int = 0,
         isolation: Method = "none",
+        text_model: str | Path | None = None,
     ) -> Recommender:
         """Open an index directory; the encoder is loaded on the first image query.
 
         `kind` picks exact or approximate (ivf) search, `auto` by catalog size; `precision` float16
         halves the memory the vectors take; `threads` is the cores one image embedding uses (0: all;
         1 for a server that embeds several requests side by side); `isolation` how a query photo's garment
-        is cut out of its scene before embedding (garment.py).
+        is cut out of its scene before embedding (garment.py); `text_model` the text bridge that text searches
+        use (default: the index's own text-bridge/ folder, if `fashionrec train-text` made one).
         """
-        return cls(IndexStore.open(directory), backend, kind, precision, threads, isolation)
+        return cls(IndexStore.open(directory), backend, kind, precision, threads, isolation, text_model)
 
     def _load(self) -> None:
         self._seen_version = self.store.data_version()  # read before loading: a commit in between reloads again
@@ -349,6 +426,17 @@ class Recommender:
             if self._encoder is None:
                 self._encoder = encoder_for_index(self.store.manifest["encoder"], self.backend, self.threads)
             return self._encoder
+
+    @property
+    def bridge(self) -> TextBridge | None:
+        """The text bridge (bridge.py), loaded on the first text search; None if the index has none."""
+        with self._lock:
+            if self._bridge is None and self.has_bridge():
+                self._bridge = TextBridge.load(self.text_model, self.store.manifest["encoder"]["id"])  # type: ignore[index]
+            return self._bridge
+
+    def has_bridge(self) -> bool:
+        return (self.text_model / BRIDGE_MANIFEST).is_file()
 
     def __len__(self) -> int:
         return len(self.items)
@@ -507,6 +595,32 @@ class Recommender:
         query = Query(snapshot.index.vectors([position])[0], snapshot.colours[position], colour_weight)
         return snapshot.search(query, k, filters, str(item_id), collapse, diversity)
 
+    def similar_to_text(
+        self,
+        text: str,
+        k: int = 5,
+        filters: Filters | None = None,
+        mode: TextMode = "fused",
+        collapse: bool = True,
+        diversity: float = 0.0,
+    ) -> list[Match]:
+        """The k products that a text describes ("red tshirt for men"): the catalog's own words (BM25, with
+        stemming and misspelt words corrected) fused with the text bridge's guess of the product's look.
+
+        `mode` "words" or "bridge" uses one signal only (to measure them); without a bridge, "fused" is words
+        only. See `similar` for `collapse` and `diversity`.
+        """
+        text = check_query(text)
+        if mode not in TEXT_MODES:
+            raise ValueError(f"text search mode must be one of {', '.join(TEXT_MODES)}, not {mode!r}")
+        bridge = self.bridge if mode != "words" else None
+        if mode == "bridge" and bridge is None:
+            raise ValueError(f"{self.store.directory} has no text bridge; train one with `fashionrec train-text INDEX`")
+        vector = bridge.embed([text])[0] if bridge is not None else None
+        if vector is not None and not vector.any():
+            vector = None  # nothing the bridge can read (no letters or digits): words alone decide
+        return self.snapshot.search_text(text, vector, k, filters, mode != "bridge", collapse, diversity)
+
     def similar(
         self,
         query: Query,
@@ -546,4 +660,7 @@ class Recommender:
             "complete": manifest.get("complete", False),
             "updated": manifest.get("updated"),
             "metadata_columns": list(self.snapshot.columns),
+            "text_search": "words + text bridge"
+            if self.has_bridge()
+            else ("words only (no text bridge: train one with `fashionrec train-text INDEX`)"),
         }
