@@ -250,7 +250,5 @@ def train_bridge(
     bridge = TextBridge(bridge.encoder_id, bridge.weights, manifest)
     target = Path(out) if out is not None else index_dir / DEFAULT_DIR
     bridge.save(target)
-    log(
-        f"Text bridge saved in {target}/ ({seconds:.0f} s); held-out names finding their image: {figures.get('heldout')}"
-    )
+    log(f"Text bridge saved in {target}/ ({seconds:.0f} s); names finding their own image: {figures.get('heldout')}")
     return bridge
