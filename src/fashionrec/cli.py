@@ -26,7 +26,7 @@ from fashionrec.encoder import BACKBONES, DEFAULT_ENCODER, DEFAULT_FIT, WEIGHTS_
 from fashionrec.garment import Method
 from fashionrec.images import MAX_BYTES, Fit, ImageError, parse_box
 from fashionrec.index import IndexStore, IndexStoreError
-from fashionrec.search import Match, Recommender, UnknownItemError
+from fashionrec.search import TEXT_MODES, Match, Recommender, UnknownItemError
 from fashionrec.trained import TrainConfig
 
 app = typer.Typer(
@@ -182,7 +182,15 @@ def _query(
 @app.command()
 def search(
     index_dir: IndexDir,
-    image: Annotated[Path, typer.Argument(help="Any image file: a photo, a screenshot, a product shot.")],
+    image: Annotated[
+        Path | None, typer.Argument(help="Any image file: a photo, a screenshot, a product shot (or use --text).")
+    ] = None,
+    text: Annotated[
+        str | None, typer.Option("--text", "-t", help='Search by words instead of an image: "red tshirt for men".')
+    ] = None,
+    text_mode: Annotated[
+        str, typer.Option(help="With --text: fused (words + text bridge), words (names/metadata only), bridge.")
+    ] = "fused",
     k: TopK = 5,
     filter: FilterOption = None,
     as_json: AsJson = False,
@@ -200,7 +208,21 @@ def search(
     collapse: Collapse = True,
     diversity: Diversity = 0.0,
 ) -> None:
-    """Similar products for an image file (or the --crop part of it)."""
+    """Similar products for an image file (or the --crop part of it), or the products that --text describes."""
+    if (image is None) == (text is None):
+        raise typer.BadParameter("give an IMAGE or --text (one of them)", param_hint="IMAGE / --text")
+    if text is not None:
+        if text_mode not in TEXT_MODES:
+            raise typer.BadParameter(f"{text_mode!r} is not one of {', '.join(TEXT_MODES)}", param_hint="--text-mode")
+        _query(
+            index_dir,
+            lambda r: r.similar_to_text(text, k, parse_filters(filter), text_mode, collapse, diversity),  # type: ignore[arg-type]
+            as_json,
+            f"Products for {text!r}",
+            search,
+            precision,
+        )
+        return
     if isolate not in get_args(Method):
         raise typer.BadParameter(f"{isolate!r} is not one of {', '.join(get_args(Method))}", param_hint="--isolate")
     _query(
@@ -398,6 +420,41 @@ def train_encoder(
         f"use it with: fashionrec index CATALOG --encoder {out} --out INDEX_DIR",
         highlight=False,
     )
+
+
+@app.command(name="train-text")
+def train_text(
+    index_dir: IndexDir,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Where to save the text bridge (default: INDEX/text-bridge, where search finds it)."
+        ),
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training items.")] = 30,
+    holdout: Annotated[
+        float, typer.Option(help="Share of the items held out (by id, as `train` does): never trained on.")
+    ] = TrainConfig.holdout,
+    seed: Annotated[int, typer.Option(help="Seed of the split (as `train`), the weights and the shuffling.")] = (
+        TrainConfig.seed
+    ),
+    validation: Annotated[
+        float, typer.Option(min=0.0, max=0.5, help="Share of the other items also left out, to tune settings on.")
+    ] = 0.0,
+) -> None:
+    """Train the text bridge of an index: search by words finds products by their look, not only their names."""
+    from fashionrec.bridge_train import BridgeConfig, train_bridge  # torch is only imported for training
+
+    config = BridgeConfig(epochs=epochs, seed=seed, holdout=holdout, validation=validation)
+    with user_errors():
+        bridge = train_bridge(index_dir, out, config, log=console.print)
+    figures = bridge.manifest["figures"]
+    for split, found in figures.items():  # type: ignore[union-attr]
+        console.print(
+            f"{split}: {found['queries']} names find their own product's image among {found['gallery']}: "
+            f"R@1 {found['R@1']:.3f}, R@10 {found['R@10']:.3f}",
+            highlight=False,
+        )
 
 
 @app.command(name="app")
