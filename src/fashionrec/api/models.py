@@ -51,6 +51,7 @@ class InfoOut(BaseModel):
     complete: bool
     updated: str | None
     metadata_columns: list[str]
+    text_search: str  # "words + text bridge", or words only
 
 
 Metadata = TypeAdapter(

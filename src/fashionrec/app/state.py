@@ -10,7 +10,6 @@ import random
 import sys
 from dataclasses import dataclass, replace
 
-import numpy as np
 import streamlit as st
 
 from fashionrec.images import Box, ImageError, web_image
@@ -28,13 +27,12 @@ FACETS = {
     "usage": "Usage",
 }
 NAME = "productDisplayName"
-FOUND_LIMIT = 100  # products listed for a name search
 HISTORY = 50  # queries the back button remembers
 
 
 @dataclass(frozen=True)
 class Query:
-    """What the shopper wants look-alikes of: a catalog product, or an image of their own."""
+    """What the shopper wants look-alikes of: a catalog product, an image of their own, or words."""
 
     title: str
     item_id: str | None = None
@@ -43,6 +41,7 @@ class Query:
     crop: Box | None = None
     cut_out: bool = False  # the garment cut out of the scene (garment.py) before searching
     embedding: SearchQuery | None = None  # an image's vector and colour; None for a catalog product
+    text: str | None = None  # words describing the product ("blue denim jacket"): Recommender.similar_to_text
 
 
 def index_dir() -> str:
@@ -132,34 +131,20 @@ def refine_photo_query() -> None:
 
 
 def query_typed_product() -> None:
-    """An exact id, or a name matching one product only, becomes the query at once."""
-    found = find_products(recommender(), st.session_state.product_text)
-    if len(found) == 1:
-        query_item(found[0])
-
-
-def query_picked_product() -> None:
-    if st.session_state.picked_product is not None:
-        query_item(st.session_state.picked_product)
-
-
-def find_products(recommender: Recommender, text: str, limit: int = FOUND_LIMIT) -> list[str]:
-    """Ids of the products whose id is `text`, or whose name holds every word of it."""
-    text = text.strip()
+    """A product's exact id shows its look-alikes; other words search the catalog by words (similar_to_text)."""
+    text = st.session_state.product_text.strip()
     if not text:
-        return []
-    if text in recommender.positions:
-        return [text]
-    if NAME not in recommender.metadata.columns:
-        return []
-    names = recommender.metadata[NAME].str.lower()
-    mask = np.ones(len(names), dtype=bool)
-    for word in text.lower().split():
-        mask &= names.str.contains(word, regex=False).to_numpy(dtype=bool, na_value=False)
-    return [recommender.items[p].id for p in np.flatnonzero(mask)[:limit]]
+        return
+    if text in recommender().positions:
+        query_item(text)
+    else:
+        set_query(Query(title=text, text=text))
 
 
 def search(query: Query, k: int, filters: dict[str, list[str]], colour_weight: float, diversity: float) -> list[Match]:
+    """The results of the current query (colour weight applies to image and product queries, not to words)."""
+    if query.text is not None:
+        return recommender().similar_to_text(query.text, k, filters, diversity=diversity)
     if query.item_id is not None:
         return recommender().similar_to_item(query.item_id, k, filters, colour_weight, diversity=diversity)
     assert query.embedding is not None
