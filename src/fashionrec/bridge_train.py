@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,34 +28,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from fashionrec.bridge import BRIDGE_FORMAT, BUCKETS, DEFAULT_DIR, TextBridge, features
+from fashionrec.bridge import BRIDGE_FORMAT, BUCKETS, DEFAULT_DIR, BridgeConfig, TextBridge, features
 from fashionrec.index import IndexStore
 from fashionrec.text import NAME, item_text
 from fashionrec.train import TrainError, _read_all, heldout_mask
-from fashionrec.trained import TrainConfig
 
 PHRASE_COLUMNS = ("baseColour", "articleType", "gender", "usage", "subCategory", "season")
 PHRASE_KEEP = {"articleType": 0.9, "baseColour": 0.7, "gender": 0.5}  # other columns: 0.2
 EVAL_QUERIES = 2000  # held-out names measured at the end of training (R@1, R@10 among the held-out images)
 MIN_TRAIN_ITEMS = 50
-
-
-@dataclass(frozen=True)
-class BridgeConfig:
-    """What bridge training does (recorded in the bridge's manifest)."""
-
-    epochs: int = 30
-    batch_size: int = 1024
-    embed_dim: int = 128
-    hidden: int = 1024
-    components: int = 256  # the image space's principal directions the bridge aims in
-    lr: float = 3e-3
-    temperature: float = 0.05  # initial; learnt
-    seed: int = TrainConfig.seed
-    holdout: float = TrainConfig.holdout
-    validation: float = 0.0
-    phrase_share: float = 0.3
-    word_dropout: float = 0.15
 
 
 class BridgeNet(nn.Module):
@@ -211,7 +192,7 @@ def train_bridge(
             loss.backward()
             optimizer.step()
             schedule.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             bar.update(1)
         history.append({"epoch": epoch, "loss": round(float(np.mean(losses)), 4)})
         bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", temperature=f"{1 / net.logit_scale.exp().item():.3f}")

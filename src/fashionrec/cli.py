@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fashionrec.bridge import BridgeConfig
 from fashionrec.build import BuildInterrupted, BuildReport, build_index
 from fashionrec.catalog import CatalogError, load_catalog
 from fashionrec.encoder import BACKBONES, DEFAULT_ENCODER, DEFAULT_FIT, WEIGHTS_ENV, EncoderError, load_encoder
@@ -431,7 +432,7 @@ def train_text(
             "--out", "-o", help="Where to save the text bridge (default: INDEX/text-bridge, where search finds it)."
         ),
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training items.")] = 30,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training items.")] = BridgeConfig.epochs,
     holdout: Annotated[
         float, typer.Option(help="Share of the items held out (by id, as `train` does): never trained on.")
     ] = TrainConfig.holdout,
@@ -443,7 +444,7 @@ def train_text(
     ] = 0.0,
 ) -> None:
     """Train the text bridge of an index: search by words finds products by their look, not only their names."""
-    from fashionrec.bridge_train import BridgeConfig, train_bridge  # torch is only imported for training
+    from fashionrec.bridge_train import train_bridge  # torch is only imported for training
 
     config = BridgeConfig(epochs=epochs, seed=seed, holdout=holdout, validation=validation)
     with user_errors():
