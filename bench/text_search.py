@@ -6,8 +6,9 @@ productDisplayName, the target its image; R@1 and R@10. Here the queries are the
 gallery is (a) the held-out items' images only, or (b) the whole catalog's images. Three rankings:
 the text bridge alone (no metadata match: the look only), the catalog's words alone (BM25 over
 names and metadata: the query is the target's own name, so it finds every product of that name),
-and the two fused by reciprocal rank as Recommender.similar_to_text does (the fusion constant is
-chosen on the validation items, which are neither trained on nor tested).
+and the two fused as Recommender.similar_to_text does (search.fuse: a blend of the scaled scores; its
+words weight is chosen on the validation items, which are neither trained on nor tested, where
+reciprocal rank fusion is measured too).
 
 Many products share a name ("Nike Men Black T-shirt"): exact R@1 is then partly luck, so every
 figure is also given with "any product of the identical name counts".
@@ -26,6 +27,8 @@ import argparse
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,27 +38,29 @@ from tqdm import tqdm
 from fashionrec.bridge import BridgeConfig, TextBridge
 from fashionrec.bridge_train import split
 from fashionrec.index import IndexStore
-from fashionrec.search import TEXT_POOL, Recommender, fuse, top_scores
+from fashionrec.search import TEXT_POOL, WORDS_WEIGHT, Recommender, fuse, top_scores
 from fashionrec.text import NAME, TextIndex
 from fashionrec.train import _read_all
 
 KS = (1, 10)
 MODES = ("bridge", "words", "fused")
-CONSTANTS = (1, 5, 20, 60)  # reciprocal rank fusion constants tried on the validation items
+WEIGHTS = (0.35, 0.5, 0.65, 0.8, 0.9, 0.95)  # words weights of search.fuse tried on the validation items
+RRF_CONSTANT = 60  # reciprocal rank fusion (Cormack et al. 2009), measured on the validation items for comparison
 META_QUERIES = 60  # most common (gender, articleType, baseColour) triples asked in words
 LATENCY_QUERIES = 300
+Pairs = list[tuple[float, int]]  # (score, position) of a text search's candidates
 
 
 def key(name: str) -> str:
     return " ".join(name.lower().split())
 
 
-def ranked(pairs: list[tuple[float, int]], ids: list[str], k: int) -> list[int]:
+def ranked(pairs: Pairs, ids: list[str], k: int) -> list[int]:
     """The first k positions as the Recommender orders them: by score (5 decimals), ties by id."""
     return [p for _, p in sorted(pairs, key=lambda pair: (-round(pair[0], 5), ids[pair[1]]))[:k]]
 
 
-def bridge_pools(queries: np.ndarray, vectors: np.ndarray, gallery: np.ndarray) -> list[list[tuple[float, int]]]:
+def bridge_pools(queries: np.ndarray, vectors: np.ndarray, gallery: np.ndarray) -> list[Pairs]:
     """The bridge's TEXT_POOL best (score, position) pairs among the gallery, per query vector."""
     pools = []
     for start in range(0, len(queries), 256):
@@ -66,6 +71,15 @@ def bridge_pools(queries: np.ndarray, vectors: np.ndarray, gallery: np.ndarray) 
     return pools
 
 
+def reciprocal_rank_fusion(by_words: Pairs, by_look: Pairs) -> Pairs:
+    """The other way to fuse, for comparison: the sum over both rankings of 1 / (RRF_CONSTANT + rank)."""
+    totals: dict[int, float] = {}
+    for ranking in (by_words, by_look):
+        for rank, (_, position) in enumerate(sorted(ranking, reverse=True), start=1):
+            totals[position] = totals.get(position, 0.0) + 1.0 / (RRF_CONSTANT + rank)
+    return [(total, position) for position, total in totals.items()]
+
+
 def top_k(
     text_index: TextIndex,
     texts: list[str],
@@ -73,18 +87,18 @@ def top_k(
     vectors: np.ndarray,
     gallery: np.ndarray,
     ids: list[str],
-    constants: tuple[int, ...],
+    fusions: dict[str, Callable[[Pairs, Pairs], Pairs]],
     desc: str,
 ) -> dict[str, list[list[int]]]:
-    """Per mode (bridge, words, fused with each constant): the first max(KS) positions for each text."""
-    found: dict[str, list[list[int]]] = {"bridge": [], "words": [], **{f"fused@{c}": [] for c in constants}}
+    """Per mode (bridge, words, and each named fusion): the first max(KS) positions for each text."""
+    found: dict[str, list[list[int]]] = {"bridge": [], "words": [], **{name: [] for name in fusions}}
     pools = bridge_pools(embedded, vectors, gallery)
     for text, by_look in tqdm(list(zip(texts, pools, strict=True)), desc=desc, unit="query", mininterval=5):
         by_words = top_scores(text_index.scores(text), gallery, TEXT_POOL)
         found["bridge"].append(ranked(by_look, ids, max(KS)))
         found["words"].append(ranked(by_words, ids, max(KS)))
-        for c in constants:
-            found[f"fused@{c}"].append(ranked(fuse([by_words, by_look], c), ids, max(KS)))
+        for name, fusion in fusions.items():
+            found[name].append(ranked(fusion(by_words, by_look), ids, max(KS)))
     return found
 
 
@@ -106,7 +120,7 @@ def kagl(
     galleries: dict[str, np.ndarray],
     ids: list[str],
     names: list[str],
-    constants: tuple[int, ...],
+    fusions: dict[str, Callable[[Pairs, Pairs], Pairs]],
 ) -> dict[str, dict[str, dict[str, float]]]:
     """KAGL text-to-image figures of the named `rows` against each gallery, per mode."""
     queries = np.array([r for r in rows if names[r]])
@@ -114,7 +128,7 @@ def kagl(
     embedded = bridge.embed(texts)
     results = {}
     for gallery_name, gallery in galleries.items():
-        found = top_k(text_index, texts, embedded, vectors, gallery, ids, constants, f"KAGL, {gallery_name}")
+        found = top_k(text_index, texts, embedded, vectors, gallery, ids, fusions, f"KAGL, {gallery_name}")
         results[gallery_name] = {mode: recall(lists, queries, names) for mode, lists in found.items()}
         results[gallery_name]["queries"] = len(queries)  # type: ignore[assignment]
         results[gallery_name]["gallery"] = len(gallery)  # type: ignore[assignment]
@@ -135,13 +149,13 @@ def metadata_precision(
     metadata: list[dict[str, str]],
     gallery: np.ndarray,
     ids: list[str],
-    constant: int,
+    weight: float,
 ) -> dict[str, dict[str, float]]:
     """P@5 of articleType, baseColour and both, for metadata-word queries, per mode."""
     asked = metadata_queries(metadata, gallery)
     texts = [text for text, _ in asked]
-    found = top_k(text_index, texts, bridge.embed(texts), vectors, gallery, ids, (constant,), "metadata words")
-    found["fused"] = found.pop(f"fused@{constant}")
+    fused = {"fused": partial(fuse, words_weight=weight)}
+    found = top_k(text_index, texts, bridge.embed(texts), vectors, gallery, ids, fused, "metadata words")
     figures = {}
     for mode, lists in found.items():
         firsts = [[(metadata[p]["articleType"], metadata[p]["baseColour"]) for p in f[:5]] for f in lists]
@@ -214,17 +228,19 @@ def main() -> None:
     build_seconds = time.perf_counter() - started
     everything = np.arange(len(items))
 
-    print(f"Validation ({len(validation_rows)} items): choosing the fusion constant")
-    validation = kagl(text_index, bridge, vectors, validation_rows, {"catalog": everything}, ids, names, CONSTANTS)[
-        "catalog"
-    ]
-    constant = max(CONSTANTS, key=lambda c: (validation[f"fused@{c}"]["R@1"], validation[f"fused@{c}"]["R@10"]))
-    print(f"  chosen constant {constant}: " + ", ".join(f"{c}: {validation[f'fused@{c}']}" for c in CONSTANTS))
+    print(f"Validation ({len(validation_rows)} items): choosing how to fuse")
+    candidates = {f"blend@{w}": partial(fuse, words_weight=w) for w in WEIGHTS}
+    candidates[f"rrf@{RRF_CONSTANT}"] = reciprocal_rank_fusion
+    validation = kagl(text_index, bridge, vectors, validation_rows, {"catalog": everything}, ids, names, candidates)
+    validation = validation["catalog"]
+    weight = max(WEIGHTS, key=lambda w: (validation[f"blend@{w}"]["R@1"], validation[f"blend@{w}"]["R@10"]))
+    for name in ("bridge", "words", *candidates):
+        print(f"  {name:10s} {validation[name]}")
+    print(f"  chosen: words weight {weight} (search.WORDS_WEIGHT is {WORDS_WEIGHT})")
 
     galleries = {"heldout": heldout_rows, "catalog": everything}
-    test = kagl(text_index, bridge, vectors, heldout_rows, galleries, ids, names, (constant,))
-    for figures in test.values():
-        figures["fused"] = figures.pop(f"fused@{constant}")
+    fused = {"fused": partial(fuse, words_weight=weight)}
+    test = kagl(text_index, bridge, vectors, heldout_rows, galleries, ids, names, fused)
 
     heldout_names = Counter(key(names[r]) for r in heldout_rows if names[r])
     catalog_names = Counter(key(n) for n in names if n)
@@ -236,8 +252,8 @@ def main() -> None:
         ),
     }
     precision = {
-        "catalog": metadata_precision(text_index, bridge, vectors, metadata, everything, ids, constant),
-        "heldout": metadata_precision(text_index, bridge, vectors, metadata, heldout_rows, ids, constant),
+        "catalog": metadata_precision(text_index, bridge, vectors, metadata, everything, ids, weight),
+        "heldout": metadata_precision(text_index, bridge, vectors, metadata, heldout_rows, ids, weight),
     }
     step = max(1, len(heldout_rows) // LATENCY_QUERIES)
     timing = latency(args.index, args.bridge, [names[r] for r in heldout_rows[::step] if names[r]][:LATENCY_QUERIES])
@@ -250,7 +266,7 @@ def main() -> None:
             f = figures[mode]
             print(
                 f"  {mode:7s} R@1 {f['R@1']:.3f}  R@10 {f['R@10']:.3f}   same name: R@1 {f['R@1_same_name']:.3f}  "
-                f"R@10 {f['R@10_same_name']:.3f}   bridge R@1 / FashionSigLIP {f['R@1'] / 0.179:.2f}x"
+                f"R@10 {f['R@10_same_name']:.3f}   R@1 / Marqo-FashionSigLIP's 0.179: {f['R@1'] / 0.179:.2f}x"
             )
     print(f"\nShared names: {shared}")
     for gallery, figures in precision.items():
@@ -266,7 +282,7 @@ def main() -> None:
             "encoder": bridge.encoder_id,
             "bridge": {k: bridge.manifest[k] for k in ("config", "split", "figures", "training_seconds")},
             "split": {"train": len(train_rows), "validation": len(validation_rows), "heldout": len(heldout_rows)},
-            "fusion": {"chosen_constant": constant, "validation_catalog": validation},
+            "fusion": {"chosen_words_weight": weight, "validation_catalog": validation},
             "kagl": test,
             "marqo_published_kagl_text_to_image": marqo,
             "shared_names": shared,

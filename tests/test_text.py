@@ -102,17 +102,17 @@ def test_bad_mode_and_bridge_without_one(recommender: Recommender) -> None:
         recommender.similar_to_text("shirt", mode="bridge")
 
 
-def test_fusion_adds_reciprocal_ranks_and_ties_share_a_rank() -> None:
-    words_ranking = [(9.0, 1), (5.0, 2), (5.0, 3), (1.0, 4)]
-    bridge_ranking = [(0.9, 3), (0.8, 5), (0.7, 1)]
-    fused = dict((p, s) for s, p in fuse([words_ranking, bridge_ranking], constant=0))
-    assert fused[2] == pytest.approx(1 / 2) and fused[3] == pytest.approx(1 / 2 + 1)  # 2 and 3 tie at rank 2
-    assert (
-        fused[1] == pytest.approx(1 + 1 / 3) and fused[4] == pytest.approx(1 / 4) and fused[5] == pytest.approx(1 / 2)
-    )
-    order = [p for p, _ in sorted(fused.items(), key=lambda pair: -pair[1])]
-    assert order[:2] == [3, 1]  # found by both signals: first
-    assert set(order) == {1, 2, 3, 4, 5}
+def test_fusion_blends_scaled_scores() -> None:
+    by_words = [(8.0, 1), (4.0, 2), (4.0, 3), (2.0, 4)]
+    by_look = [(0.5, 3), (0.4, 5), (0.3, 1)]
+    fused = {p: s for s, p in fuse(by_words, by_look, words_weight=0.75)}
+    assert fused[1] == pytest.approx(0.75) and fused[2] == pytest.approx(0.375) and fused[4] == pytest.approx(0.1875)
+    assert fused[3] == pytest.approx(0.375 + 0.25) and fused[5] == pytest.approx(0.125)  # look: (0.4 - 0.3) / 0.2
+    assert fuse(by_words, [], 0.75) == [(0.75 * s / 8.0, p) for s, p in by_words]
+    only_look = {p: s for s, p in fuse([], by_look, 0.75)}
+    assert only_look == {3: pytest.approx(0.25), 5: pytest.approx(0.125), 1: 0.0}
+    # 2 and 3 tie in words: the look breaks the tie; a strong word lead (1) is kept over a good look (3)
+    assert sorted(fused, key=lambda p: -fused[p])[:3] == [1, 3, 2]
 
 
 # ---- the text bridge -----------------------------------------------------------------------------
