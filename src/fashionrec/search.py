@@ -257,7 +257,12 @@ class Snapshot:
             rankings.append([(float(s), int(p)) for s, p in zip(scores[0], positions[0], strict=True) if p >= 0])
         found = rankings[0] if len(rankings) == 1 else fuse(*rankings)
         found.sort(key=lambda pair: (-round(pair[0], 5), self.items[pair[1]].id))
-        groups = self._collapse(found, None) if collapse else [(s, p, ()) for s, p in found]
+        if not collapse:
+            return self._matches([(s, p, ()) for s, p in found], k, diversity)
+        head = found[: max(2 * k + 1 + TIE_MARGIN, DIVERSITY_POOL if diversity > 0 else 0)]  # collapsing costs
+        groups = self._collapse(head, None)
+        if len(groups) < k and len(head) < len(found):  # mostly duplicates: all candidates
+            groups = self._collapse(found, None)
         return self._matches(groups, k, diversity)
 
     def _candidates(
