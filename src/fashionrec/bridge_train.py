@@ -224,7 +224,7 @@ def train_bridge(
         "evaluation": "product names query their own image among the split's images (inner product): R@1, R@10",
         "figures": figures,
         "history": history,
-        "temperature": round(1 / float(net.logit_scale.exp()), 4),
+        "temperature": round(1 / net.logit_scale.exp().item(), 4),
         "training_seconds": round(seconds, 1),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
