@@ -17,8 +17,10 @@ Plus metadata-word queries, as a shopper types them ("red tshirts for men"): for
 (gender, articleType, baseColour) triples, the share of the 5 first results of that articleType,
 of that baseColour, and of both (P@5).
 
-    fashionrec train-text /work/indexes/full --out /tmp/bridge-full --validation 0.1
-    OMP_NUM_THREADS=1 python bench/text_search.py --index /work/indexes/full --bridge /tmp/bridge-full
+    fashionrec train-text /work/indexes/full --out /tmp/bridge-full --epochs 30
+    fashionrec train-text /work/indexes/full --out /tmp/bridge-full-v --validation 0.1
+    cd bench && OMP_NUM_THREADS=1 python text_search.py --index /work/indexes/full --bridge /tmp/bridge-full \
+        --tuning-bridge /tmp/bridge-full-v
 """
 
 from __future__ import annotations
@@ -207,22 +209,32 @@ def latency(index: Path, bridge_dir: Path, texts: list[str]) -> dict[str, float]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--index", type=Path, default=Path("/work/indexes/full"))
-    parser.add_argument("--bridge", type=Path, required=True, help="A bridge made by train-text --validation 0.1")
+    parser.add_argument("--bridge", type=Path, required=True, help="The bridge measured (made by train-text)")
+    parser.add_argument(
+        "--tuning-bridge",
+        type=Path,
+        help="A bridge made with train-text --validation 0.1, to choose the fusion on its validation items "
+        "(default: --bridge, which must then have validation items)",
+    )
     parser.add_argument("--name", default="text_search", help="bench/results/NAME.json")
     args = parser.parse_args()
 
     store = IndexStore.open(args.index)
     items, vectors, _ = _read_all(store)
     bridge = TextBridge.load(args.bridge, store.manifest["encoder"]["id"])  # type: ignore[index]
+    tuning_dir = args.tuning_bridge or args.bridge
+    tuning = TextBridge.load(tuning_dir, bridge.encoder_id)
     store.close()
     ids = [item.id for item in items]
     metadata = [item.metadata for item in items]
     names = [m.get(NAME, "") for m in metadata]
-    settings = bridge.manifest["config"]
+    settings = tuning.manifest["config"]
     config = BridgeConfig(seed=settings["seed"], holdout=settings["holdout"], validation=settings["validation"])
     train_rows, validation_rows, heldout_rows = split(ids, config)
     if not len(validation_rows):
-        raise SystemExit(f"{args.bridge}: trained without validation items; train it with --validation 0.1")
+        raise SystemExit(f"{tuning_dir}: trained without validation items; train one with --validation 0.1")
+    if (bridge.manifest["config"]["seed"], bridge.manifest["config"]["holdout"]) != (config.seed, config.holdout):
+        raise SystemExit(f"{args.bridge} and {tuning_dir} hold out other items (seed, holdout)")
     started = time.perf_counter()
     text_index = TextIndex.of(metadata)
     build_seconds = time.perf_counter() - started
@@ -231,7 +243,7 @@ def main() -> None:
     print(f"Validation ({len(validation_rows)} items): choosing how to fuse")
     candidates = {f"blend@{w}": partial(fuse, words_weight=w) for w in WEIGHTS}
     candidates[f"rrf@{RRF_CONSTANT}"] = reciprocal_rank_fusion
-    validation = kagl(text_index, bridge, vectors, validation_rows, {"catalog": everything}, ids, names, candidates)
+    validation = kagl(text_index, tuning, vectors, validation_rows, {"catalog": everything}, ids, names, candidates)
     validation = validation["catalog"]
     weight = max(WEIGHTS, key=lambda w: (validation[f"blend@{w}"]["R@1"], validation[f"blend@{w}"]["R@10"]))
     for name in ("bridge", "words", *candidates):
@@ -277,10 +289,12 @@ def main() -> None:
     write_results(
         args.name,
         {
-            "command": f"python bench/text_search.py --index {args.index} --bridge {args.bridge}",
+            "command": f"python bench/text_search.py --index {args.index} --bridge {args.bridge} "
+            f"--tuning-bridge {tuning_dir}",
             "index": str(args.index),
             "encoder": bridge.encoder_id,
             "bridge": {k: bridge.manifest[k] for k in ("config", "split", "figures", "training_seconds")},
+            "tuning_bridge": {k: tuning.manifest[k] for k in ("config", "split", "figures", "training_seconds")},
             "split": {"train": len(train_rows), "validation": len(validation_rows), "heldout": len(heldout_rows)},
             "fusion": {"chosen_words_weight": weight, "validation_catalog": validation},
             "kagl": test,
