@@ -45,7 +45,7 @@ MAX_METADATA_BYTES = 8 * 1024  # an added item's metadata, as JSON
 TextMode = Literal["fused", "bridge", "words"]
 TEXT_MODES: tuple[TextMode, ...] = ("fused", "bridge", "words")
 TEXT_POOL = 100  # candidates of each text signal that fusion ranks again (at least 4k)
-WORDS_WEIGHT = 0.5  # share of the words (BM25) in a fused text score, the rest the bridge's (bench/text_search.py)
+WORDS_WEIGHT = 0.95  # share of the words (BM25) in a fused text score, the rest the bridge's (bench/text_search.py)
 
 log = logging.getLogger(__name__)
 
