@@ -225,5 +225,5 @@ def test_api_search_by_text(api: httpx.Client) -> None:
     assert_error(api.get("/v1/search", params={"q": "   "}), 400, "search text is empty")
     assert_error(api.get("/v1/search", params={"q": "x" * 10_000}), 400, "q")
     assert_error(api.get("/v1/search", params={"q": "shirt", "mode": "magic"}), 400, "mode")
-    assert_error(api.get("/v1/search", params={"q": "shirt", "filter": "colour:Red"}), 400, "unknown filter column")
+    assert_error(api.get("/v1/search", params={"q": "shirt", "filter": "colour=Red"}), 422, "unknown filter column")
     assert_error(api.get("/v1/search", params={"q": "shirt", "k": 0}), 400, "k")

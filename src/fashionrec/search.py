@@ -8,9 +8,11 @@ ids (the same photo) is one result by default, its other ids its `variants` (`co
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -21,20 +23,20 @@ import numpy as np
 from PIL import Image
 
 from fashionrec.bridge import BRIDGE_MANIFEST, DEFAULT_DIR, BridgeError, TextBridge
-from fashionrec.catalog import ImageSource, Problem
+from fashionrec.catalog import ImageSource, Item, Problem
 from fashionrec.colour import COLOUR_DIM, colour_vector
 from fashionrec.encoder import Encoder, encoder_for_index
+from fashionrec.filters import FilterError, Filters, resolve_filters
 from fashionrec.garment import Method
 from fashionrec.garment import isolate as isolate_garment
 from fashionrec.images import Box, Detail, crop, decode, match_detail, open_image
 from fashionrec.index import UPLOADED, UPLOADS, DuplicateItemError, IndexStore, StoredItem
 from fashionrec.text import TextIndex, check_query
-from fashionrec.vector_index import Kind, Precision, VectorIndex, resolve_kind
+from fashionrec.vector_index import Kind, Precision, VectorIndex, resolve_kind, search_threads
 
 if TYPE_CHECKING:
     import pandas as pd
 
-Filters = Mapping[str, str | Sequence[str]]
 Group = tuple[float, int, tuple[str, ...]]  # a result before it is a Match: score, position, variant ids
 TIE_MARGIN = 8  # extra candidates fetched so equal scores can be ordered by id
 RERANK_POOL = 100  # candidates by shape that a colour-weighted query ranks again
@@ -42,6 +44,7 @@ DUPLICATE_COSINE = 0.995  # same image re-saved: >= 0.9999; 0.99-0.995 holds loo
 DIVERSITY_POOL = 50  # candidates that maximal marginal relevance picks from (at least 4k)
 MAX_COLUMNS = 64  # metadata columns in a whole index that an added item may bring: each widens every row
 MAX_METADATA_BYTES = 8 * 1024  # an added item's metadata, as JSON
+QUERY_CACHE = 16  # photos kept embedded: the app searches the same photo again on every change of a setting
 TextMode = Literal["fused", "bridge", "words"]
 TEXT_MODES: tuple[TextMode, ...] = ("fused", "bridge", "words")
 TEXT_POOL = 100  # candidates of each text signal that fusion ranks again (at least 4k)
@@ -68,11 +71,16 @@ class Match:
     metadata: dict[str, str]
     variants: tuple[str, ...] = ()  # ids of the same product under other ids (same image, near-identical vector)
 
+    def __post_init__(self) -> None:
+        # Rounded, and clipped to the documented [-1, 1]: float16 vectors can add a few 1e-4 to a cosine of 1.
+        object.__setattr__(self, "score", round(min(max(float(self.score), -1.0), 1.0), 6))
+
     def to_dict(self) -> dict[str, object]:
+        """The one serialised form of a match: CLI JSON, the API (which adds an image URL), batch files."""
         return {
             "rank": self.rank,
             "id": self.id,
-            "score": round(self.score, 6),
+            "score": self.score,
             "image": self.image,
             "metadata": self.metadata,
             "variants": list(self.variants),
@@ -249,13 +257,17 @@ class Snapshot:
             raise ValueError(f"diversity must be between 0 and 1, got {diversity}")
         allowed = self.matching_positions(filters) if filters else None
         pool = max(TEXT_POOL, 4 * k)
-        rankings = []
-        if words:
-            rankings.append(top_scores(self.text.scores(text), allowed, pool))
+        by_words = top_scores(self.text.scores(text), allowed, pool) if words else []
+        by_look: list[tuple[float, int]] = []
         if vector is not None and len(self.items):
             scores, positions = self.index.search(vector, min(pool, len(self.items)), allowed)
-            rankings.append([(float(s), int(p)) for s, p in zip(scores[0], positions[0], strict=True) if p >= 0])
-        found = rankings[0] if len(rankings) == 1 else fuse(*rankings)
+            by_look = [(float(s), int(p)) for s, p in zip(scores[0], positions[0], strict=True) if p >= 0]
+        if words and vector is not None:
+            found = fuse(by_words, by_look)
+        elif words:
+            found = [(score / by_words[0][0], p) for score, p in by_words]  # BM25 over the best: in (0, 1]
+        else:
+            found = by_look
         found.sort(key=lambda pair: (-round(pair[0], 5), self.items[pair[1]].id))
         if not collapse:
             return self._matches([(s, p, ()) for s, p in found], k, diversity)
@@ -323,13 +335,18 @@ class Snapshot:
             closest = np.maximum(closest, vectors @ vectors[pick])
         return [groups[i] for i in order]
 
+    def resolve(self, filters: Filters) -> dict[str, list[str]]:
+        """The filters as this snapshot spells its columns and values (filters.resolve_filters)."""
+        return resolve_filters(filters, {name: column.values for name, column in self.columns.items()})
+
     def matching_positions(self, filters: Filters) -> np.ndarray:
-        """Positions of the items whose metadata match every filter (any of its values)."""
+        """Positions of the items whose metadata match every filter (any of its values).
+
+        Names and values match case-insensitively; one the index does not hold raises FilterError with a hint.
+        """
         mask = np.ones(len(self.items), dtype=bool)
-        for column, wanted in filters.items():
-            if column not in self.columns:
-                raise ValueError(f"unknown filter column {column!r}; columns are {', '.join(self.columns)}")
-            mask &= self.columns[column].matches([wanted] if isinstance(wanted, str) else wanted)
+        for column, wanted in self.resolve(filters).items():
+            mask &= self.columns[column].matches(wanted)
         return np.flatnonzero(mask).astype(np.int64)
 
 
@@ -356,6 +373,8 @@ class Recommender:
         self.threads = threads
         self.kind = kind
         self.precision = precision
+        if threads:
+            search_threads(threads)
         self._encoder: Encoder | None = None
         self._bridge: TextBridge | None = None
         self.text_model = Path(text_model) if text_model is not None else store.directory / DEFAULT_DIR
@@ -365,6 +384,8 @@ class Recommender:
             )
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._queries: OrderedDict[tuple[bytes, Box | None, str], Query] = OrderedDict()  # by photo digest
+        self._queries_lock = threading.Lock()
         catalog = store.manifest.get("catalog", {})
         self.images = ImageSource(Path(catalog["images_root"])) if catalog.get("images_root") else None
         self.detail = Detail.from_dict(store.manifest.get("detail"))
@@ -386,10 +407,11 @@ class Recommender:
         """Open an index directory; the encoder is loaded on the first image query.
 
         `kind` picks exact or approximate (ivf) search, `auto` by catalog size; `precision` float16
-        halves the memory the vectors take; `threads` is the cores one image embedding uses (0: all;
-        1 for a server that embeds several requests side by side); `isolation` how a query photo's garment
-        is cut out of its scene before embedding (garment.py); `text_model` the text bridge that text searches
-        use (default: the index's own text-bridge/ folder, if `fashionrec train-text` made one).
+        halves the memory the vectors take; `threads` is the cores one image embedding or one search uses
+        (0: all; 1 for a server that serves requests side by side; sets FAISS's for the whole process);
+        `isolation` how a query photo's garment is cut out of its scene before embedding (garment.py);
+        `text_model` the text bridge that text searches use (default: the index's own text-bridge/ folder, if
+        `fashionrec train-text` made one).
         """
         return cls(IndexStore.open(directory), backend, kind, precision, threads, isolation, text_model)
 
@@ -505,6 +527,31 @@ class Recommender:
                 "Use the index's existing columns (GET /v1/info lists them)"
             )
 
+    def update_item(self, item_id: str, changes: Mapping[str, str | None]) -> StoredItem:
+        """Change a product's metadata (its image and vectors stay): each column given is set, or removed when
+        None; the next search filters on the new values. UnknownItemError if absent."""
+        with self._write_lock:
+            old = self.snapshot
+            position = old.positions.get(item_id)
+            if position is None:
+                raise UnknownItemError(item_id)
+            current = old.items[position]
+            metadata = {k: v for k, v in {**current.metadata, **changes}.items() if v is not None}
+            self.check_metadata(metadata)
+            updated = replace(current, metadata=metadata)
+            self.store.update_metadata([Item(updated.id, updated.image, updated.metadata)])
+            if self._refresh_locked():  # another process wrote too: reloaded all, this change included
+                return self.item(item_id)
+            self.snapshot = Snapshot.of(
+                [*old.items[:position], updated, *old.items[position + 1 :]], old.index, old.colours
+            )
+        return updated
+
+    def items_page(self, offset: int, limit: int) -> tuple[int, list[StoredItem]]:
+        """The number of products and `limit` of them from `offset`, in index order (from one snapshot)."""
+        items = self.snapshot.items
+        return len(items), items[offset : offset + limit]
+
     def remove_item(self, item_id: str) -> None:
         """Delete a product from the index (and its image, if it was uploaded); UnknownItemError if absent."""
         with self._write_lock:
@@ -545,9 +592,23 @@ class Recommender:
 
         `crop_box` (fractions of the photo: left, top, right, bottom) searches for that part only; `isolate`
         (default: the recommender's `isolation`) cuts the garment out of a shopper's photo. The photo, or the
-        garment cut out of it, is then brought down to the catalog's level of detail.
+        garment cut out of it, is then brought down to the catalog's level of detail. The queries of the last
+        QUERY_CACHE photos given as bytes are kept, so searching one again with other settings is instant.
         """
-        return self._embed(image, as_query=True, crop_box=crop_box, isolate=isolate)
+        method = isolate or self.isolation
+        if not isinstance(image, bytes):
+            return self._embed(image, as_query=True, crop_box=crop_box, isolate=method)
+        key = (hashlib.sha256(image).digest(), crop_box, method)
+        with self._queries_lock:
+            if (known := self._queries.get(key)) is not None:
+                self._queries.move_to_end(key)
+                return known
+        query = self._embed(image, as_query=True, crop_box=crop_box, isolate=method)
+        with self._queries_lock:
+            self._queries[key] = query
+            while len(self._queries) > QUERY_CACHE:
+                self._queries.popitem(last=False)
+        return query
 
     def _embed(
         self,
@@ -619,7 +680,8 @@ class Recommender:
         stemming and misspelt words corrected) fused with the text bridge's guess of the product's look.
 
         `mode` "words" or "bridge" uses one signal only (to measure them); without a bridge, "fused" is words
-        only. See `similar` for `collapse` and `diversity`.
+        only. A score is the fused score (0 to 1), the BM25 score over the best one (words), or the cosine
+        (bridge). See `similar` for `collapse` and `diversity`.
         """
         text = check_query(text)
         if mode not in TEXT_MODES:
@@ -653,6 +715,28 @@ class Recommender:
         """Positions of the items whose metadata match every filter (any of its values)."""
         return self.snapshot.matching_positions(filters)
 
+    def resolve_filters(self, filters: Filters) -> dict[str, list[str]]:
+        """Filters spelled as the index spells them (any case given); FilterError, with the closest known names,
+        for a column or value the index does not hold. Every search does this itself."""
+        return self.snapshot.resolve(filters)
+
+    @property
+    def metadata_columns(self) -> list[str]:
+        """The metadata columns of the index's items, in first-seen order."""
+        return list(self.snapshot.columns)
+
+    def column_values(self, column: str, filters: Filters | None = None) -> list[str]:
+        """The values a metadata column holds among the items that match `filters` (every item without),
+        sorted: the choices a filter on that column has left once the others are set."""
+        snapshot = self.snapshot
+        if column not in snapshot.columns:
+            raise FilterError(f"unknown filter column {column!r}; columns are {', '.join(snapshot.columns)}")
+        codes = snapshot.columns[column].codes
+        if filters:
+            codes = codes[snapshot.matching_positions(filters)]
+        names = list(snapshot.columns[column].values)  # in code order
+        return sorted(value for value in (names[code] for code in np.unique(codes)) if value)
+
     def problems(self) -> list[Problem]:
         return self.store.problems()
 
@@ -670,7 +754,7 @@ class Recommender:
             "catalog": manifest.get("catalog", {}).get("path"),  # type: ignore[union-attr]
             "complete": manifest.get("complete", False),
             "updated": manifest.get("updated"),
-            "metadata_columns": list(self.snapshot.columns),
+            "metadata_columns": self.metadata_columns,
             "text_search": "words + text bridge"
             if self.has_bridge()
             else ("words only (no text bridge: train one with `fashionrec train-text INDEX`)"),

@@ -15,14 +15,14 @@ worker, a rebuild) commits to the index's SQLite database.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import anyio.to_thread
-import faiss
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from fashionrec import __version__
 from fashionrec.api.dependencies import MAX_UPLOAD_BYTES, READ_KEY_ENV, WRITE_KEY_ENV, Keys
@@ -31,23 +31,31 @@ from fashionrec.api.middleware import BodySizeLimit, KeysFirst, RawItemIds
 from fashionrec.api.routers import docs, items, search, system
 from fashionrec.search import Recommender
 
-__all__ = ["INDEX_ENV", "READ_KEY_ENV", "WRITE_KEY_ENV", "Keys", "app_from_env", "create_app"]
+__all__ = [
+    "CORS_ENV",
+    "INDEX_ENV",
+    "READ_KEY_ENV",
+    "WRITE_KEY_ENV",
+    "Keys",
+    "app_from_env",
+    "cors_origins_from_env",
+    "create_app",
+]
 
 INDEX_ENV = "FASHIONREC_INDEX"
+CORS_ENV = "FASHIONREC_CORS_ORIGINS"  # comma-separated origins allowed to call from a browser, or *; unset: none
 MAX_BODY_BYTES = MAX_UPLOAD_BYTES + 2**20  # the image plus multipart framing and the metadata field
 ROUTERS = (search.router, items.router, system.router, docs.router)
 
 
-def create_app(index_dir: str | Path, keys: Keys | None = None) -> FastAPI:
+def create_app(index_dir: str | Path, keys: Keys | None = None, cors_origins: Sequence[str] = ()) -> FastAPI:
     """The API over one index directory; the index and the model are loaded at startup (lifespan), so the
-    first request does not wait."""
+    first request does not wait. `cors_origins` lets web pages of those origins call it (off by default)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Concurrent requests already use every core: FAISS's own OpenMP threads per search would only
-        # oversubscribe them (a single search on the full catalog under load: 45 ms with 2 threads, 18 ms with 1).
-        faiss.omp_set_num_threads(1)
-        recommender = Recommender.open(index_dir, threads=1)  # requests embed side by side, one core each
+        # Requests are served side by side, one core each: one thread per embedding and per search.
+        recommender = Recommender.open(index_dir, threads=1)
         recommender.encoder  # noqa: B018 (loads it)
         app.state.recommender = recommender
         # One thread per core (see the module docstring). Measured with bench/api_load.py: p99 124 ms
@@ -69,6 +77,14 @@ def create_app(index_dir: str | Path, keys: Keys | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, limit=MAX_BODY_BYTES)
     app.add_middleware(KeysFirst)
     app.add_middleware(RawItemIds)
+    if cors_origins:  # added last, so outermost: preflights and error answers get the headers too
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["X-API-Key", "Content-Type"],
+            max_age=600,
+        )
     app.state.keys = keys or Keys()
     for router in ROUTERS:
         app.include_router(router)
@@ -79,4 +95,9 @@ def create_app(index_dir: str | Path, keys: Keys | None = None) -> FastAPI:
 
 def app_from_env() -> FastAPI:
     """Factory for uvicorn (each worker process calls it): the index and keys come from the environment."""
-    return create_app(os.environ[INDEX_ENV], Keys.from_env())
+    return create_app(os.environ[INDEX_ENV], Keys.from_env(), cors_origins_from_env())
+
+
+def cors_origins_from_env() -> list[str]:
+    """The origins of $FASHIONREC_CORS_ORIGINS (comma-separated; `*` for any); none when unset."""
+    return [origin.strip() for origin in os.environ.get(CORS_ENV, "").split(",") if origin.strip()]

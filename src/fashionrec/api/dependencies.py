@@ -38,7 +38,7 @@ def read_secret(name: str) -> str | None:
 
 @dataclass(frozen=True)
 class Keys:
-    """API keys: `write` enables POST/DELETE /v1/items; `read`, if set, is required by the read endpoints too."""
+    """API keys: `write` enables POST/PATCH/DELETE /v1/items; `read`, if set, is required by the read endpoints too."""
 
     write: str | None = None
     read: str | None = None
@@ -120,21 +120,12 @@ DiversityQuery = Annotated[
 FilterQuery = Annotated[
     list[str],
     Query(
-        description="Metadata filter `column:value`; repeat it. Several values of one column mean any of them, "
-        "different columns must all match.",
-        examples=[["gender:Men", "articleType:Shirts", "articleType:Tshirts"]],
+        description="Metadata filter `column=value`, as in the CLI; repeat it. Several values of one column mean "
+        "any of them, different columns must all match. Names and values match case-insensitively; one the index "
+        "does not hold is a 422 naming the closest known ones. (`column:value` is still accepted: deprecated.)",
+        examples=[["gender=Men", "articleType=Shirts", "articleType=Tshirts"]],
     ),
 ]
-
-
-def parse_filters(raw: list[str]) -> dict[str, list[str]]:
-    filters: dict[str, list[str]] = {}
-    for entry in raw:
-        column, sep, value = entry.partition(":")
-        if not sep or not column:
-            raise ValueError(f"filter {entry!r} is not column:value")
-        filters.setdefault(column, []).append(value)
-    return filters
 
 
 def path_item_id(item_id: str) -> str:

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fashionrec.api.models import ErrorOut
+from fashionrec.filters import FilterError
 from fashionrec.images import ImageError, ImageTooLarge
 from fashionrec.index import DuplicateItemError, StorageFullError
 from fashionrec.search import UnknownItemError
@@ -25,21 +26,23 @@ ERROR_CODES = {
     500: "internal_error",
     507: "insufficient_storage",
 }
-USER_ERRORS: dict[type[Exception], int] = {
-    UnknownItemError: 404,
-    DuplicateItemError: 409,
-    ImageTooLarge: 413,
-    ImageError: 422,
-    StorageFullError: 507,
-    ValueError: 400,  # what the core raises for bad arguments: unknown filter column, k < 1
+USER_ERRORS: dict[type[Exception], tuple[int, str]] = {  # the first class an error is an instance of wins
+    UnknownItemError: (404, "not_found"),
+    DuplicateItemError: (409, "conflict"),
+    ImageTooLarge: (413, "too_large"),
+    ImageError: (422, "invalid_image"),
+    FilterError: (422, "invalid_filter"),  # with the closest known names as a hint
+    StorageFullError: (507, "insufficient_storage"),
+    ValueError: (400, "bad_request"),  # what the core raises for other bad arguments: k < 1
 }
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorOut} for status in (400, 401, 403, 404, 409, 413, 422, 507)
 }
 
 
-def error_response(status: int, detail: str) -> JSONResponse:
-    return JSONResponse({"error": ERROR_CODES.get(status, "error"), "detail": detail}, status_code=status)
+def error_response(status: int, detail: str, code: str | None = None) -> JSONResponse:
+    """The error body; `code` defaults to the status's."""
+    return JSONResponse({"error": code or ERROR_CODES.get(status, "error"), "detail": detail}, status_code=status)
 
 
 def first_error(error: ValidationError) -> str:
@@ -62,8 +65,8 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(400, problems)
 
     async def user_error(_: Request, error: Exception) -> JSONResponse:
-        status = next(s for kind, s in USER_ERRORS.items() if isinstance(error, kind))
-        return error_response(status, str(error))
+        status, code = next(answer for kind, answer in USER_ERRORS.items() if isinstance(error, kind))
+        return error_response(status, str(error), code)
 
     async def unexpected(_: Request, error: Exception) -> JSONResponse:
         return error_response(500, f"unexpected {type(error).__name__}; the server log has the details")

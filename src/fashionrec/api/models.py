@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import quote
 
-from pydantic import BaseModel, Field, StringConstraints, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
 from fashionrec.index import StoredItem
 from fashionrec.search import Match
@@ -26,7 +26,9 @@ class ItemOut(BaseModel):
 
 class MatchOut(ItemOut):
     rank: int
-    score: float = Field(description="Similarity, at most 1: the cosine for a base encoder (1 = identical).")
+    score: float = Field(
+        ge=-1.0, le=1.0, description="Similarity from -1 to 1: the cosine for a base encoder (1 = identical)."
+    )
     variants: list[str] = Field(
         default_factory=list, description="Ids of the same product listed again (same image, or nearly)."
     )
@@ -54,15 +56,34 @@ class InfoOut(BaseModel):
     text_search: str  # "words + text bridge", or words only
 
 
-Metadata = TypeAdapter(
-    Annotated[
-        dict[
-            Annotated[str, StringConstraints(min_length=1, max_length=100)],
-            Annotated[str, StringConstraints(max_length=2000)],
-        ],
-        Field(max_length=64),  # columns: every new one widens every product's row (search.MAX_COLUMNS)
+ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+ColumnValue = Annotated[str, StringConstraints(max_length=2000)]
+MAX_ITEM_COLUMNS = 64  # columns: every new one widens every product's row (search.MAX_COLUMNS)
+Metadata = TypeAdapter(Annotated[dict[ColumnName, ColumnValue], Field(max_length=MAX_ITEM_COLUMNS)])
+
+
+class ItemPatch(BaseModel):
+    """A change of a product's metadata (PATCH /v1/items/{id}); the same bounds as a new product's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metadata: Annotated[
+        dict[ColumnName, ColumnValue | None],
+        Field(
+            max_length=MAX_ITEM_COLUMNS,
+            description="Columns to set; `null` removes a column; columns not named stay as they are.",
+            examples=[{"baseColour": "Navy Blue", "season": None}],
+        ),
     ]
-)
+
+
+class ItemsOut(BaseModel):
+    """One page of the catalog, in index order."""
+
+    total: int = Field(description="Products in the index.")
+    offset: int
+    limit: int
+    items: list[ItemOut]
 
 
 def image_url(item_id: str) -> str:
@@ -74,16 +95,5 @@ def item_out(item: StoredItem) -> ItemOut:
 
 
 def matches_out(matches: list[Match]) -> MatchesOut:
-    return MatchesOut(
-        results=[
-            MatchOut(
-                id=m.id,
-                rank=m.rank,
-                score=round(m.score, 6),
-                metadata=m.metadata,
-                image_url=image_url(m.id),
-                variants=list(m.variants),
-            )
-            for m in matches
-        ]
-    )
+    """Matches as the API shows them: Match.to_dict (as the CLI's JSON) with the image's URL on this server."""
+    return MatchesOut(results=[MatchOut.model_validate(m.to_dict() | {"image_url": image_url(m.id)}) for m in matches])

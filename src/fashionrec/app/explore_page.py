@@ -7,15 +7,13 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 from PIL import Image, ImageColor
-from sklearn.decomposition import PCA
-from sklearn.manifold import TSNE
+from streamlit.navigation.page import StreamlitPage
 from wordcloud import STOPWORDS, WordCloud
 
 from fashionrec.app import find_page
 from fashionrec.app.state import FACETS, NAME, index_dir, init_state, open_recommender, recommender
 from fashionrec.app.widgets import CARD_FACETS, product_card
-
-MAP_SAMPLE = 3000  # t-SNE of 3000 items takes ~20 s on 2 busy cores, once per index and process
+from fashionrec.explore import MAP_SAMPLE, layout, read_map, sample_positions
 
 
 def css_colour(name: str) -> str:
@@ -46,16 +44,21 @@ def name_cloud(path: str) -> Image.Image:
     return cloud.generate(" ".join(names)).to_image()
 
 
-@st.cache_data(show_spinner="Mapping the catalog (t-SNE, once per index; about 20 s)...")
-def embedding_map(path: str, sample: int = MAP_SAMPLE) -> pd.DataFrame:
-    """2-D t-SNE positions of a fixed sample of items (after PCA to 50), with their metadata."""
+@st.cache_data(show_spinner="Opening the map of the catalog...")
+def embedding_map(path: str) -> pd.DataFrame:
+    """2-D t-SNE positions of a fixed sample of items, with their metadata: the map `fashionrec index` stored
+    (its products still in the index), else computed now (explore.layout, ~40 s for 3,000 products)."""
     recommender = open_recommender(path)
-    positions = np.sort(np.random.default_rng(0).permutation(len(recommender))[:sample])
-    vectors = recommender.index.vectors(positions)
-    reduced = PCA(n_components=min(50, *vectors.shape), random_state=0).fit_transform(vectors)
-    xy = TSNE(
-        n_components=2, init="pca", perplexity=min(30.0, len(positions) / 4), max_iter=500, random_state=0
-    ).fit_transform(reduced)
+    stored = read_map(path)
+    if stored is not None:
+        known = recommender.positions
+        kept = [(known[i], x, y) for i, x, y in zip(stored["ids"], stored["x"], stored["y"], strict=True) if i in known]
+        positions = np.array([p for p, _, _ in kept], dtype=np.int64)
+        xy = np.array([(x, y) for _, x, y in kept]).reshape(-1, 2)
+    else:
+        positions = sample_positions(len(recommender))
+        with st.spinner(f"Mapping the catalog (t-SNE of {len(positions):,} products, once per process)..."):
+            xy = layout(recommender.index.vectors(positions))
     frame = recommender.metadata.iloc[positions].reset_index(drop=True).fillna("")
     frame.insert(0, "id", [recommender.items[p].id for p in positions])
     frame["x"], frame["y"] = xy[:, 0], xy[:, 1]
@@ -96,11 +99,11 @@ def render() -> None:
         st.image(name_cloud(path), width="stretch")
 
     st.subheader("The map of the catalog", anchor=False)
-    st.caption(
-        f"Each dot is a product (a sample of up to {MAP_SAMPLE:,}); products that look alike sit together. "
-        "Hover a dot to see it, click it to open it."
-    )
     points = embedding_map(path)
+    st.caption(
+        f"Each dot is a product ({len(points):,} of them, a sample of up to {MAP_SAMPLE:,}); products that look "
+        "alike sit together. Hover a dot to see it, click it to open it."
+    )
     colour_by = None
     if present:
         default = present.index("masterCategory") if "masterCategory" in present else 0
@@ -128,7 +131,9 @@ def render() -> None:
         else:
             item = recommender().item(selected[0])
             if product_card(item.id, item.metadata, None, (), key="map"):
-                st.switch_page(find_page.PAGE)
+                st.switch_page(find_page.page())
 
 
-PAGE = st.Page(render, title="Explore the catalog", icon=":material/insights:", url_path="explore")
+def page() -> StreamlitPage:
+    """This page for st.navigation (see find_page.page)."""
+    return st.Page(render, title="Explore the catalog", icon=":material/insights:", url_path="explore")

@@ -6,22 +6,28 @@ import random
 import time
 
 import streamlit as st
+from streamlit.navigation.page import StreamlitPage
 
 from fashionrec.app.state import (
     FACETS,
     Query,
-    facet_values,
+    facet_choices,
     go_back,
-    index_dir,
     init_state,
+    keep_details,
     query_image,
     query_random_item,
     query_typed_product,
     recommender,
     refine_photo_query,
+    restore_from_url,
     search,
+    share_in_url,
+    show_details,
 )
 from fashionrec.app.widgets import GRID_COLUMNS, framed, product_grid, product_image
+from fashionrec.filters import FilterError
+from fashionrec.images import ImageError
 from fashionrec.text import MAX_QUERY_CHARS
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"]
@@ -40,7 +46,7 @@ def show_query(query: Query) -> None:
         back_button()
         return
     picture, details = st.columns([1, 3], vertical_alignment="center")
-    with picture:
+    with picture, st.container(key="query-picture"):
         if query.item_id is None:
             st.image(framed(query.image, query.crop), width="stretch")
         else:
@@ -51,7 +57,7 @@ def show_query(query: Query) -> None:
         if query.item_id is not None:
             metadata = recommender().item(query.item_id).metadata
             badges = [f":gray-badge[{FACETS[c]}: {metadata[c]}]" for c in FACETS if metadata.get(c)]
-            st.markdown(" ".join(badges) + f" :gray-badge[#{query.item_id}]")
+            st.markdown(" ".join(badges) + (f" :gray-badge[#{query.item_id}]" if show_details() else ""))
         if query.upload is not None:
             refined = query.crop is not None or query.cut_out
             with st.expander("Search part of the photo", icon=":material/crop:", expanded=refined):
@@ -98,30 +104,36 @@ def sidebar_query_controls() -> None:
 
 def sidebar_search_settings() -> tuple[int, dict[str, list[str]], float, float]:
     """How many results, the filters applied inside the search, how much colour counts, and how varied."""
-    k = st.sidebar.slider("Number of results", 1, 20, 5, key="k")
+    k = st.sidebar.slider("Number of results", 1, 20, key="k")
+    chosen = {column: st.session_state.get(f"filter-{column}") or [] for column in FACETS}
     filters: dict[str, list[str]] = {}
-    with st.sidebar.expander("Filters", icon=":material/filter_list:", expanded=False):
-        for column, values in facet_values(index_dir()).items():
-            chosen = st.multiselect(FACETS[column], values, key=f"filter-{column}", placeholder="Any")
-            if chosen:
-                filters[column] = chosen
+    with st.sidebar.expander("Filters", icon=":material/filter_list:", expanded=any(chosen.values())):
+        for column, values in facet_choices(chosen).items():
+            if picked := st.multiselect(FACETS[column], values, key=f"filter-{column}", placeholder="Any"):
+                filters[column] = picked
     colour_weight = st.sidebar.slider(
-        "Colour weight", 0.0, 1.0, 0.0, 0.05, key="colour_weight",
+        "Colour weight", 0.0, 1.0, step=0.05, key="colour_weight",
         help="0: shape only. Higher: products of the same colours come first (among the 100 closest shapes).",
     )  # fmt: skip
     diversity = st.sidebar.slider(
-        "Variety", 0.0, 1.0, 0.0, 0.05, key="diversity",
+        "Variety", 0.0, 1.0, step=0.05, key="diversity",
         help="0: the closest products. Higher: results that differ more from each other (among the 50 closest).",
     )  # fmt: skip
+    st.session_state.details = show_details()
+    st.sidebar.toggle(
+        "Show ids and scores", key="details", on_change=keep_details, help="Product ids and raw similarity scores."
+    )
     return k, filters, colour_weight, diversity
 
 
 def render() -> None:
     init_state()
+    restore_from_url()
     sidebar_query_controls()
     k, filters, colour_weight, diversity = sidebar_search_settings()
-    if st.session_state.image_error:
-        st.error(st.session_state.image_error, icon=":material/error:")
+    share_in_url(st.session_state.query, k, filters, colour_weight, diversity)
+    if st.session_state.notice:
+        st.error(st.session_state.notice, icon=":material/error:")
 
     query = st.session_state.query
     if query is None:
@@ -138,7 +150,11 @@ def render() -> None:
 
     show_query(query)
     started = time.perf_counter()
-    matches = search(query, k, filters, colour_weight, diversity)
+    try:
+        matches = search(query, k, filters, colour_weight, diversity)
+    except (FilterError, ImageError) as error:  # e.g. a shared URL naming a filter value this index lacks
+        st.error(f"We couldn't search: {error}", icon=":material/error:")
+        return
     took_ms = (time.perf_counter() - started) * 1000
     st.subheader("Matching products" if query.text is not None else "Similar products", anchor=False)
     shown_filters = "; ".join(f"{FACETS[c]}: {', '.join(v)}" for c, v in filters.items())
@@ -150,4 +166,7 @@ def render() -> None:
     product_grid([(m.id, m.metadata, m.score, m.variants) for m in matches], key="result")
 
 
-PAGE = st.Page(render, title="Find similar", icon=":material/search:", url_path="find", default=True)
+def page() -> StreamlitPage:
+    """This page for st.navigation and st.switch_page (made on each run: a page made at import is bound to the
+    runtime of that moment)."""
+    return st.Page(render, title="Find similar", icon=":material/search:", url_path="find", default=True)

@@ -12,9 +12,10 @@ from dataclasses import dataclass, replace
 
 import streamlit as st
 
+from fashionrec.filters import FilterError, parse_filters
+from fashionrec.garment import Method
 from fashionrec.images import Box, ImageError, web_image
 from fashionrec.search import Match, Recommender
-from fashionrec.search import Query as SearchQuery
 
 # Metadata columns offered as filters, with the labels a shopper reads; only those in the index are shown.
 FACETS = {
@@ -28,6 +29,8 @@ FACETS = {
 }
 NAME = "productDisplayName"
 HISTORY = 50  # queries the back button remembers
+URL_SETTINGS = (("k", "k", 1, 20), ("colour", "colour_weight", 0.0, 1.0), ("variety", "diversity", 0.0, 1.0))
+SETTING_DEFAULTS = {"k": 5, "colour_weight": 0.0, "diversity": 0.0}
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,11 @@ class Query:
     upload: bytes | None = None  # the photo as sent, embedded again when the shopper frames a part of it
     crop: Box | None = None
     cut_out: bool = False  # the garment cut out of the scene (garment.py) before searching
-    embedding: SearchQuery | None = None  # an image's vector and colour; None for a catalog product
     text: str | None = None  # words describing the product ("blue denim jacket"): Recommender.similar_to_text
+
+    @property
+    def isolate(self) -> Method:
+        return "u2netp" if self.cut_out else "none"
 
 
 def index_dir() -> str:
@@ -64,15 +70,76 @@ def recommender() -> Recommender:
     return open_recommender(index_dir())
 
 
-@st.cache_data(show_spinner=False)
-def facet_values(path: str) -> dict[str, list[str]]:
-    """The values of each filter column present in the index, sorted."""
-    metadata = open_recommender(path).metadata
-    return {
-        column: sorted(v for v in metadata[column].dropna().unique() if v)
-        for column in FACETS
-        if column in metadata.columns
-    }
+def facet_choices(chosen: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The values each filter column offers, narrowed by the other filters chosen (its own chosen values stay
+    offered, so a choice never vanishes from its box)."""
+    columns = recommender().metadata_columns
+    choices = {}
+    for column in (c for c in FACETS if c in columns):
+        others = {c: values for c, values in chosen.items() if values and c != column}
+        choices[column] = sorted({*recommender().column_values(column, others), *chosen.get(column, [])})
+    return choices
+
+
+def show_details() -> bool:
+    """Whether product ids and raw similarity scores are shown (a toggle: shoppers do not need them)."""
+    return bool(st.session_state.get("show_details", False))
+
+
+def keep_details() -> None:
+    """The toggle's value, kept beyond its widget: Streamlit forgets a widget's state on a page without it."""
+    st.session_state.show_details = st.session_state.details
+
+
+def restore_from_url() -> None:
+    """Once per session, the query and settings of a shared URL (see `share_in_url`); a value this index or
+    the page cannot take becomes a message, not a traceback."""
+    if st.session_state.get("url_restored"):
+        return
+    st.session_state.url_restored = True
+    params = st.query_params
+    problems = []
+    for name, key, low, high in URL_SETTINGS:
+        if name in params:
+            try:
+                value = float(params[name])
+                if not low <= value <= high:
+                    raise ValueError(f"not between {low} and {high}")
+            except ValueError as error:
+                problems.append(f"{name}={params[name]!r}: {error}")
+                continue
+            st.session_state[key] = int(value) if key == "k" else round(value * 20) / 20  # the sliders' steps
+    st.session_state.show_details = params.get("details") == "1"
+    try:
+        for column, values in recommender().resolve_filters(parse_filters(params.get_all("filter"))).items():
+            if column in FACETS:
+                st.session_state[f"filter-{column}"] = sorted(set(values))
+    except FilterError as error:
+        problems.append(str(error))
+    item = params.get("item")
+    if item is not None:
+        if item in recommender().positions:
+            query_item(item)
+        else:
+            problems.append(f"item {item!r} is not in this catalog")
+    if problems:
+        st.session_state.notice = f"This link could not be opened in full: {'; '.join(problems)}."
+
+
+def share_in_url(query: Query | None, k: int, filters: dict[str, list[str]], colour: float, variety: float) -> None:
+    """Keep the query and settings in the address bar, so copying it shares them: ?item=ID&k=8&colour=0.3&
+    variety=0.2&filter=gender=Men&details=1 (defaults left out; a shopper's own photo cannot be in a URL)."""
+    params: dict[str, str | list[str]] = {}
+    if query is not None and query.item_id is not None:
+        params["item"] = query.item_id
+    for (name, key, _, _), value in zip(URL_SETTINGS, (k, colour, variety), strict=True):
+        if value != SETTING_DEFAULTS[key]:
+            params[name] = str(value)
+    if filters:
+        params["filter"] = [f"{column}={value}" for column, values in filters.items() for value in values]
+    if show_details():
+        params["details"] = "1"
+    st.query_params.from_dict(params)
 
 
 def set_query(query: Query) -> None:
@@ -80,7 +147,7 @@ def set_query(query: Query) -> None:
     if st.session_state.query is not None:
         st.session_state.history = [*st.session_state.history, st.session_state.query][-HISTORY:]
     st.session_state.query = query
-    st.session_state.image_error = None
+    st.session_state.notice = None
 
 
 def go_back() -> None:
@@ -103,14 +170,12 @@ def query_image(widget_key: str) -> None:
         return
     data = file.getvalue()
     try:
-        embedding = recommender().embed_image(data)
+        recommender().embed_image(data)  # a photo that cannot be searched is refused now (the result is cached)
         shown, _ = web_image(data, file.name)  # 8-bit RGB, whatever was uploaded: a 16-bit PNG would crash st.image
     except ImageError as error:
-        st.session_state.image_error = (
-            f"We couldn't use **{file.name}**: {error.reason}. Try a JPEG, PNG or WebP photo."
-        )
+        st.session_state.notice = f"We couldn't use **{file.name}**: {error.reason}. Try a JPEG, PNG or WebP photo."
         return
-    set_query(Query(title="Your photo", image=shown, upload=data, embedding=embedding))
+    set_query(Query(title="Your photo", image=shown, upload=data))
 
 
 def refine_photo_query() -> None:
@@ -122,12 +187,12 @@ def refine_photo_query() -> None:
     crop = None if box == (0.0, 0.0, 1.0, 1.0) else box
     isolate = "u2netp" if st.session_state.cut_out else "none"
     try:
-        embedding = recommender().embed_image(query.upload, crop, isolate)
+        recommender().embed_image(query.upload, crop, isolate)  # checks the frame now; cached for the search
     except (ImageError, ValueError) as error:
-        st.session_state.image_error = f"We couldn't search that part of the photo: {error}."
+        st.session_state.notice = f"We couldn't search that part of the photo: {error}."
         return
-    st.session_state.image_error = None
-    st.session_state.query = replace(query, crop=crop, cut_out=isolate != "none", embedding=embedding)
+    st.session_state.notice = None
+    st.session_state.query = replace(query, crop=crop, cut_out=isolate != "none")
 
 
 def query_typed_product() -> None:
@@ -142,18 +207,22 @@ def query_typed_product() -> None:
 
 
 def search(query: Query, k: int, filters: dict[str, list[str]], colour_weight: float, diversity: float) -> list[Match]:
-    """The results of the current query (colour weight applies to image and product queries, not to words)."""
+    """The same Recommender calls as the CLI's `similar` and `search` (a photo's embedding is cached); colour
+    weight applies to photos and products, not to words."""
     if query.text is not None:
         return recommender().similar_to_text(query.text, k, filters, diversity=diversity)
     if query.item_id is not None:
         return recommender().similar_to_item(query.item_id, k, filters, colour_weight, diversity=diversity)
-    assert query.embedding is not None
-    embedding = replace(query.embedding, colour_weight=colour_weight)
-    return recommender().similar(embedding, k, filters, diversity=diversity)
+    assert query.upload is not None
+    return recommender().similar_to_image(
+        query.upload, k, filters, colour_weight, query.crop, query.isolate, diversity=diversity
+    )
 
 
 def init_state() -> None:
     """The session's query state, before any widget callback of either page can use it."""
     st.session_state.setdefault("query", None)
     st.session_state.setdefault("history", [])
-    st.session_state.setdefault("image_error", None)
+    st.session_state.setdefault("notice", None)
+    for key, default in SETTING_DEFAULTS.items():  # the sliders' values, before a shared URL may set them
+        st.session_state.setdefault(key, default)

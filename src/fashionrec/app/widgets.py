@@ -7,11 +7,21 @@ import io
 import streamlit as st
 from PIL import Image, ImageDraw
 
-from fashionrec.app.state import NAME, query_item, recommender
+from fashionrec.app.state import NAME, query_item, recommender, show_details
 from fashionrec.images import Box, ImageError, web_image
 
 CARD_FACETS = ("articleType", "baseColour", "gender")
 GRID_COLUMNS = 5
+PHONE_CSS = """
+@media (max-width: 640px) {
+  [class*="st-key-grid-"] [data-testid="stHorizontalBlock"] { flex-wrap: wrap; gap: 0.5rem; }
+  [class*="st-key-grid-"] [data-testid="stColumn"] {
+    min-width: calc(50% - 0.25rem) !important; max-width: calc(50% - 0.25rem); flex: 1 1 calc(50% - 0.25rem);
+  }
+  [class*="st-key-grid-"] [data-testid="stColumn"]:empty { display: none; }
+  .st-key-query-picture img { height: 30vh; width: auto !important; margin: 0 auto; display: block; }
+}
+"""
 
 
 def framed(image: bytes, crop: Box | None) -> bytes | Image.Image:
@@ -49,10 +59,12 @@ def product_card(
         product_image(item_id)
         st.markdown(f"**{metadata.get(NAME, item_id)}**")
         attributes = " · ".join(metadata[c] for c in CARD_FACETS if metadata.get(c))
-        st.caption(attributes if score is None else f"{attributes}  \nSimilarity **{score:.2f}** · #{item_id}")
+        if show_details():  # ids and raw scores: for the shop's staff, on request
+            attributes += f"  \n#{item_id}" if score is None else f"  \nSimilarity **{score:.2f}** · #{item_id}"
+        st.caption(attributes)
         if variants:  # the same product under other ids: shown once (search collapse)
             more = f"{len(variants)} more listing{'s' if len(variants) > 1 else ''}"
-            st.caption(f":material/layers: {more}: #{', #'.join(variants)}")
+            st.caption(f":material/layers: {more}" + (f": #{', #'.join(variants)}" if show_details() else ""))
         return st.button(
             "More like this",
             key=f"{key}-{item_id}",
@@ -64,12 +76,20 @@ def product_card(
 
 
 def product_grid(cards: list[Card], key: str) -> None:
-    for start in range(0, len(cards), GRID_COLUMNS):
-        for column, (item_id, metadata, score, variants) in zip(
-            st.columns(GRID_COLUMNS), cards[start : start + GRID_COLUMNS], strict=False
-        ):
-            with column:
-                product_card(item_id, metadata, score, variants, key)
+    """Cards five to a row; two to a row on a phone (PHONE_CSS)."""
+    with st.container(key=f"grid-{key}"):
+        for start in range(0, len(cards), GRID_COLUMNS):
+            for column, (item_id, metadata, score, variants) in zip(
+                st.columns(GRID_COLUMNS), cards[start : start + GRID_COLUMNS], strict=False
+            ):
+                with column:
+                    product_card(item_id, metadata, score, variants, key)
+
+
+def phone_layout() -> None:
+    """Streamlit stacks columns one under the other below 640 px: a phone would show one tall card per screen.
+    Cards go two to a row there instead, and the query's picture is kept to a third of the screen."""
+    st.html(f"<style>{PHONE_CSS}</style>")
 
 
 def page_icon() -> Image.Image:

@@ -5,15 +5,28 @@ from __future__ import annotations
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
 from pydantic import ValidationError
 
 from fashionrec.api.dependencies import ID_PATTERN, READS, WRITES, ItemId, Rec, read_upload, run_image_work
 from fashionrec.api.errors import ERROR_RESPONSES, first_error
-from fashionrec.api.models import ItemOut, Metadata, item_out
+from fashionrec.api.models import ItemOut, ItemPatch, ItemsOut, Metadata, item_out
 from fashionrec.images import ImageError, web_image
 
+MAX_PAGE = 1000
+
 router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
+
+
+@router.get("/items", tags=["items"], dependencies=READS)
+def list_items(
+    recommender: Rec,
+    offset: Annotated[int, Query(ge=0, description="Products to skip.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Products to return.")] = 50,
+) -> ItemsOut:
+    """The catalog, a page at a time: `total` says how many there are."""
+    total, items = recommender.items_page(offset, limit)
+    return ItemsOut(total=total, offset=offset, limit=limit, items=[item_out(item) for item in items])
 
 
 @router.get("/items/{item_id}", tags=["items"], dependencies=READS)
@@ -59,6 +72,12 @@ async def add_item(
     item = await run_image_work(request, recommender.add_item, id, data, columns)
     response.headers["Location"] = f"/v1/items/{quote(item.id, safe='')}"
     return item_out(item)
+
+
+@router.patch("/items/{item_id}", tags=["catalog updates"], dependencies=WRITES)
+def update_item(item_id: ItemId, change: ItemPatch, recommender: Rec) -> ItemOut:
+    """Change a product's metadata (its image and vectors stay); the next search filters on the new values."""
+    return item_out(recommender.update_item(item_id, change.metadata))
 
 
 @router.delete(

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
-from fastapi.concurrency import run_in_threadpool
 
 from fashionrec.api.dependencies import (
     READS,
@@ -17,12 +15,12 @@ from fashionrec.api.dependencies import (
     ItemId,
     Rec,
     TopK,
-    parse_filters,
     read_upload,
     run_image_work,
 )
 from fashionrec.api.errors import ERROR_RESPONSES
 from fashionrec.api.models import MatchesOut, matches_out
+from fashionrec.filters import parse_filters
 from fashionrec.garment import Method
 from fashionrec.images import parse_box
 from fashionrec.search import TextMode
@@ -63,9 +61,10 @@ async def search(
     """The k catalog products most similar to an uploaded photo, or to the `crop` part of it."""
     filters = parse_filters(filter)
     box = parse_box(crop) if crop is not None else None
-    query = await run_image_work(request, recommender.embed_image, await read_upload(image), box, isolate)
-    query = replace(query, colour_weight=colour_weight)
-    found = await run_in_threadpool(recommender.similar, query, k, filters, None, collapse, diversity)
+    data = await read_upload(image)
+    found = await run_image_work(
+        request, recommender.similar_to_image, data, k, filters, colour_weight, box, isolate, collapse, diversity
+    )
     return matches_out(found)
 
 
