@@ -268,6 +268,19 @@ def test_a_shared_url_restores_the_query_and_follows_it(index: Path) -> None:
     assert page.query_params["details"] == "1"
 
 
+def test_a_shared_url_of_words(index: Path) -> None:
+    page = AppTest.from_file(str(APP), default_timeout=60)
+    page.query_params.update({"q": "black watch", "k": "4"})
+    run(page)
+    assert page.session_state["query"].text == "black watch" and not page.error
+    assert result_ids(page) == [m.id for m in Recommender.open(index).similar_to_text("black watch", 4)]
+    assert page.query_params == {"q": "black watch", "k": "4"}
+    page = AppTest.from_file(str(APP), default_timeout=60)
+    page.query_params.update({"q": "x" * 10_000})
+    run(page)
+    assert "search words are too long" in page.error[0].value and page.session_state["query"] is None
+
+
 def test_a_broken_url_is_a_message(index: Path) -> None:
     page = AppTest.from_file(str(APP), default_timeout=60)
     page.query_params.update({"item": "no-such-item", "k": "99", "filter": ["gender=Robot"]})

@@ -200,7 +200,7 @@ def test_cli_search_by_text(bridged: Path) -> None:
     for args, message in [
         (["--text", "  "], "search text is empty"),
         (["--text", "x" * 10_000], "too long"),
-        ([], "give an IMAGE or --text"),
+        ([], "give one IMAGE, or --folder PHOTOS, or --text WORDS"),
         (["--text", "shirt", "--text-mode", "magic"], "is not one of"),
     ]:
         failed = run_cli("search", str(bridged), *args)

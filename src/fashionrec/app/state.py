@@ -16,6 +16,7 @@ from fashionrec.filters import FilterError, parse_filters
 from fashionrec.garment import Method
 from fashionrec.images import Box, ImageError, web_image
 from fashionrec.search import Match, Recommender
+from fashionrec.text import MAX_QUERY_CHARS
 
 # Metadata columns offered as filters, with the labels a shopper reads; only those in the index are shown.
 FACETS = {
@@ -122,16 +123,25 @@ def restore_from_url() -> None:
             query_item(item)
         else:
             problems.append(f"item {item!r} is not in this catalog")
+    text = params.get("q", "").strip()
+    if text and item is None:
+        if len(text) <= MAX_QUERY_CHARS:
+            set_query(Query(title=text, text=text))
+        else:
+            problems.append(f"the search words are too long ({len(text):,} characters, limit {MAX_QUERY_CHARS})")
     if problems:
         st.session_state.notice = f"This link could not be opened in full: {'; '.join(problems)}."
 
 
 def share_in_url(query: Query | None, k: int, filters: dict[str, list[str]], colour: float, variety: float) -> None:
     """Keep the query and settings in the address bar, so copying it shares them: ?item=ID&k=8&colour=0.3&
-    variety=0.2&filter=gender=Men&details=1 (defaults left out; a shopper's own photo cannot be in a URL)."""
+    variety=0.2&filter=gender=Men&details=1, or ?q=WORDS (defaults left out; a shopper's own photo cannot be in a
+    URL)."""
     params: dict[str, str | list[str]] = {}
     if query is not None and query.item_id is not None:
         params["item"] = query.item_id
+    elif query is not None and query.text is not None:
+        params["q"] = query.text
     for (name, key, _, _), value in zip(URL_SETTINGS, (k, colour, variety), strict=True):
         if value != SETTING_DEFAULTS[key]:
             params[name] = str(value)
