@@ -52,6 +52,11 @@ def test_words_split_hyphens_and_drop_stop_words() -> None:
     assert stems("Jackets running shoes") == ["jacket", "run", "shoe"]
 
 
+def test_an_index_without_words_finds_nothing() -> None:
+    for texts in ([], [""], ["", "  "]):
+        np.testing.assert_array_equal(TextIndex(texts).scores("red shirt"), np.zeros(len(texts)))
+
+
 def test_bm25_finds_a_name_word_first(recommender: Recommender) -> None:
     word = rare_word(recommender)
     found = recommender.similar_to_text(word, k=5, mode="words", collapse=False)

@@ -77,8 +77,9 @@ class TextIndex:
         self._words = vocabulary  # what a misspelt query word is compared with
         self._stem_of = stem_of
         self._bm25 = bm25s.BM25()
-        self._bm25.index([[stem_of[word] for word in row] for row in tokens], show_progress=False)
-        self._stems = set(self._bm25.vocab_dict)
+        if vocabulary:  # bm25s cannot index a corpus without a word (an empty index, products without text)
+            self._bm25.index([[stem_of[word] for word in row] for row in tokens], show_progress=False)
+        self._stems = set(self._bm25.vocab_dict) - {""} if vocabulary else set()
         self.size = len(texts)
 
     @classmethod
