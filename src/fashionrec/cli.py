@@ -239,7 +239,7 @@ def search(
 
     def search_photo(recommender: Recommender, photo: Path) -> list[Match]:
         box = crop and parse_box(crop)
-        filters = parse_filters(filter or [])
+        filters = recommender.resolve_filters(parse_filters(filter or []))  # wrong: fails before any embedding
         return recommender.similar_to_image(photo, k, filters, colour_weight, box, isolate, collapse, diversity)  # type: ignore[arg-type]
 
     if folder is not None:

@@ -59,7 +59,7 @@ async def search(
     diversity: DiversityQuery = 0.0,
 ) -> MatchesOut:
     """The k catalog products most similar to an uploaded photo, or to the `crop` part of it."""
-    filters = parse_filters(filter)
+    filters = recommender.resolve_filters(parse_filters(filter))  # a wrong filter fails before the embedding
     box = parse_box(crop) if crop is not None else None
     data = await read_upload(image)
     found = await run_image_work(
