@@ -1,6 +1,6 @@
 """The web app's logic, driven by Streamlit's AppTest over the real 300-product index.
 
-Every query mode (upload, camera, random, id, name), the filters and k, "more like this" and back,
+Every query mode (upload, camera, random, id, words), the filters and k, "more like this" and back,
 bad uploads, and the explore page. The real browser test is in test_app_browser.py.
 """
 
@@ -116,7 +116,7 @@ def test_random_product_never_finds_itself(page: AppTest, index: Path) -> None:
     assert page.subheader[0].value == names
 
 
-def test_catalog_product_by_id_and_by_name(page: AppTest, catalog_photo: Path) -> None:
+def test_catalog_product_by_id_and_by_words(page: AppTest, index: Path, catalog_photo: Path) -> None:
     choose_mode(page, "catalog")
     page.sidebar.text_input(key="product_text").input(catalog_photo.stem)
     run(page)
@@ -124,16 +124,16 @@ def test_catalog_product_by_id_and_by_name(page: AppTest, catalog_photo: Path) -
 
     page.sidebar.text_input(key="product_text").input("men shirt")
     run(page)
-    picker = page.sidebar.selectbox(key="picked_product")
-    assert len(picker.options) > 1 and all("men" in o.lower() and "shirt" in o.lower() for o in picker.options)
-    picked = picker.options[-1].rsplit("#", 1)[1]
-    picker.select_index(len(picker.options) - 1)
-    run(page)
-    assert query_id(page) == picked and picked not in result_ids(page)
+    assert page.session_state["query"].text == "men shirt" and page.subheader[0].value == "“men shirt”"
+    expected = [m.id for m in Recommender.open(index).similar_to_text("men shirt", 5)]
+    assert len(expected) == 5 and result_ids(page) == expected  # as product cards, like every search
 
-    page.sidebar.text_input(key="product_text").input("no such product anywhere")
+    page.sidebar.text_input(key="product_text").input("zzqx wvyk")
     run(page)
-    assert "No product matches." in [c.value for c in page.sidebar.caption]
+    assert result_ids(page) == [] and "No product matches these words" in page.info[0].value
+    page.button(key="back").click()
+    run(page)
+    assert page.session_state["query"].text == "men shirt"
 
 
 def test_filters_and_k_apply_inside_the_search(page: AppTest, index: Path, catalog_photo: Path) -> None:
@@ -266,6 +266,19 @@ def test_a_shared_url_restores_the_query_and_follows_it(index: Path) -> None:
     page.sidebar.toggle(key="details").set_value(True)
     run(page)
     assert page.query_params["details"] == "1"
+
+
+def test_a_shared_url_of_words(index: Path) -> None:
+    page = AppTest.from_file(str(APP), default_timeout=60)
+    page.query_params.update({"q": "black watch", "k": "4"})
+    run(page)
+    assert page.session_state["query"].text == "black watch" and not page.error
+    assert result_ids(page) == [m.id for m in Recommender.open(index).similar_to_text("black watch", 4)]
+    assert page.query_params == {"q": "black watch", "k": "4"}
+    page = AppTest.from_file(str(APP), default_timeout=60)
+    page.query_params.update({"q": "x" * 10_000})
+    run(page)
+    assert "search words are too long" in page.error[0].value and page.session_state["query"] is None
 
 
 def test_a_broken_url_is_a_message(index: Path) -> None:

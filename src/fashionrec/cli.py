@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 from tqdm import tqdm
 
+from fashionrec.bridge import BridgeConfig
 from fashionrec.build import BuildInterrupted, BuildReport, build_index
 from fashionrec.catalog import CatalogError, load_catalog
 from fashionrec.encoder import BACKBONES, DEFAULT_ENCODER, DEFAULT_FIT, WEIGHTS_ENV, EncoderError, load_encoder
@@ -32,7 +33,7 @@ from fashionrec.filters import parse_filters
 from fashionrec.garment import Method
 from fashionrec.images import MAX_BYTES, Fit, ImageError, parse_box
 from fashionrec.index import IndexStore, IndexStoreError, write_bytes_atomic
-from fashionrec.search import Match, Recommender, UnknownItemError
+from fashionrec.search import TEXT_MODES, Match, Recommender, UnknownItemError
 from fashionrec.terms import COLOUR_STRATEGIES, Term
 from fashionrec.trained import TrainConfig
 
@@ -240,8 +241,15 @@ def parse_terms(
 def search(
     index_dir: IndexDir,
     image: Annotated[
-        Path | None, typer.Argument(help="Any image file: a photo, a screenshot, a product shot.", show_default=False)
+        Path | None,
+        typer.Argument(help="Any image file: a photo, a screenshot, a product shot (or --text).", show_default=False),
     ] = None,
+    text: Annotated[
+        str | None, typer.Option("--text", "-t", help='Search by words instead of an image: "red tshirt for men".')
+    ] = None,
+    text_mode: Annotated[
+        str, typer.Option(help="With --text: fused (words + text bridge), words (names/metadata only), bridge.")
+    ] = "fused",
     folder: Annotated[
         Path | None,
         typer.Option(help="Search every photo in this folder (and its subfolders) instead of one IMAGE."),
@@ -272,10 +280,25 @@ def search(
     colour: ColourOption = None,
     colour_strategy: ColourStrategyOption = "label",
 ) -> None:
-    """Similar products for an image file (or the --crop part of it), for every photo of a --folder, or for
-    weighted terms ("like this, but ...": --term, --like, --unlike, --colour; IMAGE, if given, is one more)."""
+    """Similar products for an image file (or the --crop part of it), for every photo of a --folder, for the
+    words of --text, or for weighted terms ("like this, but ...": --term, --like, --unlike, --colour; IMAGE, if
+    given, is one more)."""
     if isolate not in get_args(Method):
         raise typer.BadParameter(f"{isolate!r} is not one of {', '.join(get_args(Method))}", param_hint="--isolate")
+    if text is not None:
+        if image is not None or folder is not None or term or like or unlike or colour:
+            raise typer.BadParameter("--text searches by words alone: no IMAGE, --folder or terms", param_hint="--text")
+        if text_mode not in TEXT_MODES:
+            raise typer.BadParameter(f"{text_mode!r} is not one of {', '.join(TEXT_MODES)}", param_hint="--text-mode")
+        _query(
+            index_dir,
+            lambda r: r.similar_to_text(text, k, parse_filters(filter or []), text_mode, collapse, diversity),  # type: ignore[arg-type]
+            as_json,
+            f"Products for {text!r}",
+            search,
+            precision,
+        )
+        return
     if term or like or unlike or colour:
         if folder is not None or crop or isolate != "none" or colour_weight:
             raise typer.BadParameter(
@@ -295,7 +318,7 @@ def search(
         )
         return
     if (image is None) == (folder is None):
-        raise typer.BadParameter("give one IMAGE, or --folder PHOTOS", param_hint="IMAGE")
+        raise typer.BadParameter("give one IMAGE, or --folder PHOTOS, or --text WORDS, or terms", param_hint="IMAGE")
     if out is not None and (folder is None or out.suffix.lower() not in (".csv", ".json")):
         raise typer.BadParameter("a .csv or .json file, with --folder", param_hint="--out")
 
@@ -560,6 +583,41 @@ def train_encoder(
         f"use it with: fashionrec index CATALOG --encoder {out} --out INDEX_DIR",
         highlight=False,
     )
+
+
+@app.command(name="train-text")
+def train_text(
+    index_dir: IndexDir,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Where to save the text bridge (default: INDEX/text-bridge, where search finds it)."
+        ),
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training items.")] = BridgeConfig.epochs,
+    holdout: Annotated[
+        float, typer.Option(help="Share of the items held out (by id, as `train` does): never trained on.")
+    ] = TrainConfig.holdout,
+    seed: Annotated[int, typer.Option(help="Seed of the split (as `train`), the weights and the shuffling.")] = (
+        TrainConfig.seed
+    ),
+    validation: Annotated[
+        float, typer.Option(min=0.0, max=0.5, help="Share of the other items also left out, to tune settings on.")
+    ] = 0.0,
+) -> None:
+    """Train the text bridge of an index: search by words finds products by their look, not only their names."""
+    from fashionrec.bridge_train import train_bridge  # torch is only imported for training
+
+    config = BridgeConfig(epochs=epochs, seed=seed, holdout=holdout, validation=validation)
+    with user_errors():
+        bridge = train_bridge(index_dir, out, config, log=console.print)
+    figures = bridge.manifest["figures"]
+    for split, found in figures.items():  # type: ignore[union-attr]
+        console.print(
+            f"{split}: {found['queries']} names find their own product's image among {found['gallery']}: "
+            f"R@1 {found['R@1']:.3f}, R@10 {found['R@10']:.3f}",
+            highlight=False,
+        )
 
 
 @app.command(name="app")

@@ -17,11 +17,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image
 
+from fashionrec.bridge import BRIDGE_MANIFEST, DEFAULT_DIR, BridgeError, TextBridge
 from fashionrec.catalog import ImageSource, Item, Problem
 from fashionrec.colour import COLOUR_DIM, colour_vector
 from fashionrec.encoder import Encoder, encoder_for_index
@@ -45,6 +46,7 @@ from fashionrec.terms import (
     example_terms,
     label_filters,
 )
+from fashionrec.text import TextIndex, check_query
 from fashionrec.vector_index import Kind, Precision, VectorIndex, resolve_kind, search_threads
 
 if TYPE_CHECKING:
@@ -58,6 +60,10 @@ DIVERSITY_POOL = 50  # candidates that maximal marginal relevance picks from (at
 MAX_COLUMNS = 64  # metadata columns in a whole index that an added item may bring: each widens every row
 MAX_METADATA_BYTES = 8 * 1024  # an added item's metadata, as JSON
 QUERY_CACHE = 16  # photos kept embedded: the app searches the same photo again on every change of a setting
+TextMode = Literal["fused", "bridge", "words"]
+TEXT_MODES: tuple[TextMode, ...] = ("fused", "bridge", "words")
+TEXT_POOL = 100  # candidates of each text signal that fusion ranks again (at least 4k)
+WORDS_WEIGHT = 0.95  # share of the words (BM25) in a fused text score, the rest the bridge's (bench/text_search.py)
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +125,36 @@ def blend(
     return np.where(positions >= 0, (1.0 - weight) * scores + weight * colour_scores, scores)
 
 
+def top_scores(scores: np.ndarray, allowed: np.ndarray | None, pool: int) -> list[tuple[float, int]]:
+    """The best `pool` (score, position) pairs with a positive score, among `allowed` positions if given."""
+    positions = np.flatnonzero(scores > 0) if allowed is None else allowed[scores[allowed] > 0]
+    if len(positions) > pool:
+        positions = positions[np.argpartition(-scores[positions], pool - 1)[:pool]]
+    return sorted(((float(scores[p]), int(p)) for p in positions), reverse=True)
+
+
+def fuse(
+    by_words: list[tuple[float, int]], by_look: list[tuple[float, int]], words_weight: float = WORDS_WEIGHT
+) -> list[tuple[float, int]]:
+    """Both text signals as one score: words_weight x the BM25 score over the best one, plus (1 - words_weight) x
+    the bridge's cosine scaled from its pool's lowest (0) to its highest (1); a signal that missed an item adds 0.
+
+    Scores, not ranks (reciprocal rank fusion), are mixed: a rare name word puts its product far ahead in BM25,
+    and a rank would forget by how far; bench/text_search.py measured both on the validation items.
+    """
+    totals: dict[int, float] = {}
+    if by_words:
+        best = max(score for score, _ in by_words)
+        for score, position in by_words:
+            totals[position] = words_weight * score / best
+    if by_look:
+        low, high = min(score for score, _ in by_look), max(score for score, _ in by_look)
+        for score, position in by_look:
+            share = (score - low) / (high - low) if high > low else 1.0
+            totals[position] = totals.get(position, 0.0) + (1.0 - words_weight) * share
+    return [(total, position) for position, total in totals.items()]
+
+
 @dataclass(frozen=True)
 class Column:
     """One metadata column as small integer codes: a filter compares integers, not strings."""
@@ -157,6 +193,11 @@ class Snapshot:
             index=index,
             colours=colours,
         )
+
+    @cached_property
+    def text(self) -> TextIndex:
+        """BM25 over the items' names and metadata (text.py), built on the first text search (~1 s for 44k)."""
+        return TextIndex.of([item.metadata for item in self.items])
 
     @cached_property
     def metadata(self) -> pd.DataFrame:
@@ -214,12 +255,54 @@ class Snapshot:
             if len(groups) >= k or wanted >= available or len(found) < wanted - 1:
                 break
             pool *= 4  # mostly duplicates: look further
+        return self._matches(groups, k, diversity)
+
+    def _matches(self, groups: list[Group], k: int, diversity: float) -> list[Match]:
+        """The first k groups as Matches, after the maximal marginal relevance re-ranking if `diversity` > 0."""
         if diversity > 0:
             groups = self._diversify(groups, k, diversity)
         return [
             Match(rank, self.items[p].id, score, self.items[p].image, self.items[p].metadata, variants)
             for rank, (score, p, variants) in enumerate(groups[:k], start=1)
         ]
+
+    def search_text(
+        self,
+        text: str,
+        vector: np.ndarray | None,
+        k: int,
+        filters: Filters | None,
+        words: bool = True,
+        collapse: bool = True,
+        diversity: float = 0.0,
+    ) -> list[Match]:
+        """Products for a text: its BM25 ranking (`words`), the bridge's `vector` searched in the image index,
+        or both (`fuse`). Ties are ordered by id; see `search` for the rest."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if not 0.0 <= diversity <= 1.0:
+            raise ValueError(f"diversity must be between 0 and 1, got {diversity}")
+        allowed = self.matching_positions(filters) if filters else None
+        pool = max(TEXT_POOL, 4 * k)
+        by_words = top_scores(self.text.scores(text), allowed, pool) if words else []
+        by_look: list[tuple[float, int]] = []
+        if vector is not None and len(self.items):
+            scores, positions = self.index.search(vector, min(pool, len(self.items)), allowed)
+            by_look = [(float(s), int(p)) for s, p in zip(scores[0], positions[0], strict=True) if p >= 0]
+        if words and vector is not None:
+            found = fuse(by_words, by_look)
+        elif words:
+            found = [(score / by_words[0][0], p) for score, p in by_words]  # BM25 over the best: in (0, 1]
+        else:
+            found = by_look
+        found.sort(key=lambda pair: (-round(pair[0], 5), self.items[pair[1]].id))
+        if not collapse:
+            return self._matches([(s, p, ()) for s, p in found], k, diversity)
+        head = found[: max(2 * k + 1 + TIE_MARGIN, DIVERSITY_POOL if diversity > 0 else 0)]  # collapsing costs
+        groups = self._collapse(head, None)
+        if len(groups) < k and len(head) < len(found):  # mostly duplicates: all candidates
+            groups = self._collapse(found, None)
+        return self._matches(groups, k, diversity)
 
     def _candidates(
         self, query: Query, wanted: int, allowed: np.ndarray | None, exclude: str | None
@@ -309,6 +392,7 @@ class Recommender:
         precision: Precision = "float16",
         threads: int = 0,
         isolation: Method = "none",
+        text_model: str | Path | None = None,
     ) -> None:
         self.store = store
         self.isolation = isolation
@@ -319,6 +403,12 @@ class Recommender:
         if threads:
             search_threads(threads)
         self._encoder: Encoder | None = None
+        self._bridge: TextBridge | None = None
+        self.text_model = Path(text_model) if text_model is not None else store.directory / DEFAULT_DIR
+        if text_model is not None and not (self.text_model / BRIDGE_MANIFEST).is_file():
+            raise BridgeError(
+                f"{self.text_model}: not a text bridge (no {BRIDGE_MANIFEST}); see `fashionrec train-text`"
+            )
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._queries: OrderedDict[tuple[bytes, Box | None, str], Query] = OrderedDict()  # by photo digest
@@ -339,15 +429,18 @@ class Recommender:
         precision: Precision = "float16",
         threads: int = 0,
         isolation: Method = "none",
+        text_model: str | Path | None = None,
     ) -> Recommender:
         """Open an index directory; the encoder is loaded on the first image query.
 
         `kind` picks exact or approximate (ivf) search, `auto` by catalog size; `precision` float16
         halves the memory the vectors take; `threads` is the cores one image embedding or one search uses
         (0: all; 1 for a server that serves requests side by side; sets FAISS's for the whole process);
-        `isolation` how a query photo's garment is cut out of its scene before embedding (garment.py).
+        `isolation` how a query photo's garment is cut out of its scene before embedding (garment.py);
+        `text_model` the text bridge that text searches use (default: the index's own text-bridge/ folder, if
+        `fashionrec train-text` made one).
         """
-        return cls(IndexStore.open(directory), backend, kind, precision, threads, isolation)
+        return cls(IndexStore.open(directory), backend, kind, precision, threads, isolation, text_model)
 
     def _load(self) -> None:
         self._seen_version = self.store.data_version()  # read before loading: a commit in between reloads again
@@ -393,6 +486,17 @@ class Recommender:
             if self._encoder is None:
                 self._encoder = encoder_for_index(self.store.manifest["encoder"], self.backend, self.threads)
             return self._encoder
+
+    @property
+    def bridge(self) -> TextBridge | None:
+        """The text bridge (bridge.py), loaded on the first text search; None if the index has none."""
+        with self._lock:
+            if self._bridge is None and self.has_bridge():
+                self._bridge = TextBridge.load(self.text_model, self.store.manifest["encoder"]["id"])  # type: ignore[index]
+            return self._bridge
+
+    def has_bridge(self) -> bool:
+        return (self.text_model / BRIDGE_MANIFEST).is_file()
 
     def __len__(self) -> int:
         return len(self.items)
@@ -630,7 +734,7 @@ class Recommender:
                 query = self.embed_image(term.value)  # type: ignore[arg-type]
                 examples.append((query.vector, query.colour, term.weight))
             else:
-                examples.append((self._text_vector(str(term.value)), None, term.weight))
+                examples.append((self.text_vector(str(term.value)), None, term.weight))
         model = snapshot.colour_model if colours else None
         steps = [(row, weight * (LABEL_STEP if colour == "label" else 1.0)) for row, weight in colours]
         vector, histogram = compose(examples, steps, model)
@@ -662,12 +766,16 @@ class Recommender:
         query = replace(query, colour_weight=colour_weight)
         return self._unseen(self.snapshot, query, k, filters, seen, collapse, diversity)
 
-    def _text_vector(self, text: str) -> np.ndarray:
-        """A text's vector from the text encoder (`text_vector`, a separate feature), or a clear error."""
-        text_vector = getattr(self, "text_vector", None)
-        if text_vector is None:
-            raise TermError(f"text term {text[:60]!r}: this fashionrec has no text encoder (Recommender.text_vector)")
-        return np.asarray(text_vector(text), dtype=np.float32)
+    def text_vector(self, text: str) -> np.ndarray:
+        """A text's vector in the index's image space, from the text bridge: what a text term of a weighted
+        query adds (words alone have no vector, so a term needs the bridge)."""
+        bridge = self.bridge
+        if bridge is None:
+            raise TermError(
+                f"text term {text[:60]!r}: {self.store.directory} has no text bridge; "
+                "train one with `fashionrec train-text INDEX`"
+            )
+        return bridge.embed([check_query(text)])[0].astype(np.float32)
 
     @staticmethod
     def _unseen(
@@ -683,6 +791,33 @@ class Recommender:
         matches = snapshot.search(query, k + len(seen), filters, None, collapse, diversity)
         fresh = [m for m in matches if m.id not in seen and seen.isdisjoint(m.variants)]
         return [replace(match, rank=rank) for rank, match in enumerate(fresh[:k], start=1)]
+
+    def similar_to_text(
+        self,
+        text: str,
+        k: int = 5,
+        filters: Filters | None = None,
+        mode: TextMode = "fused",
+        collapse: bool = True,
+        diversity: float = 0.0,
+    ) -> list[Match]:
+        """The k products that a text describes ("red tshirt for men"): the catalog's own words (BM25, with
+        stemming and misspelt words corrected) fused with the text bridge's guess of the product's look.
+
+        `mode` "words" or "bridge" uses one signal only (to measure them); without a bridge, "fused" is words
+        only. A score is the fused score (0 to 1), the BM25 score over the best one (words), or the cosine
+        (bridge). See `similar` for `collapse` and `diversity`.
+        """
+        text = check_query(text)
+        if mode not in TEXT_MODES:
+            raise ValueError(f"text search mode must be one of {', '.join(TEXT_MODES)}, not {mode!r}")
+        bridge = self.bridge if mode != "words" else None
+        if mode == "bridge" and bridge is None:
+            raise ValueError(f"{self.store.directory} has no text bridge; train one with `fashionrec train-text INDEX`")
+        vector = bridge.embed([text])[0] if bridge is not None else None
+        if vector is not None and not vector.any():
+            vector = None  # nothing the bridge can read (no letters or digits): words alone decide
+        return self.snapshot.search_text(text, vector, k, filters, mode != "bridge", collapse, diversity)
 
     def similar(
         self,
@@ -745,4 +880,7 @@ class Recommender:
             "complete": manifest.get("complete", False),
             "updated": manifest.get("updated"),
             "metadata_columns": self.metadata_columns,
+            "text_search": "words + text bridge"
+            if self.has_bridge()
+            else ("words only (no text bridge: train one with `fashionrec train-text INDEX`)"),
         }

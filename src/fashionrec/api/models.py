@@ -53,6 +53,7 @@ class InfoOut(BaseModel):
     complete: bool
     updated: str | None
     metadata_columns: list[str]
+    text_search: str  # "words + text bridge", or words only
 
 
 ColumnName = Annotated[str, StringConstraints(min_length=1, max_length=100)]

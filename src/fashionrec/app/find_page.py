@@ -10,18 +10,14 @@ from streamlit.navigation.page import StreamlitPage
 
 from fashionrec.app.state import (
     FACETS,
-    FOUND_LIMIT,
-    NAME,
     Query,
     clear_refinements,
     colours,
     facet_choices,
-    find_products,
     go_back,
     init_state,
     keep_details,
     query_image,
-    query_picked_product,
     query_random_item,
     query_typed_product,
     recommender,
@@ -35,17 +31,23 @@ from fashionrec.app.widgets import GRID_COLUMNS, framed, product_grid, product_i
 from fashionrec.filters import FilterError
 from fashionrec.images import ImageError
 from fashionrec.terms import TermError
+from fashionrec.text import MAX_QUERY_CHARS
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"]
 MODES = {
     "upload": ":material/upload: Upload a photo",
     "camera": ":material/photo_camera: Take a photo",
-    "catalog": ":material/search: Catalog product",
+    "catalog": ":material/search: Search the catalog",
     "random": ":material/casino: Surprise me",
 }
 
 
 def show_query(query: Query) -> None:
+    if query.text is not None:
+        st.caption("Products described by")
+        st.subheader(f"“{query.title}”", anchor=False)
+        back_button()
+        return
     picture, details = st.columns([1, 3], vertical_alignment="center")
     with picture, st.container(key="query-picture"):
         if query.item_id is None:
@@ -72,13 +74,11 @@ def show_query(query: Query) -> None:
                     on_change=refine_photo_query,
                     help="For a garment worn, on a bed or on the floor. Not for product shots on a plain background.",
                 )
-        st.button(
-            "Back",
-            icon=":material/arrow_back:",
-            disabled=not st.session_state.history,
-            on_click=go_back,
-            key="back",
-        )
+        back_button()
+
+
+def back_button() -> None:
+    st.button("Back", icon=":material/arrow_back:", disabled=not st.session_state.history, on_click=go_back, key="back")
 
 
 def sidebar_query_controls() -> None:
@@ -93,25 +93,14 @@ def sidebar_query_controls() -> None:
     elif mode == "camera":
         st.sidebar.camera_input("Take a photo", key="camera", on_change=query_image, args=("camera",))
     elif mode == "catalog":
-        text = st.sidebar.text_input(
-            "Product id or name",
+        st.sidebar.text_input(
+            "Product id, or describe it",
             placeholder="15970, or: blue denim jacket",
             key="product_text",
             on_change=query_typed_product,
+            max_chars=MAX_QUERY_CHARS,
+            help="Words find products by their names and details, and (with a text bridge) by their look.",
         )
-        found = find_products(recommender(), text)
-        if text.strip() and not found:
-            st.sidebar.caption("No product matches.")
-        elif len(found) > 1:
-            st.sidebar.selectbox(
-                f"{len(found)}{'+' if len(found) == FOUND_LIMIT else ''} matching products",
-                found,
-                index=None,
-                format_func=lambda i: f"{recommender().item(i).metadata.get(NAME, i)} · #{i}",
-                placeholder="Choose a product",
-                key="picked_product",
-                on_change=query_picked_product,
-            )
     else:
         st.sidebar.button("Show me a random product", icon=":material/casino:", on_click=query_random_item)
 
@@ -186,11 +175,13 @@ def render() -> None:
         st.error(f"We couldn't search: {error}", icon=":material/error:")
         return
     took_ms = (time.perf_counter() - started) * 1000
-    st.subheader("Similar products", anchor=False)
+    st.subheader("Matching products" if query.text is not None else "Similar products", anchor=False)
     refine_controls()
     shown_filters = "; ".join(f"{FACETS[c]}: {', '.join(v)}" for c, v in filters.items())
     st.caption(f"{len(matches)} results in {took_ms:.0f} ms" + (f" · {shown_filters}" if shown_filters else ""))
-    if not matches:
+    if not matches and query.text is not None and not filters:
+        st.info("No product matches these words. Try other words.", icon=":material/search_off:")
+    elif not matches:
         st.info("No product matches these filters. Remove a filter to see more.", icon=":material/filter_alt_off:")
     product_grid([(m.id, m.metadata, m.score, m.variants) for m in matches], key="result", rating=True)
 

@@ -10,7 +10,6 @@ import random
 import sys
 from dataclasses import dataclass, replace
 
-import numpy as np
 import streamlit as st
 
 from fashionrec.filters import FilterError, parse_filters
@@ -18,6 +17,7 @@ from fashionrec.garment import Method
 from fashionrec.images import Box, ImageError, web_image
 from fashionrec.search import Match, Recommender
 from fashionrec.terms import COLOUR_COLUMN, MAX_TERMS, Term, example_terms
+from fashionrec.text import MAX_QUERY_CHARS
 
 # Metadata columns offered as filters, with the labels a shopper reads; only those in the index are shown.
 FACETS = {
@@ -30,7 +30,6 @@ FACETS = {
     "usage": "Usage",
 }
 NAME = "productDisplayName"
-FOUND_LIMIT = 100  # products listed for a name search
 HISTORY = 50  # queries the back button remembers
 URL_SETTINGS = (("k", "k", 1, 20), ("colour", "colour_weight", 0.0, 1.0), ("variety", "diversity", 0.0, 1.0))
 SETTING_DEFAULTS = {"k": 5, "colour_weight": 0.0, "diversity": 0.0}
@@ -38,7 +37,7 @@ SETTING_DEFAULTS = {"k": 5, "colour_weight": 0.0, "diversity": 0.0}
 
 @dataclass(frozen=True)
 class Query:
-    """What the shopper wants look-alikes of: a catalog product, or an image of their own."""
+    """What the shopper wants look-alikes of: a catalog product, an image of their own, or words."""
 
     title: str
     item_id: str | None = None
@@ -46,6 +45,7 @@ class Query:
     upload: bytes | None = None  # the photo as sent, embedded again when the shopper frames a part of it
     crop: Box | None = None
     cut_out: bool = False  # the garment cut out of the scene (garment.py) before searching
+    text: str | None = None  # words describing the product ("blue denim jacket"): Recommender.similar_to_text
 
     @property
     def isolate(self) -> Method:
@@ -124,16 +124,25 @@ def restore_from_url() -> None:
             query_item(item)
         else:
             problems.append(f"item {item!r} is not in this catalog")
+    text = params.get("q", "").strip()
+    if text and item is None:
+        if len(text) <= MAX_QUERY_CHARS:
+            set_query(Query(title=text, text=text))
+        else:
+            problems.append(f"the search words are too long ({len(text):,} characters, limit {MAX_QUERY_CHARS})")
     if problems:
         st.session_state.notice = f"This link could not be opened in full: {'; '.join(problems)}."
 
 
 def share_in_url(query: Query | None, k: int, filters: dict[str, list[str]], colour: float, variety: float) -> None:
     """Keep the query and settings in the address bar, so copying it shares them: ?item=ID&k=8&colour=0.3&
-    variety=0.2&filter=gender=Men&details=1 (defaults left out; a shopper's own photo cannot be in a URL)."""
+    variety=0.2&filter=gender=Men&details=1, or ?q=WORDS (defaults left out; a shopper's own photo cannot be in a
+    URL)."""
     params: dict[str, str | list[str]] = {}
     if query is not None and query.item_id is not None:
         params["item"] = query.item_id
+    elif query is not None and query.text is not None:
+        params["q"] = query.text
     for (name, key, _, _), value in zip(URL_SETTINGS, (k, colour, variety), strict=True):
         if value != SETTING_DEFAULTS[key]:
             params[name] = str(value)
@@ -179,12 +188,19 @@ def colours() -> list[str]:
 
 def refined_search(query: Query, k: int, filters: dict[str, list[str]], diversity: float) -> list[Match]:
     """The query with the rated results as liked and disliked examples (Recommender.recommend), and in the
-    other colour if one was asked (Recommender.similar_to_terms with the same examples and a colour term)."""
-    first: str | bytes = query.item_id if query.item_id is not None else query.upload or b""
-    positive, negative = [first, *st.session_state.liked], st.session_state.disliked
-    if not st.session_state.other_colour:
-        return recommender().recommend(positive, negative, k, filters, diversity=diversity)
-    terms = [*example_terms(positive, negative), Term("colour", st.session_state.other_colour)]
+    other colour if one was asked (Recommender.similar_to_terms with the same examples and a colour term). Words
+    are one more term, read by the text bridge (without one, a TermError says so)."""
+    liked, disliked = st.session_state.liked, st.session_state.disliked
+    colour = [Term("colour", st.session_state.other_colour)] if st.session_state.other_colour else []
+    if query.text is not None:  # rated products are items: +1 shared by the liked, -1 by the disliked
+        rated = [Term("item", i, 1.0 / len(liked)) for i in liked]
+        rated += [Term("item", i, -1.0 / len(disliked)) for i in disliked]
+        terms = [Term("text", query.text), *rated, *colour]
+    else:
+        first: str | bytes = query.item_id if query.item_id is not None else query.upload or b""
+        if not colour:
+            return recommender().recommend([first, *liked], disliked, k, filters, diversity=diversity)
+        terms = [*example_terms([first, *liked], disliked), *colour]
     return recommender().similar_to_terms(terms, k, filters, diversity=diversity)
 
 
@@ -230,38 +246,24 @@ def refine_photo_query() -> None:
 
 
 def query_typed_product() -> None:
-    """An exact id, or a name matching one product only, becomes the query at once."""
-    found = find_products(recommender(), st.session_state.product_text)
-    if len(found) == 1:
-        query_item(found[0])
-
-
-def query_picked_product() -> None:
-    if st.session_state.picked_product is not None:
-        query_item(st.session_state.picked_product)
-
-
-def find_products(recommender: Recommender, text: str, limit: int = FOUND_LIMIT) -> list[str]:
-    """Ids of the products whose id is `text`, or whose name holds every word of it."""
-    text = text.strip()
+    """A product's exact id shows its look-alikes; other words search the catalog by words (similar_to_text)."""
+    text = st.session_state.product_text.strip()
     if not text:
-        return []
-    if text in recommender.positions:
-        return [text]
-    if NAME not in recommender.metadata.columns:
-        return []
-    names = recommender.metadata[NAME].str.lower()
-    mask = np.ones(len(names), dtype=bool)
-    for word in text.lower().split():
-        mask &= names.str.contains(word, regex=False).to_numpy(dtype=bool, na_value=False)
-    return [recommender.items[p].id for p in np.flatnonzero(mask)[:limit]]
+        return
+    if text in recommender().positions:
+        query_item(text)
+    else:
+        set_query(Query(title=text, text=text))
 
 
 def search(query: Query, k: int, filters: dict[str, list[str]], colour_weight: float, diversity: float) -> list[Match]:
     """The same Recommender calls as the CLI's `similar` and `search` (a photo's embedding is cached), or, once
-    the shopper rated results or asked for another colour, its `similar_to_terms` (as `search --term`)."""
+    the shopper rated results or asked for another colour, its `similar_to_terms` (as `search --term`); colour
+    weight applies to photos and products, not to words."""
     if st.session_state.liked or st.session_state.disliked or st.session_state.other_colour:
         return refined_search(query, k, filters, diversity)
+    if query.text is not None:
+        return recommender().similar_to_text(query.text, k, filters, diversity=diversity)
     if query.item_id is not None:
         return recommender().similar_to_item(query.item_id, k, filters, colour_weight, diversity=diversity)
     assert query.upload is not None

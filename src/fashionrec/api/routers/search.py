@@ -1,4 +1,4 @@
-"""Search: look-alikes of an uploaded photo or of a catalog product."""
+"""Search: look-alikes of an uploaded photo or of a catalog product, and the products that words describe."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ from fashionrec.api.models import MatchesOut, matches_out
 from fashionrec.filters import parse_filters
 from fashionrec.garment import Method
 from fashionrec.images import parse_box
+from fashionrec.search import TextMode
+from fashionrec.text import MAX_QUERY_CHARS
 
 router = APIRouter(prefix="/v1", tags=["search"], dependencies=READS, responses=ERROR_RESPONSES)
 
@@ -64,6 +66,35 @@ async def search(
         request, recommender.similar_to_image, data, k, filters, colour_weight, box, isolate, collapse, diversity
     )
     return matches_out(found)
+
+
+@router.get("/search")
+def search_text(
+    recommender: Rec,
+    q: Annotated[
+        str,
+        Query(
+            min_length=1,
+            max_length=MAX_QUERY_CHARS,
+            description="What the shopper looks for, in words: a product name, or words like `red tshirt for men` "
+            "(misspelt words and other word forms are matched too).",
+            examples=["blue denim jacket"],
+        ),
+    ],
+    k: TopK = 10,
+    filter: FilterQuery = [],  # noqa: B006 (FastAPI copies defaults)
+    mode: Annotated[
+        TextMode,
+        Query(
+            description="`fused`: the catalog's words (names, metadata) and the text bridge (the look a text "
+            "describes) together; `words` or `bridge`: one of them only. Without a bridge, `fused` is words only."
+        ),
+    ] = "fused",
+    collapse: CollapseQuery = True,
+    diversity: DiversityQuery = 0.0,
+) -> MatchesOut:
+    """The k catalog products that a text describes (GET /v1/info `text_search` says whether a bridge is used)."""
+    return matches_out(recommender.similar_to_text(q, k, parse_filters(filter), mode, collapse, diversity))
 
 
 @router.get("/items/{item_id}/similar")
