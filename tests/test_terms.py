@@ -107,7 +107,7 @@ def test_recommend_with_liked_and_disliked_items(recommender: Recommender) -> No
         ([Term("colour", "Red", -1)], TermError, "positive weight"),
         ([], TermError, "at least one term"),
         ([Term("item", "X"), Term("colour", "Red"), Term("colour", "red", -1)], TermError, "no colour to show"),
-        ([Term("text", "red leather jacket")], TermError, "text term 'red leather jacket'.*no text encoder"),
+        ([Term("text", "red leather jacket")], TermError, "text term 'red leather jacket'.*no text bridge"),
     ],
 )
 def test_bad_terms_are_refused_clearly(
@@ -181,7 +181,7 @@ def test_api_search_terms_and_recommend(api: httpx.Client, recommender: Recommen
         ({"terms": [{"kind": "item", "value": "1"}] * 1_000}, 400, "at most 32"),
         ({"terms": [{"kind": "image", "value": "not base64!"}]}, 400, "base64"),
         ({"terms": [{"kind": "image", "value": base64.b64encode(b"not an image").decode()}]}, 422, "image"),
-        ({"terms": [{"kind": "text", "value": "leather"}]}, 400, "no text encoder"),
+        ({"terms": [{"kind": "text", "value": "leather"}]}, 400, "no text bridge"),
         ({"terms": [{"kind": "shoe", "value": "1"}]}, 400, "kind"),
         ({"terms": []}, 400, "at least 1"),
     ],

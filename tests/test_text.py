@@ -21,6 +21,7 @@ from fashionrec.bridge import BRIDGE_MANIFEST, BRIDGE_WEIGHTS, BridgeConfig, Bri
 from fashionrec.bridge_train import split, train_bridge
 from fashionrec.build import BuildReport
 from fashionrec.search import Recommender, fuse
+from fashionrec.terms import Term
 from fashionrec.text import MAX_QUERY_CHARS, NAME, TextIndex, stems, words
 
 from conftest import run_cli
@@ -171,6 +172,15 @@ def test_bridge_finds_products_by_look_and_fuses_with_words(bridged: Path) -> No
     assert len(fused) == 5 and fused[0].id in holders(recommender, word)  # the name's own product stays first
     assert recommender.similar_to_text("qqqq zzzz", mode="words") == []
     assert len(recommender.similar_to_text("qqqq zzzz", k=3)) == 3  # the bridge still proposes looks
+
+
+@pytest.mark.slow
+def test_a_text_term_of_a_weighted_query_reads_the_bridge(bridged: Path) -> None:
+    recommender = Recommender.open(bridged)
+    vector = recommender.text_vector("black shirt")
+    np.testing.assert_allclose(vector, recommender.bridge.embed(["black shirt"])[0], atol=1e-6)
+    alone = recommender.similar_to_terms([Term("text", "black shirt")], k=5, colour="direction")
+    assert [m.id for m in alone] == [m.id for m in recommender.similar_to_text("black shirt", k=5, mode="bridge")]
 
 
 @pytest.mark.slow
