@@ -24,7 +24,7 @@ from common import SHARED_ZIP, catalog_subset, write_results
 
 from fashionrec.build import build_index
 from fashionrec.colour import colour_vector
-from fashionrec.encoder import load_encoder
+from fashionrec.encoders import load_encoder
 from fashionrec.images import decode, fit_square
 from fashionrec.index import IndexStore
 from fashionrec.search import Recommender
@@ -81,10 +81,11 @@ def seed_style(items: int) -> dict[str, float]:
     import torch
     from sklearn.neighbors import NearestNeighbors
 
-    from fashionrec.encoder import BACKBONES, _embedding_net
+    from fashionrec.encoders import BACKBONES
+    from fashionrec.encoders.backbones import embedding_net
 
     catalog = catalog_subset(items, seed=2)
-    net = _embedding_net(BACKBONES["efficientnet-lite0"]())
+    net = embedding_net(BACKBONES["efficientnet-lite0"]())
     started = time.perf_counter()
     vectors = []
     for item in catalog.items:

@@ -18,12 +18,14 @@ import torch
 from fashionrec.build import build_index
 from fashionrec.catalog import load_catalog
 from fashionrec.colour import COLOUR_DIM
-from fashionrec.encoder import TRAINED_MANIFEST, Encoder, EncoderError, load_encoder
+from fashionrec.encoders import TRAINED_MANIFEST, Encoder, EncoderError, load_encoder
+from fashionrec.encoders.adapter import Adapter, load_adapter
+from fashionrec.encoders.trained import ADAPTER, CHECKPOINT, HELDOUT, ONNX, VIEWS
 from fashionrec.images import open_image
 from fashionrec.index import IndexStore
+from fashionrec.quality.config import TrainConfig
+from fashionrec.quality.train import heldout_mask, train
 from fashionrec.search import Recommender
-from fashionrec.train import Adapter, TrainConfig, heldout_mask, load_adapter, train
-from fashionrec.trained import ADAPTER, CHECKPOINT, HELDOUT, ONNX, VIEWS
 
 from conftest import run_cli, sample_rows, write_catalog
 

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from fashionrec.catalog import Catalog, ImageSource, Item, Problem
 from fashionrec.colour import colour_vector
-from fashionrec.encoder import Encoder
+from fashionrec.encoders import Encoder
 from fashionrec.images import DETAIL_SAMPLE, Detail, Fit, ImageError, decode, fit_square, sides_of
 from fashionrec.index import IndexStore, IndexStoreError
 

@@ -22,12 +22,12 @@ from rich.table import Table
 
 from fashionrec.build import BuildInterrupted, BuildReport, build_index
 from fashionrec.catalog import CatalogError, load_catalog
-from fashionrec.encoder import BACKBONES, DEFAULT_ENCODER, DEFAULT_FIT, WEIGHTS_ENV, EncoderError, load_encoder
+from fashionrec.encoders import BACKBONES, DEFAULT_ENCODER, DEFAULT_FIT, WEIGHTS_ENV, EncoderError, load_encoder
 from fashionrec.garment import Method
 from fashionrec.images import MAX_BYTES, Fit, ImageError, parse_box
 from fashionrec.index import IndexStore, IndexStoreError
+from fashionrec.quality.config import TrainConfig
 from fashionrec.search import Match, Recommender, UnknownItemError
-from fashionrec.trained import TrainConfig
 
 app = typer.Typer(
     help="fashionrec: find the most similar products of a catalog for any garment photo.",
@@ -288,7 +288,7 @@ def evaluate_index(
     colour_weight: ColourWeight = 0.0,
 ) -> None:
     """Measure retrieval quality: leave-one-out P@k, mAP@k and macro P@k per label, with pictures."""
-    from fashionrec.evaluate import evaluate
+    from fashionrec.quality.evaluate import evaluate
 
     with user_errors():
         ids = queries.read_text().split() if queries is not None else None
@@ -361,7 +361,7 @@ def train_encoder(
     name: Annotated[str | None, typer.Option(help="Model name in its encoder id (default: the --out folder).")] = None,
 ) -> None:
     """Train an encoder on the catalog's labels (an adapter on the stored vectors); rerun to resume."""
-    from fashionrec.train import TrainInterrupted, train  # torch is only imported for training
+    from fashionrec.quality.train import TrainInterrupted, train  # torch is only imported for training
 
     labels = tuple(label or TrainConfig.labels)
     config = TrainConfig(

@@ -22,7 +22,7 @@ from PIL import Image
 
 from fashionrec.catalog import ImageSource, Problem
 from fashionrec.colour import COLOUR_DIM, colour_vector
-from fashionrec.encoder import Encoder, encoder_for_index
+from fashionrec.encoders import Encoder, encoder_for_index
 from fashionrec.garment import Method
 from fashionrec.garment import isolate as isolate_garment
 from fashionrec.images import Box, Detail, crop, decode, match_detail, open_image
