@@ -12,12 +12,16 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from fashionrec.encoders.spec import EncoderSpec
 from fashionrec.images import fit_square
+
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
 
 BATCH_SIZE = 64
 
@@ -83,20 +87,28 @@ def onnx_runner(
     make_net: Callable[[], object], path: Path, size: int, threads: int = 0, inputs: Inputs = pixel_inputs
 ) -> Callable[[np.ndarray], np.ndarray]:
     """The model as a function of pixels, from its ONNX file (exported from `make_net` if missing or damaged)."""
-    import onnxruntime as ort
-
     if not path.is_file():
         export_onnx(make_net(), path, size, inputs)
+    try:
+        session = onnx_session(path, threads)
+    except Exception:  # a cache file damaged on disk: export it again
+        export_onnx(make_net(), path, size, inputs)
+        session = onnx_session(path, threads)
+    return session_runner(session, inputs)
+
+
+def onnx_session(path: Path, threads: int = 0) -> InferenceSession:
+    """An ONNX Runtime session of a model file; `threads` cores per call (0: all)."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.enable_cpu_mem_arena = False  # the arena keeps its peak allocation: ~30 MB more to serve
     options.intra_op_num_threads = threads
-    try:
-        session = ort.InferenceSession(str(path), options, providers=onnx_providers())
-    except Exception:  # a cache file damaged on disk: export it again
-        export_onnx(make_net(), path, size, inputs)
-        session = ort.InferenceSession(str(path), options, providers=onnx_providers())
+    return ort.InferenceSession(str(path), options, providers=onnx_providers())
 
+
+def session_runner(session: InferenceSession, inputs: Inputs = pixel_inputs) -> Callable[[np.ndarray], np.ndarray]:
     def run(pixels: np.ndarray) -> np.ndarray:
         return session.run(None, inputs(pixels))[0]
 

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fashionrec.catalog import Catalog
 from fashionrec.colour import COLOUR_DIM, colour_vector
+from fashionrec.encoders.int8 import int8_encoder
 from fashionrec.encoders.registry import BACKBONES
 from fashionrec.encoders.runtimes import Encoder, onnx_runner, torch_runner
 from fashionrec.encoders.spec import TRAINED_MANIFEST, EncoderError, EncoderSpec
@@ -55,8 +57,17 @@ def read_manifest(directory: Path) -> dict:
         raise EncoderError(f"{directory}: unreadable model manifest ({error})") from None
 
 
-def load_trained_encoder(directory: Path, *, size: int | None, fit: Fit, backend: str, threads: int = 0) -> Encoder:
-    """The encoder of a model directory; refused if its files or this machine's base weights changed."""
+def load_trained_encoder(
+    directory: Path,
+    *,
+    size: int | None,
+    fit: Fit,
+    backend: str,
+    threads: int = 0,
+    int8: bool = False,
+    calibration: Catalog | None = None,
+) -> Encoder:
+    """The encoder of a model directory (quantised with `int8`); refused if its files or the base weights changed."""
     manifest = read_manifest(directory)
     base = EncoderSpec.from_dict(manifest["base_encoder"])
     if (size or base.size, fit) != (base.size, base.fit):
@@ -81,6 +92,8 @@ def load_trained_encoder(directory: Path, *, size: int | None, fit: Fit, backend
 
         return trained_net(backbone, manifest["adapter"], adapter_path)
 
+    if int8:
+        return int8_encoder(spec, directory / ONNX, make_net, colour_inputs, threads, calibration)
     if backend == "torch":
         return Encoder(spec, torch_runner(make_net(), colour_inputs), "torch")
     return Encoder(spec, onnx_runner(make_net, directory / ONNX, spec.size, threads, colour_inputs), "onnx")
