@@ -17,7 +17,6 @@ With --trained, the trained model directory (copied: the int8 file is written be
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import tempfile
@@ -25,12 +24,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import catalog_subset, write_results
+from common import catalog_subset, int8_cache, write_results
 
 from fashionrec.build import build_index
 from fashionrec.catalog import Catalog
 from fashionrec.encoders import Encoder, load_encoder
-from fashionrec.encoders.weights import cache_dir
 from fashionrec.images import Detail, decode
 from fashionrec.quality.evaluate import evaluate
 from fashionrec.search import Recommender
@@ -130,11 +128,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as directory:
         work = Path(directory)
-        shared_onnx = cache_dir() / "onnx"
-        os.environ["FASHIONREC_CACHE"] = str(work / "cache")  # the int8 files of this run, calibrated on its subset
-        (work / "cache" / "onnx").mkdir(parents=True)
-        for fp32 in shared_onnx.glob("efficientnet-lite0-*.onnx"):  # no float export needed again
-            (work / "cache" / "onnx" / fp32.name).symlink_to(fp32)
+        int8_cache(work / "cache")
         figures["efficientnet-lite0"] = compare("efficientnet-lite0", catalog, queries, work, args.rounds)
         print(figures["efficientnet-lite0"])
         if args.trained:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -24,7 +26,7 @@ from fashionrec.encoders.trained import ADAPTER, CHECKPOINT, HELDOUT, ONNX, VIEW
 from fashionrec.images import open_image
 from fashionrec.index import IndexStore
 from fashionrec.quality.config import TrainConfig
-from fashionrec.quality.train import heldout_mask, train
+from fashionrec.quality.train import heldout_mask, train, training_threads
 from fashionrec.search import Recommender
 
 from conftest import run_cli, sample_rows, write_catalog
@@ -218,13 +220,35 @@ def test_stopped_training_resumes_after_the_last_epoch(
     done = torch.load(out / CHECKPOINT, weights_only=True)
     assert 1 <= done["epoch"] < 100000
     resumed = run_cli(
-        "train", str(built_index[0]), "--out", str(out), "--epochs", str(done["epoch"] + 1), *SMALL_OPTIONS
+        "train",
+        str(built_index[0]),
+        "--out",
+        str(out),
+        "--epochs",
+        str(done["epoch"] + 1),
+        *SMALL_OPTIONS,
+        "--threads",
+        "1",
     )
     assert resumed.returncode == 0, resumed.stderr
+    assert "Training with 1 torch thread(s)" in resumed.stdout and "min left)" in resumed.stdout
     assert f"Resuming after epoch {done['epoch']}" in resumed.stdout and "Zero-shot" not in resumed.stdout
     history = json.loads((out / TRAINED_MANIFEST).read_text())["history"]
     assert history[: done["epoch"]] == json.loads(json.dumps(done["history"]))
     assert len(history) == done["epoch"] + 1
+
+
+def test_training_threads_are_chosen_and_given_back(built_index: tuple[Path, object], tmp_path: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert training_threads(3) == 3 and 1 <= training_threads() <= cores
+    before = torch.get_num_threads()
+    lines: list[tuple[str, int]] = []
+    tiny = dataclasses.replace(SMALL, epochs=1, view_share=0.0)
+    log = lambda line: lines.append((line, torch.get_num_threads()))  # noqa: E731
+    train(built_index[0], tmp_path / "model", tiny, progress=False, log=log, threads=before + 1)
+    assert lines[0] == (f"Training with {before + 1} torch thread(s)", before + 1)
+    assert all(threads == before + 1 for _, threads in lines)  # for the whole training ...
+    assert torch.get_num_threads() == before  # ... then given back
 
 
 def test_bad_inputs_give_one_line_errors(built_index: tuple[Path, object], tmp_path: Path, encoder: Encoder) -> None:

@@ -360,6 +360,7 @@ def train_encoder(
         float, typer.Option(min=0.0, help="With views: weight of each view finding its own product's catalog shot.")
     ] = TrainConfig.instance_weight,
     name: Annotated[str | None, typer.Option(help="Model name in its encoder id (default: the --out folder).")] = None,
+    threads: Annotated[int, typer.Option(min=0, help="torch threads (0: one per idle core).")] = 0,
 ) -> None:
     """Train an encoder on the catalog's labels (an adapter on the stored vectors); rerun to resume."""
     from fashionrec.quality.train import TrainInterrupted, train  # torch is only imported for training
@@ -382,7 +383,7 @@ def train_encoder(
     )
     with user_errors():
         try:
-            manifest = train(source, out, config, name=name, log=console.print)
+            manifest = train(source, out, config, name=name, log=console.print, threads=threads)
         except TrainInterrupted as stop:
             errors.print(f"[yellow]{stop}[/yellow]")
             raise typer.Exit(130) from None
