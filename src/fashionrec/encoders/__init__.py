@@ -9,6 +9,7 @@ different encoders never end up in one index. The modules, each building only on
     runtimes   Encoder; ONNX Runtime / torch runners; the ONNX export
     backbones  the torch nets (imported only to export or for the torch backend)
     adapter    the trained adapter's torch nets (likewise)
+    int8       NAME:int8, the ONNX model quantised to int8, calibrated on a catalog's photos
     trained    a model directory made by `fashionrec train`, opened as one encoder (no torch)
     loader     load_encoder, encoder_for_index
 
