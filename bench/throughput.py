@@ -86,7 +86,10 @@ def main() -> None:
     args = parser.parse_args()
     catalog = catalog_subset(args.items, seed=3)
     figures: dict[str, object] = {
-        "command": f"python bench/throughput.py --items {args.items} --size {args.size}",
+        "command": (
+            f"python bench/throughput.py --items {args.items} --size {args.size} "
+            f"--profile-items {args.profile_items} --rounds {args.rounds}"
+        ),
         "protocol": __doc__.split("\n\n")[1],
         "items": len(catalog.items),
         "size": args.size,
