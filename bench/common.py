@@ -55,6 +55,6 @@ def int8_cache(directory: Path) -> None:
     shared = cache_dir() / "onnx"
     (directory / "onnx").mkdir(parents=True, exist_ok=True)
     for fp32 in shared.glob("*.onnx"):
-        if not fp32.stem.endswith("-int8"):
+        if not fp32.stem.endswith("-int8"):  # the user's own int8 files are left out
             (directory / "onnx" / fp32.name).symlink_to(fp32)
     os.environ["FASHIONREC_CACHE"] = str(directory)

@@ -102,7 +102,7 @@ def main() -> None:
             "int8": load_encoder(f"{NAME}:int8", size=args.size, calibration=catalog),
         }
         fp32_file = cache_dir() / "onnx" / f"{NAME}-{encoders['fp32'].spec.weights_sha256[:12]}-{args.size}.onnx"
-        files = {"fp32": fp32_file, "int8": int8_path(fp32_file)}
+        files = {"fp32": fp32_file, "int8": int8_path(fp32_file, encoders["fp32"].spec)}
         figures["stages"] = {
             precision: stage_profile(args.profile_items, encoder) for precision, encoder in encoders.items()
         }

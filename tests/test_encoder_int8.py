@@ -54,7 +54,7 @@ def stored_vectors(index: Path) -> dict[str, np.ndarray]:
 def test_index_with_the_int8_encoder(
     int8_index: Path, int8_cache: Path, built_index: tuple[Path, object], catalog_photo: Path, encoder: Encoder
 ) -> None:
-    assert int8_path(int8_cache).is_file()  # quantised once, cached beside the float file
+    assert int8_path(int8_cache, encoder.spec).is_file()  # quantised once, cached beside the float file
     recommender = Recommender.open(int8_index)
     assert recommender.encoder.id.startswith("efficientnet-lite0:int8@") and recommender.encoder.id != encoder.id
     assert recommender.similar_to_image(catalog_photo, k=1)[0].id == catalog_photo.stem  # the photo finds itself
@@ -65,7 +65,9 @@ def test_index_with_the_int8_encoder(
     np.testing.assert_allclose(np.linalg.norm(np.stack(list(int8.values())), axis=1), 1.0, atol=1e-2)
 
 
-def test_the_cached_int8_model_is_reused_and_required(int8_index: Path, int8_cache: Path, catalog_photo: Path) -> None:
+def test_the_cached_int8_model_is_reused_and_required(
+    int8_index: Path, int8_cache: Path, catalog_photo: Path, encoder: Encoder
+) -> None:
     spec = IndexStore.open(int8_index).manifest["encoder"]
     cached = load_encoder(INT8_NAME)  # no calibration needed any more
     assert cached.id == spec["id"] == encoder_for_index(spec).id
@@ -73,14 +75,15 @@ def test_the_cached_int8_model_is_reused_and_required(int8_index: Path, int8_cac
     assert cached.embed([image]).shape == (1, 1280)
     with pytest.raises(EncoderError, match="onnx backend only"):
         load_encoder(INT8_NAME, backend="torch")
-    int8_path(int8_cache).rename(int8_cache.with_name("moved.onnx"))
+    int8_file = int8_path(int8_cache, encoder.spec)
+    int8_file.rename(int8_cache.with_name("moved.onnx"))
     try:
         with pytest.raises(
             EncoderError, match="no int8 model of efficientnet-lite0@.*--encoder efficientnet-lite0:int8"
         ):
             encoder_for_index(spec)
     finally:
-        int8_cache.with_name("moved.onnx").rename(int8_path(int8_cache))
+        int8_cache.with_name("moved.onnx").rename(int8_file)
 
 
 def test_calibration_photos_do_not_depend_on_the_catalog_order(sample_catalog: Path) -> None:

@@ -37,9 +37,12 @@ def split_int8(name: str) -> tuple[str, bool]:
     return (name.removesuffix(INT8), True) if name.endswith(INT8) else (name, False)
 
 
-def int8_path(fp32: Path) -> Path:
-    """Where the quantised model of a float ONNX file lives: beside it."""
-    return fp32.with_name(f"{fp32.stem}-int8.onnx")
+def int8_path(fp32: Path, spec: EncoderSpec) -> Path:
+    """Where the quantised model of float encoder `spec` (ONNX file `fp32`) lives: beside it, named by its hash.
+
+    By its hash, so a model directory trained again never runs the int8 file of its former adapter.
+    """
+    return fp32.with_name(f"{fp32.stem}-{spec.weights_sha256[:12]}-int8.onnx")
 
 
 def calibration_pixels(catalog: Catalog, size: int, fit: Fit, count: int = CALIBRATION_IMAGES) -> np.ndarray:
@@ -100,7 +103,7 @@ def int8_encoder(
     calibration: Catalog | None,
 ) -> Encoder:
     """The int8 encoder of a float one whose ONNX file is `fp32`; quantised first if not cached yet."""
-    path = int8_path(fp32)
+    path = int8_path(fp32, spec)
     if not path.is_file():
         if calibration is None:
             raise EncoderError(
