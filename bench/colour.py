@@ -10,7 +10,7 @@ from pathlib import Path
 
 from common import REPO, write_results
 
-from fashionrec.evaluate import evaluate
+from fashionrec.quality.evaluate import evaluate
 from fashionrec.search import Recommender
 
 WEIGHTS = (0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0)

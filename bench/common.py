@@ -42,3 +42,19 @@ def write_results(name: str, figures: dict[str, object]) -> Path:
     path.write_text(json.dumps(payload, indent=2, ensure_ascii=False))
     print(f"wrote {path}")
     return path
+
+
+def int8_cache(directory: Path) -> None:
+    """Point $FASHIONREC_CACHE at `directory`, sharing the float ONNX files already exported.
+
+    int8 models are calibrated on the first catalog they are made for (encoders/int8.py): a benchmark
+    makes its own, from its own subset, and leaves the user's cache alone.
+    """
+    from fashionrec.encoders.weights import cache_dir
+
+    shared = cache_dir() / "onnx"
+    (directory / "onnx").mkdir(parents=True, exist_ok=True)
+    for fp32 in shared.glob("*.onnx"):
+        if not fp32.stem.endswith("-int8"):  # the user's own int8 files are left out
+            (directory / "onnx" / fp32.name).symlink_to(fp32)
+    os.environ["FASHIONREC_CACHE"] = str(directory)

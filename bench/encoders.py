@@ -23,8 +23,8 @@ from sklearn.neighbors import NearestNeighbors
 
 from fashionrec.build import build_index
 from fashionrec.catalog import Catalog
-from fashionrec.encoder import BACKBONES, Encoder, EncoderError, load_encoder
-from fashionrec.evaluate import Neighbours, nearest, score
+from fashionrec.encoders import BACKBONES, Encoder, EncoderError, load_encoder
+from fashionrec.quality.evaluate import Neighbours, nearest, score
 from fashionrec.search import Recommender
 
 K = 5

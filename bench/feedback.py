@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 from common import RESULTS, write_results
 
+from fashionrec.quality.config import TrainConfig
+from fashionrec.quality.train import heldout_mask
 from fashionrec.search import Recommender
 from fashionrec.terms import COLOUR_COLUMN, TYPE_COLUMN
-from fashionrec.train import heldout_mask
-from fashionrec.trained import TrainConfig
 
 K = 5
 POOL = 100  # best_score: candidates per liked example

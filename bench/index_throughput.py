@@ -24,7 +24,7 @@ from common import SHARED_ZIP, catalog_subset, write_results
 
 from fashionrec.build import build_index
 from fashionrec.colour import colour_vector
-from fashionrec.encoder import load_encoder
+from fashionrec.encoders import Encoder, load_encoder
 from fashionrec.images import decode, fit_square
 from fashionrec.index import IndexStore
 from fashionrec.search import Recommender
@@ -32,10 +32,10 @@ from fashionrec.search import Recommender
 SEED_QUERIES = 50
 
 
-def stage_profile(items: int) -> dict[str, float]:
-    """Seconds per 1,000 images for each stage, run one after the other on one process."""
+def stage_profile(items: int, encoder: Encoder | None = None) -> dict[str, float]:
+    """Seconds per 1,000 images for each stage, run one after the other on one process (default encoder)."""
     catalog = catalog_subset(items, seed=1)
-    encoder = load_encoder()
+    encoder = encoder or load_encoder()
     size, fit = encoder.spec.size, encoder.spec.fit
     started = time.perf_counter()
     raw = [catalog.source.read(item.image) for item in catalog.items]
@@ -81,10 +81,11 @@ def seed_style(items: int) -> dict[str, float]:
     import torch
     from sklearn.neighbors import NearestNeighbors
 
-    from fashionrec.encoder import BACKBONES, _embedding_net
+    from fashionrec.encoders import BACKBONES
+    from fashionrec.encoders.backbones import embedding_net
 
     catalog = catalog_subset(items, seed=2)
-    net = _embedding_net(BACKBONES["efficientnet-lite0"]())
+    net = embedding_net(BACKBONES["efficientnet-lite0"]())
     started = time.perf_counter()
     vectors = []
     for item in catalog.items:

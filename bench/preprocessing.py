@@ -14,8 +14,8 @@ import tempfile
 from common import catalog_subset, write_results
 
 from fashionrec.build import build_index
-from fashionrec.encoder import load_encoder
-from fashionrec.evaluate import evaluate
+from fashionrec.encoders import load_encoder
+from fashionrec.quality.evaluate import evaluate
 from fashionrec.search import Recommender
 
 SETTINGS = [("pad", 224), ("crop", 224), ("pad", 160), ("pad", 128)]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common import REPO, RESULTS, SHARED_ZIP, write_results
 
-from fashionrec.evaluate import evaluate
+from fashionrec.quality.evaluate import evaluate
 from fashionrec.search import Recommender
 
 LABELS = ["articleType", "baseColour"]

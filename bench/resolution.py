@@ -33,7 +33,7 @@ from robustness import bar_chart, open_index, recall_at
 from tqdm import tqdm
 
 from fashionrec.catalog import Catalog, load_catalog
-from fashionrec.encoder import load_encoder
+from fashionrec.encoders import load_encoder
 from fashionrec.images import Detail, decode
 
 Make = Callable[[Image.Image, Image.Image], Image.Image]  # (the real photo, the catalog copy) -> query

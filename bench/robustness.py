@@ -34,9 +34,9 @@ from PIL import Image, ImageDraw, ImageOps  # noqa: E402
 
 from fashionrec.build import build_index  # noqa: E402
 from fashionrec.catalog import Catalog  # noqa: E402
-from fashionrec.encoder import DEFAULT_ENCODER, Encoder, load_encoder  # noqa: E402
-from fashionrec.evaluate import evaluate  # noqa: E402
+from fashionrec.encoders import DEFAULT_ENCODER, Encoder, load_encoder  # noqa: E402
 from fashionrec.images import Fit, decode, fit_square  # noqa: E402
+from fashionrec.quality.evaluate import evaluate  # noqa: E402
 from fashionrec.search import Recommender  # noqa: E402
 from fashionrec.views import studio_white  # noqa: E402
 

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from common import write_results
 
+from fashionrec.quality.config import TrainConfig
+from fashionrec.quality.train import heldout_mask
 from fashionrec.search import Match, Recommender
 from fashionrec.terms import COLOUR_COLUMN, TYPE_COLUMN, Term
-from fashionrec.train import heldout_mask
-from fashionrec.trained import TrainConfig
 
 K = 5
 MIN_PAIR = 5  # items of (articleType, colour) needed for a full top 5 to exist

@@ -37,12 +37,13 @@ import numpy as np
 from common import write_results
 from tqdm import tqdm
 
-from fashionrec.bridge import BridgeConfig, TextBridge
-from fashionrec.bridge_train import split
+from fashionrec.bridge import TextBridge
 from fashionrec.index import IndexStore
+from fashionrec.quality.config import BridgeConfig
+from fashionrec.quality.train import _read_all
+from fashionrec.quality.train_text import split
 from fashionrec.search import TEXT_POOL, WORDS_WEIGHT, Recommender, fuse, top_scores
 from fashionrec.text import NAME, TextIndex
-from fashionrec.train import _read_all
 
 KS = (1, 10)
 MODES = ("bridge", "words", "fused")

@@ -20,18 +20,21 @@ import numpy as np
 import torch
 from common import REPO, SHARED_ZIP, catalog_subset, write_results
 
-from fashionrec.encoder import BACKBONES, _embedding_net
+from fashionrec.encoders import BACKBONES
+from fashionrec.encoders.adapter import load_adapter
+from fashionrec.encoders.backbones import embedding_net
+from fashionrec.encoders.trained import ADAPTER
 from fashionrec.images import decode, fit_square
 from fashionrec.index import IndexStore
-from fashionrec.train import _read_all, heldout_mask, load_adapter, train, validate_adapter
-from fashionrec.trained import ADAPTER, TrainConfig
+from fashionrec.quality.config import TrainConfig
+from fashionrec.quality.train import _read_all, heldout_mask, train, validate_adapter
 
 LABELS = ("articleType", "baseColour")
 
 
 def finetune_probe(blocks: int, images: int = 64, batch: int = 32) -> dict[str, object]:
     """Images/s of one training step through the backbone with its last `blocks` blocks (and head) trainable."""
-    net = _embedding_net(BACKBONES["efficientnet-lite0"]())
+    net = embedding_net(BACKBONES["efficientnet-lite0"]())
     backbone = net.features.net  # type: ignore[attr-defined]
     for parameter in backbone.parameters():
         parameter.requires_grad = False

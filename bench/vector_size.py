@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 from common import REPO, write_results
 
-from fashionrec.evaluate import evaluate, nearest
+from fashionrec.quality.evaluate import evaluate, nearest
 from fashionrec.search import Recommender
 
 SETTINGS = [("exact", "float32"), ("exact", "float16"), ("ivf", "float32"), ("ivf", "float16")]

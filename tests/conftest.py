@@ -22,7 +22,7 @@ from PIL import Image
 
 from fashionrec.build import BuildReport, build_index
 from fashionrec.catalog import load_catalog
-from fashionrec.encoder import Encoder, load_encoder
+from fashionrec.encoders import Encoder, load_encoder
 from fashionrec.images import decode
 
 REPO = Path(__file__).resolve().parents[1]

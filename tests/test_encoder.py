@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fashionrec.encoder import Encoder, EncoderError, EncoderSpec, encoder_for_index, load_encoder
+from fashionrec.encoders import Encoder, EncoderError, EncoderSpec, encoder_for_index, load_encoder
 from fashionrec.images import decode
 
 from conftest import SHARED_ZIP, sample_rows

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from fashionrec import encoder as E
-from fashionrec.backbones import InceptionV3
 from fashionrec.build import build_index
 from fashionrec.catalog import load_catalog
-from fashionrec.encoder import encoder_for_index, load_encoder
+from fashionrec.encoders import encoder_for_index, load_encoder
+from fashionrec.encoders import weights as E
+from fashionrec.encoders.backbones import InceptionV3
 from fashionrec.images import decode
 from fashionrec.index import IndexStoreError
 from fashionrec.search import Recommender

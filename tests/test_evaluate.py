@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from fashionrec.build import BuildReport
-from fashionrec.evaluate import evaluate
+from fashionrec.quality.evaluate import evaluate
 from fashionrec.search import Recommender
 
 from conftest import run_cli

@@ -26,7 +26,7 @@ from PIL import Image, PngImagePlugin
 
 from fashionrec.build import build_index
 from fashionrec.catalog import id_problem, load_catalog
-from fashionrec.encoder import Encoder
+from fashionrec.encoders import Encoder
 from fashionrec.images import MAX_BYTES, ImageError, open_image
 from fashionrec.index import UPLOADED
 from fashionrec.search import Recommender

@@ -13,7 +13,7 @@ from PIL import Image
 
 from fashionrec.build import build_index
 from fashionrec.catalog import load_catalog
-from fashionrec.encoder import Encoder
+from fashionrec.encoders import Encoder
 from fashionrec.images import Detail, decode, match_detail, sides_of
 from fashionrec.search import Recommender
 from fashionrec.views import shopper_view

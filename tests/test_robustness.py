@@ -12,7 +12,7 @@ from PIL import Image
 
 from fashionrec.build import build_index
 from fashionrec.catalog import load_catalog
-from fashionrec.encoder import load_encoder
+from fashionrec.encoders import load_encoder
 from fashionrec.images import TRIM_MARGIN, Fit, backdrop_colour, decode, fit_square, trim
 from fashionrec.search import Recommender
 

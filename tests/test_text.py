@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 from test_api import assert_error, serve
 
-from fashionrec.bridge import BRIDGE_MANIFEST, BRIDGE_WEIGHTS, BridgeConfig, BridgeError, TextBridge
-from fashionrec.bridge_train import split, train_bridge
+from fashionrec.bridge import BRIDGE_MANIFEST, BRIDGE_WEIGHTS, BridgeError, TextBridge
 from fashionrec.build import BuildReport
+from fashionrec.quality.config import BridgeConfig
+from fashionrec.quality.train_text import split, train_bridge
 from fashionrec.search import Recommender, fuse
 from fashionrec.terms import Term
 from fashionrec.text import MAX_QUERY_CHARS, NAME, TextIndex, stems, words

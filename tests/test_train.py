@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -18,12 +20,14 @@ import torch
 from fashionrec.build import build_index
 from fashionrec.catalog import load_catalog
 from fashionrec.colour import COLOUR_DIM
-from fashionrec.encoder import TRAINED_MANIFEST, Encoder, EncoderError, load_encoder
+from fashionrec.encoders import TRAINED_MANIFEST, Encoder, EncoderError, load_encoder
+from fashionrec.encoders.adapter import Adapter, load_adapter
+from fashionrec.encoders.trained import ADAPTER, CHECKPOINT, HELDOUT, ONNX, VIEWS
 from fashionrec.images import open_image
 from fashionrec.index import IndexStore
+from fashionrec.quality.config import TrainConfig
+from fashionrec.quality.train import heldout_mask, train, training_threads
 from fashionrec.search import Recommender
-from fashionrec.train import Adapter, TrainConfig, heldout_mask, load_adapter, train
-from fashionrec.trained import ADAPTER, CHECKPOINT, HELDOUT, ONNX, VIEWS
 
 from conftest import run_cli, sample_rows, write_catalog
 
@@ -204,7 +208,7 @@ def test_stopped_training_resumes_after_the_last_epoch(
     out = tmp_path / "model"
     command = [sys.executable, "-m", "fashionrec.cli", "train", str(built_index[0]), "--out", str(out)]
     process = subprocess.Popen([*command, "--epochs", "100000", *SMALL_OPTIONS], stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 300  # a busy machine embeds the 300 views slowly before the first epoch
     while not (out / CHECKPOINT).is_file() and time.monotonic() < deadline:
         time.sleep(0.2)
     process.send_signal(stop)
@@ -216,13 +220,35 @@ def test_stopped_training_resumes_after_the_last_epoch(
     done = torch.load(out / CHECKPOINT, weights_only=True)
     assert 1 <= done["epoch"] < 100000
     resumed = run_cli(
-        "train", str(built_index[0]), "--out", str(out), "--epochs", str(done["epoch"] + 1), *SMALL_OPTIONS
+        "train",
+        str(built_index[0]),
+        "--out",
+        str(out),
+        "--epochs",
+        str(done["epoch"] + 1),
+        *SMALL_OPTIONS,
+        "--threads",
+        "1",
     )
     assert resumed.returncode == 0, resumed.stderr
+    assert "Training with 1 torch thread(s)" in resumed.stdout and "min left)" in resumed.stdout
     assert f"Resuming after epoch {done['epoch']}" in resumed.stdout and "Zero-shot" not in resumed.stdout
     history = json.loads((out / TRAINED_MANIFEST).read_text())["history"]
     assert history[: done["epoch"]] == json.loads(json.dumps(done["history"]))
     assert len(history) == done["epoch"] + 1
+
+
+def test_training_threads_are_chosen_and_given_back(built_index: tuple[Path, object], tmp_path: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert training_threads(3) == 3 and 1 <= training_threads() <= cores
+    before = torch.get_num_threads()
+    lines: list[tuple[str, int]] = []
+    tiny = dataclasses.replace(SMALL, epochs=1, view_share=0.0)
+    log = lambda line: lines.append((line, torch.get_num_threads()))  # noqa: E731
+    train(built_index[0], tmp_path / "model", tiny, progress=False, log=log, threads=before + 1)
+    assert lines[0] == (f"Training with {before + 1} torch thread(s)", before + 1)
+    assert all(threads == before + 1 for _, threads in lines)  # for the whole training ...
+    assert torch.get_num_threads() == before  # ... then given back
 
 
 def test_bad_inputs_give_one_line_errors(built_index: tuple[Path, object], tmp_path: Path, encoder: Encoder) -> None:

@@ -22,7 +22,7 @@ import fashionrec.app
 from fashionrec.api import create_app
 from fashionrec.build import build_index
 from fashionrec.catalog import load_catalog
-from fashionrec.encoder import Encoder
+from fashionrec.encoders import Encoder
 from fashionrec.search import DUPLICATE_COSINE, Recommender
 
 from conftest import run_cli, sample_rows, write_catalog

@@ -6,7 +6,7 @@ with three thin surfaces over `Recommender`: cli, api, app.
 
 from fashionrec.build import build_index
 from fashionrec.catalog import load_catalog
-from fashionrec.encoder import load_encoder
+from fashionrec.encoders import load_encoder
 from fashionrec.search import Match, Recommender
 
 __all__ = ["Match", "Recommender", "build_index", "load_catalog", "load_encoder"]

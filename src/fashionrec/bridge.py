@@ -8,7 +8,7 @@ query: a product is found by its look. Nothing but numpy serves it, in well unde
 The encoder: hashed features of the text (its words, word pairs and the character 3- to 5-grams of
 each word, so a misspelt word still shares most of its features) -> the mean of their learnt
 embeddings -> LayerNorm -> MLP -> a unit vector in the span of the image vectors' top principal
-directions (bridge_train.principal_directions). It is trained (bridge_train.py) with a contrastive
+directions (quality.train_text.principal_directions). It is trained (quality/train_text.py) with a contrastive
 loss against the index's stored image vectors.
 
     MODEL_DIR/bridge.json   manifest: format, the index encoder id it serves, sizes, split, figures
@@ -31,7 +31,6 @@ import numpy as np
 
 from fashionrec.index import make_dir, write_bytes_atomic, write_json_atomic
 from fashionrec.text import words
-from fashionrec.trained import TrainConfig
 
 BRIDGE_FORMAT = 1
 BRIDGE_MANIFEST = "bridge.json"
@@ -40,24 +39,6 @@ DEFAULT_DIR = "text-bridge"  # inside an index directory: where the Recommender 
 BUCKETS = 2**15  # hashed feature ids; the catalog's names hold ~40k distinct features, most of them rare
 GRAMS = (3, 4, 5)
 WEIGHT_NAMES = ("embedding", "norm_weight", "norm_bias", "w1", "b1", "w2", "b2", "basis")
-
-
-@dataclass(frozen=True)
-class BridgeConfig:
-    """What bridge training does (recorded in the bridge's manifest)."""
-
-    epochs: int = 20
-    batch_size: int = 1024
-    embed_dim: int = 128
-    hidden: int = 1024
-    components: int = 256  # the image space's principal directions the bridge aims in
-    lr: float = 3e-3
-    temperature: float = 0.05  # initial; learnt
-    seed: int = TrainConfig.seed
-    holdout: float = TrainConfig.holdout
-    validation: float = 0.0
-    phrase_share: float = 0.3
-    word_dropout: float = 0.15
 
 
 class BridgeError(ValueError):

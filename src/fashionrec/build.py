@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fashionrec.catalog import Catalog, Item, Problem
-from fashionrec.encoder import Encoder
+from fashionrec.encoders import Encoder
 from fashionrec.images import DETAIL_SAMPLE, Detail, ImageError, sides_of
 from fashionrec.index import IndexStore, IndexStoreError
 from fashionrec.runners import Runner, make_runner

@@ -24,18 +24,17 @@ from rich.markup import escape
 from rich.table import Table
 from tqdm import tqdm
 
-from fashionrec.bridge import BridgeConfig
 from fashionrec.build import BuildInterrupted, BuildReport, build_index
 from fashionrec.catalog import CatalogError, load_catalog
-from fashionrec.encoder import BACKBONES, DEFAULT_ENCODER, DEFAULT_FIT, WEIGHTS_ENV, EncoderError, load_encoder
+from fashionrec.encoders import BACKBONES, DEFAULT_ENCODER, DEFAULT_FIT, WEIGHTS_ENV, EncoderError, load_encoder
 from fashionrec.explore import write_map
 from fashionrec.filters import parse_filters
 from fashionrec.garment import Method
 from fashionrec.images import MAX_BYTES, Fit, ImageError, parse_box
 from fashionrec.index import IndexStore, IndexStoreError, write_bytes_atomic
+from fashionrec.quality.config import BridgeConfig, TrainConfig
 from fashionrec.search import TEXT_MODES, Match, Recommender, UnknownItemError
 from fashionrec.terms import COLOUR_STRATEGIES, Term
-from fashionrec.trained import TrainConfig
 
 app = typer.Typer(
     help="fashionrec: find the most similar products of a catalog for any garment photo.",
@@ -102,7 +101,8 @@ def index(
     encoder: Annotated[
         str,
         typer.Option(
-            help=f"Encoder: {', '.join(BACKBONES)}, or a model directory made by `fashionrec train`. Weights files: "
+            help=f"Encoder: {', '.join(BACKBONES)}, or a model directory made by `fashionrec train`; add :int8 for "
+            "its int8 version (faster; calibrated on this catalog the first time). Weights files: "
             + ", ".join(f"${env} for {name}" for name, env in WEIGHTS_ENV.items())
             + " (see README)."
         ),
@@ -132,8 +132,8 @@ def index(
     with user_errors():
         if fit not in get_args(Fit):
             raise ValueError(f"--fit must be one of {', '.join(get_args(Fit))}, not {fit!r}")
-        model = load_encoder(encoder, size=size, fit=fit, backend=backend)  # type: ignore[arg-type]
         loaded = load_catalog(catalog, id_column=id_column, image_column=image_column)
+        model = load_encoder(encoder, size=size, fit=fit, backend=backend, calibration=loaded)  # type: ignore[arg-type]
         console.print(f"Catalog {catalog}: {len(loaded.items)} items, {len(loaded.problems)} problems")
         try:
             report = build_index(loaded, out, model, workers=workers, runner=runner, ray_address=ray_address)
@@ -473,7 +473,7 @@ def evaluate_index(
     colour_weight: ColourWeight = 0.0,
 ) -> None:
     """Measure retrieval quality: leave-one-out P@k, mAP@k and macro P@k per label, with pictures."""
-    from fashionrec.evaluate import evaluate
+    from fashionrec.quality.evaluate import evaluate
 
     with user_errors():
         ids = queries.read_text().split() if queries is not None else None
@@ -544,9 +544,10 @@ def train_encoder(
         float, typer.Option(min=0.0, help="With views: weight of each view finding its own product's catalog shot.")
     ] = TrainConfig.instance_weight,
     name: Annotated[str | None, typer.Option(help="Model name in its encoder id (default: the --out folder).")] = None,
+    threads: Annotated[int, typer.Option(min=0, help="torch threads (0: one per idle core).")] = 0,
 ) -> None:
     """Train an encoder on the catalog's labels (an adapter on the stored vectors); rerun to resume."""
-    from fashionrec.train import TrainInterrupted, train  # torch is only imported for training
+    from fashionrec.quality.train import TrainInterrupted, train  # torch is only imported for training
 
     labels = tuple(label or TrainConfig.labels)
     config = TrainConfig(
@@ -566,7 +567,7 @@ def train_encoder(
     )
     with user_errors():
         try:
-            manifest = train(source, out, config, name=name, log=console.print)
+            manifest = train(source, out, config, name=name, log=console.print, threads=threads)
         except TrainInterrupted as stop:
             errors.print(f"[yellow]{stop}[/yellow]")
             raise typer.Exit(130) from None
@@ -606,7 +607,7 @@ def train_text(
     ] = 0.0,
 ) -> None:
     """Train the text bridge of an index: search by words finds products by their look, not only their names."""
-    from fashionrec.bridge_train import train_bridge  # torch is only imported for training
+    from fashionrec.quality.train_text import train_bridge  # torch is only imported for training
 
     config = BridgeConfig(epochs=epochs, seed=seed, holdout=holdout, validation=validation)
     with user_errors():

@@ -25,7 +25,7 @@ from PIL import Image
 from fashionrec.bridge import BRIDGE_MANIFEST, DEFAULT_DIR, BridgeError, TextBridge
 from fashionrec.catalog import ImageSource, Item, Problem
 from fashionrec.colour import COLOUR_DIM, colour_vector
-from fashionrec.encoder import Encoder, encoder_for_index
+from fashionrec.encoders import Encoder, encoder_for_index
 from fashionrec.filters import FilterError, Filters, resolve_filters
 from fashionrec.garment import Method
 from fashionrec.garment import isolate as isolate_garment

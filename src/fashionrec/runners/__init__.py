@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from fashionrec.catalog import ImageSource
-from fashionrec.encoder import Encoder
+from fashionrec.encoders import Encoder
 from fashionrec.runners.stages import Embedded, ToEmbed
 
 RUNNERS = ("local", "ray")

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from fashionrec.catalog import ImageSource, Problem
-from fashionrec.encoder import Encoder
+from fashionrec.encoders import Encoder
 from fashionrec.images import ImageError
 from fashionrec.runners.stages import COMMIT_EVERY, Decoder, Embedded, ToEmbed, content_hash, problem_of
 

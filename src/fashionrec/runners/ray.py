@@ -23,7 +23,7 @@ import numpy as np
 
 from fashionrec.catalog import ImageSource, Item, Problem
 from fashionrec.colour import COLOUR_DIM
-from fashionrec.encoder import Encoder, encoder_for_index
+from fashionrec.encoders import Encoder, encoder_for_index
 from fashionrec.images import ImageError
 from fashionrec.runners.stages import COMMIT_EVERY, Decoder, Embedded, ToEmbed, content_hash, problem_of
 

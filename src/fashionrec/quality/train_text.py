@@ -28,10 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from fashionrec.bridge import BRIDGE_FORMAT, BUCKETS, DEFAULT_DIR, BridgeConfig, TextBridge, features
+from fashionrec.bridge import BRIDGE_FORMAT, BUCKETS, DEFAULT_DIR, TextBridge, features
 from fashionrec.index import IndexStore
+from fashionrec.quality.config import BridgeConfig
+from fashionrec.quality.train import TrainError, _read_all, heldout_mask
 from fashionrec.text import NAME, item_text
-from fashionrec.train import TrainError, _read_all, heldout_mask
 
 PHRASE_COLUMNS = ("baseColour", "articleType", "gender", "usage", "subCategory", "season")
 PHRASE_KEEP = {"articleType": 0.9, "baseColour": 0.7, "gender": 0.5}  # other columns: 0.2

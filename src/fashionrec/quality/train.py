@@ -12,7 +12,7 @@ side by side: pooled ImageNet features keep little colour, the 77-number histogr
 Items are split by a hash of their id: training never sees the held-out items' labels. After each
 epoch the held-out items query the whole catalog with the project's own evaluation (P@5 per label,
 micro and macro); the epoch is then checkpointed atomically, and rerunning the command resumes
-after the last checkpoint. The result is a model directory (see trained.py) that `index` takes as
+after the last checkpoint. The result is a model directory (see encoders/trained.py) that `index` takes as
 its `--encoder`: the ONNX graph is backbone + adapter, so embedding an image and projecting its
 stored vector give the same result.
 """
@@ -27,42 +27,35 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
 from fashionrec.build import build_index
 from fashionrec.catalog import ImageSource, load_catalog
 from fashionrec.colour import COLOUR_DIM, colour_vector
-from fashionrec.encoder import (
-    BACKBONES,
-    TRAINED_MANIFEST,
-    Backbone,
-    EncoderSpec,
-    _embedding_net,
-    _export_onnx,
-    file_sha256,
-    load_encoder,
-)
-from fashionrec.evaluate import label_values, nearest, score
-from fashionrec.images import Detail, ImageError, decode
-from fashionrec.index import MANIFEST, UPLOADED, IndexStore, StoredItem, write_bytes_atomic, write_json_atomic
-from fashionrec.search import Snapshot
-from fashionrec.trained import (
+from fashionrec.encoders import BACKBONES, TRAINED_MANIFEST, EncoderSpec, load_encoder
+from fashionrec.encoders.adapter import ADAPTER_SETTINGS, Adapter, TrainedNet
+from fashionrec.encoders.backbones import embedding_net
+from fashionrec.encoders.runtimes import export_onnx
+from fashionrec.encoders.trained import (
     ADAPTER,
     CHECKPOINT,
     HELDOUT,
     MODEL_FORMAT,
     ONNX,
     VIEWS,
-    TrainConfig,
     colour_inputs,
     trained_spec,
 )
+from fashionrec.encoders.weights import file_sha256
+from fashionrec.images import Detail, ImageError, decode
+from fashionrec.index import MANIFEST, UPLOADED, IndexStore, StoredItem, write_bytes_atomic, write_json_atomic
+from fashionrec.quality.config import TrainConfig
+from fashionrec.quality.evaluate import label_values, nearest, score
+from fashionrec.search import Snapshot
 from fashionrec.vector_index import VectorIndex
 from fashionrec.views import shopper_view
 
@@ -71,7 +64,6 @@ MIN_TRAIN_CLASS = 10  # label values with fewer training items are learnt togeth
 OTHER = "(other)"
 EVAL_K = 5
 BATCH = 8192  # vectors projected at a time
-COSINE_SCALE = 16.0  # logit scale of the cosine classifier heads
 VIEW_BATCH = 256  # views embedded at a time
 VIEW_QUERIES = 1000  # held-out items whose view looks for its own product, before and after training
 
@@ -82,113 +74,6 @@ class TrainError(ValueError):
 
 class TrainInterrupted(RuntimeError):
     """Training was stopped (Ctrl-C); every finished epoch is checkpointed."""
-
-
-class Member(nn.Module):
-    """One MLP (base vector + colour vector -> unit vector) with a cosine classifier per label on its output."""
-
-    def __init__(self, in_dim: int, hidden: int, dim: int, class_counts: Sequence[int]) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(0.1), nn.Linear(hidden, dim)
-        )
-        self.heads = nn.ParameterList([nn.Parameter(torch.randn(n, dim) * 0.01) for n in class_counts])
-
-    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        embedded = F.normalize(self.net(inputs), dim=1)
-        return embedded, [COSINE_SCALE * embedded @ F.normalize(w, dim=1).T for w in self.heads]
-
-
-ADAPTER_SETTINGS = ("hidden", "dim", "members", "label_weight", "base_weight", "base_components")
-
-
-class Adapter(nn.Module):
-    """Base vector + colour vector -> the trained vector: the part of the encoder that training changes.
-
-    The trained part is an ensemble of `members` MLPs, trained side by side from different initial
-    weights: each member's unit vector (scaled by 1/sqrt(members)), then, per label, the members'
-    mean class probabilities scaled by sqrt(label_weight). Its dot product is the members' mean
-    cosine plus label_weight x the probability that both items have the same class, per label,
-    divided by 1 + labels x label_weight so that it is at most 1. Training pulls products of the same
-    class together, which loses what tells one product from its look-alikes; so the vector ends with
-    the base vector itself, reduced by PCA to `base_components` (fitted on the training items, kept
-    as buffers) and normalised: the similarity is (1 - base_weight) x trained + base_weight x base,
-    and a shopper's photo of a catalog product still finds that product first. Every part was
-    measured to pay (README, "Train on your own catalog"). The vectors are not normalised again:
-    that would favour items whose class is uncertain.
-
-    The two weights are buffers, so the state dict (and the encoder id, its hash) covers them; they
-    only mix the parts, so a rerun of `train` with other weights re-exports the model without training.
-    """
-
-    def __init__(
-        self,
-        base_dim: int,
-        class_counts: Sequence[int],
-        *,
-        hidden: int,
-        dim: int,
-        members: int,
-        label_weight: float,
-        base_weight: float,
-        base_components: int,
-    ) -> None:
-        super().__init__()
-        in_dim = base_dim + COLOUR_DIM
-        self.members = nn.ModuleList([Member(in_dim, hidden, dim, class_counts) for _ in range(members)])
-        self.register_buffer("label_weight", torch.tensor(float(label_weight)))
-        self.register_buffer("base_weight", torch.tensor(float(base_weight)))
-        self.register_buffer("base_mean", torch.zeros(base_dim))
-        self.register_buffer("base_basis", torch.zeros(base_dim, base_components))
-
-    def fit_base_basis(self, vectors: torch.Tensor) -> None:
-        """The PCA of the (training items') base vectors: the directions that tell products apart most."""
-        mean = vectors.mean(dim=0)
-        centred = vectors - mean
-        _, eigenvectors = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
-        self.base_mean.copy_(mean)
-        self.base_basis.copy_(eigenvectors.flip(dims=[1])[:, : self.base_basis.shape[1]])
-
-    def parts(self, vectors: torch.Tensor, colours: torch.Tensor) -> list[tuple[torch.Tensor, list[torch.Tensor]]]:
-        """Each member's unit vector and class logits per label: what training scores."""
-        inputs = torch.cat([vectors, colours], dim=1)
-        return [member(inputs) for member in self.members]
-
-    def forward(self, vectors: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
-        parts = self.parts(vectors, colours)
-        shape = torch.cat([embedded for embedded, _ in parts], dim=1) / math.sqrt(len(parts))
-        labels = len(parts[0][1])
-        probabilities = [
-            torch.stack([F.softmax(logits[label], dim=1) for _, logits in parts]).mean(dim=0) for label in range(labels)
-        ]
-        base = F.normalize((vectors - self.base_mean) @ self.base_basis, dim=1)
-        trained = torch.cat([shape, *(self.label_weight.sqrt() * p for p in probabilities)], dim=1)
-        trained_scale = ((1 - self.base_weight) / (1 + labels * self.label_weight)).sqrt()
-        return torch.cat([trained_scale * trained, self.base_weight.sqrt() * base], dim=1)
-
-
-class TrainedNet(nn.Module):
-    """uint8 pixels -> base encoder, with their colour vector -> adapter: the graph exported to ONNX."""
-
-    def __init__(self, base: nn.Module, adapter: Adapter) -> None:
-        super().__init__()
-        self.base = base
-        self.adapter = adapter
-
-    def forward(self, pixels: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
-        return self.adapter(self.base(pixels), colour)
-
-
-def trained_net(backbone: Backbone, adapter: dict[str, Any], adapter_path: Path) -> nn.Module:
-    """The torch model of a model directory (the reference, and the source of its ONNX graph)."""
-    return TrainedNet(_embedding_net(backbone), load_adapter(adapter, adapter_path)).eval()  # type: ignore[arg-type]
-
-
-def load_adapter(adapter: dict[str, Any], adapter_path: Path) -> Adapter:
-    """The adapter of a model directory, from its manifest's "adapter" entry and its state dict."""
-    module = Adapter(adapter["base_dim"], adapter["class_counts"], **{key: adapter[key] for key in ADAPTER_SETTINGS})
-    module.load_state_dict(torch.load(adapter_path, map_location="cpu", weights_only=True))
-    return module.eval()
 
 
 def heldout_mask(ids: Sequence[str], fraction: float, seed: int) -> np.ndarray:
@@ -362,15 +247,46 @@ def train(
     name: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    threads: int = 0,
 ) -> dict[str, object]:
     """Train an adapter on `source` (an index, or a catalog indexed first) into model directory `out`.
 
-    Returns the model manifest. Resumes after the last checkpointed epoch of an earlier run.
+    Returns the model manifest. Resumes after the last checkpointed epoch of an earlier run. `threads`:
+    torch's CPU threads while training (0: chosen from the idle cores, see training_threads).
     """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(training_threads(threads))
+    try:
+        return _train(Path(source).expanduser(), Path(out).expanduser(), config, name, progress, log)
+    finally:
+        torch.set_num_threads(previous)  # the caller's own torch work keeps its setting
+
+
+def training_threads(requested: int = 0) -> int:
+    """torch's threads for training: `requested`, else one per idle core (at least one).
+
+    On a busy machine more threads than idle cores wait on each other: on 2 cores shared with other
+    work, a batch took 3-7 s with torch's default (every core), about a third of that with one thread.
+    """
+    if requested > 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    idle = cores - os.getloadavg()[0] if hasattr(os, "getloadavg") else cores
+    return max(1, min(cores, math.floor(idle + 0.5)))
+
+
+def _train(
+    source: Path,
+    out: Path,
+    config: TrainConfig,
+    name: str | None,
+    progress: bool,
+    log: Callable[[str], None],
+) -> dict[str, object]:
     started = time.perf_counter()
-    out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    store = _open_source(Path(source).expanduser(), out, progress)
+    log(f"Training with {torch.get_num_threads()} torch thread(s)")
+    store = _open_source(source, out, progress)
     base = EncoderSpec.from_dict(store.manifest["encoder"])  # type: ignore[arg-type]
     if base.name not in BACKBONES:
         raise TrainError(f"{store.directory} was built with {base.id}; train from an index of a base encoder")
@@ -491,7 +407,11 @@ def train(
                 }
                 _save_atomic(state, checkpoint_path)
                 with tqdm.external_write_mode():
-                    log(f"epoch {epoch + 1}/{config.epochs}  loss {np.mean(losses):.3f}  {_summary(figures)}")
+                    left = (config.epochs - epoch - 1) * np.mean([r["seconds"] for r in state["history"][-3:]])
+                    log(
+                        f"epoch {epoch + 1}/{config.epochs} ({seconds:.0f} s, ~{left / 60:.0f} min left)  "
+                        f"loss {np.mean(losses):.3f}  {_summary(figures)}"
+                    )
         except KeyboardInterrupt:
             raise TrainInterrupted(
                 f"interrupted: {state['epoch']} of {config.epochs} epochs are checkpointed in {out}; "
@@ -538,8 +458,8 @@ def _save_model(
     class_counts = [len(classes) for classes in state["classes"]]
     out_dim = config.members * config.dim + sum(class_counts) + config.base_components
     spec = trained_spec(name, base, adapter_sha256, out_dim, out)
-    net = TrainedNet(_embedding_net(BACKBONES[base.name]()), adapter.eval())  # type: ignore[arg-type]
-    _export_onnx(net.eval(), out / ONNX, base.size, colour_inputs)
+    net = TrainedNet(embedding_net(BACKBONES[base.name]()), adapter.eval())  # type: ignore[arg-type]
+    export_onnx(net.eval(), out / ONNX, base.size, colour_inputs)
     manifest: dict[str, object] = {
         "format_version": MODEL_FORMAT,
         "name": name,
