@@ -65,9 +65,8 @@ def stored(index: Path) -> int:
 
 def child(runner: str, out: str, items: int) -> None:
     """The build itself, in a process of its own: `baseline` is the old code (no runner argument)."""
-    from fashionrec.encoder import load_encoder
-
     from fashionrec.build import build_index
+    from fashionrec.encoders import load_encoder
 
     options = {} if runner == "baseline" else {"runner": runner}
     report = build_index(catalog_subset(items, seed=3), out, load_encoder(), progress=False, **options)

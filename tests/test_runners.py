@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fashionrec.encoder import Encoder
 from test_build import stored_count
 
 from fashionrec.build import BuildReport, build_index, plan_build
 from fashionrec.catalog import load_catalog
+from fashionrec.encoders import Encoder
 from fashionrec.index import IndexStore
 
 from conftest import sample_rows, write_catalog
