@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from fashionrec import pose
 from fashionrec.images import BACKGROUND, product_box
 
 if TYPE_CHECKING:
@@ -175,3 +176,86 @@ def on_white(image: Image.Image, mask: np.ndarray) -> Image.Image:
     alpha = Image.fromarray(mask.astype(np.uint8) * 255).resize(image.size, Image.Resampling.BILINEAR).crop(box)
     cropped = image.crop(box)
     return Image.composite(cropped, Image.new("RGB", cropped.size, BACKGROUND), alpha)
+
+
+RegionKind = Literal["upper body", "lower body", "feet", "object", "whole"]
+VISIBLE = 0.5  # a landmark's visibility from which it is trusted
+MIN_REGION = 0.06  # a region narrower or shorter than this share of the photo is too small to search
+
+
+@dataclass(frozen=True)
+class Region:
+    """A part of a photo to search on its own: its crop box (fractions: left, top, right, bottom), kind and score."""
+
+    box: tuple[float, float, float, float]
+    kind: RegionKind
+    score: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"box": [round(v, 4) for v in self.box], "kind": self.kind, "score": round(self.score, 4)}
+
+
+def regions(image: Image.Image) -> list[Region]:
+    """The garments of a shopper's photo, each a region to search: a worn top, trousers, shoes; else the salient
+    object; else the whole photo. Deterministic; the whole photo when neither model is installed."""
+    person = pose.landmarks(image)
+    found = body_regions(person, image.size) if person is not None else []
+    if found:
+        return found
+    if u2netp_session() is not None:
+        small = image.copy()
+        small.thumbnail((DETECT_SIDE, DETECT_SIDE), Image.Resampling.BILINEAR)
+        mask = main_region(u2netp_mask(image, small.size))
+        if MIN_SHARE <= mask.mean() <= MAX_SHARE:
+            rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+            height, width = mask.shape
+            box = (columns[0] / width, rows[0] / height, (columns[-1] + 1) / width, (rows[-1] + 1) / height)
+            return [Region(widened(box, MARGIN), "object", float(mask.mean()))]
+    return [Region((0.0, 0.0, 1.0, 1.0), "whole", 1.0)]
+
+
+def widened(box: tuple[float, float, float, float], margin: float) -> tuple[float, float, float, float]:
+    """A fractional box grown by `margin` of its longer side on every side, kept inside the photo."""
+    grow = margin * max(box[2] - box[0], box[3] - box[1])
+    return (max(0.0, box[0] - grow), max(0.0, box[1] - grow), min(1.0, box[2] + grow), min(1.0, box[3] + grow))
+
+
+def body_regions(person: pose.Pose, size: tuple[int, int]) -> list[Region]:
+    """Where a person's garments are, from the body's landmarks: top, bottom and shoes, each when its body part shows.
+
+    An upright torso is required (shoulders above hips): the pose model also fires, wrongly, on some
+    product shots (a shoe, folded trousers), and then the landmarks lie sideways or upside down.
+    """
+    width, height = size
+    points, seen = person.points, person.visibility >= VISIBLE
+    inside = (points[:, 0] >= 0) & (points[:, 0] < width) & (points[:, 1] >= 0) & (points[:, 1] < height)
+    seen &= inside
+    shoulders, hips = list(pose.SHOULDERS), list(pose.HIPS)
+    if not seen[shoulders + hips].all():
+        return []
+    shoulder_mid, hip_mid = points[shoulders].mean(axis=0), points[hips].mean(axis=0)
+    torso = float(hip_mid[1] - shoulder_mid[1])
+    if torso <= abs(float(hip_mid[0] - shoulder_mid[0])) or torso < MIN_REGION * height:
+        return []
+    parts: list[tuple[RegionKind, list[int]]] = [("upper body", shoulders + hips)]
+    if seen[list(pose.KNEES)].any():
+        parts.append(("lower body", hips + [i for i in (*pose.KNEES, *pose.ANKLES) if seen[i]]))
+    if seen[list(pose.ANKLES)].any():
+        parts.append(("feet", [i for i in (*pose.ANKLES, *pose.HEELS, *pose.TOES) if seen[i]]))
+    result = []
+    for kind, used in parts:
+        left, top = (float(v) for v in points[used].min(axis=0))
+        right, bottom = (float(v) for v in points[used].max(axis=0))
+        if kind == "upper body":  # a top reaches above the shoulder joints, below the hip joints, past the arms
+            top, bottom, side = top - 0.2 * torso, bottom + 0.25 * torso, 0.2 * (right - left)
+        elif kind == "lower body":  # trousers from the waist down over the ankles, legs apart
+            top, bottom, side = top - 0.1 * torso, bottom + 0.08 * torso, 0.35 * (right - left)
+        else:  # shoes: around the foot's landmarks, as wide as a shoe is long at least
+            top, bottom, side = top - 0.18 * torso, bottom + 0.09 * torso, 0.18 * torso
+        side += 0.05 * torso
+        box = (max(0.0, left - side) / width, max(0.0, top) / height)
+        box += (min(float(width), right + side) / width, min(float(height), bottom) / height)
+        if box[2] - box[0] < MIN_REGION or box[3] - box[1] < MIN_REGION:
+            continue
+        result.append(Region(box, kind, person.score * float(person.visibility[used].mean())))
+    return result

@@ -166,7 +166,9 @@ def landmarks(image: Image.Image) -> Pose | None:
         cos, sin = np.cos(tilt) * scale, np.sin(tilt) * scale
         shift = centre - np.array([cos - sin, sin + cos]) * LANDMARK_SIDE / 2
         affine = (cos, -sin, shift[0], sin, cos, shift[1])
-        crop = image.transform((LANDMARK_SIDE, LANDMARK_SIDE), Image.Transform.AFFINE, affine, Image.Resampling.BILINEAR)
+        crop = image.transform(
+            (LANDMARK_SIDE, LANDMARK_SIDE), Image.Transform.AFFINE, affine, Image.Resampling.BILINEAR
+        )
         values, flag, *_ = _run(loaded.landmarks, np.asarray(crop, np.float32) / 255.0)
     score = float(flag[0])
     if score < MIN_PERSON_SCORE:
