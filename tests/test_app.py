@@ -20,7 +20,7 @@ from fashionrec.search import Recommender
 
 from conftest import side_by_side
 
-APP = Path(fashionrec.app.__file__)
+APP = fashionrec.app.SCRIPT
 
 
 @pytest.fixture
@@ -201,7 +201,7 @@ def test_bad_upload_is_a_message_not_a_traceback(
 
 
 def test_explore_page(index: Path) -> None:
-    explore = run(AppTest.from_string("from fashionrec.app import explore_page\nexplore_page()", default_timeout=120))
+    explore = run(AppTest.from_string("from fashionrec.app.explore_page import render\nrender()", default_timeout=120))
     assert explore.title[0].value == "Explore the catalog"
     assert explore.metric[0].value == "300"
     assert len(explore.get("plotly_chart")) == 3  # product types, colours, the embedding map

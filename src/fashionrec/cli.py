@@ -411,9 +411,10 @@ def web_app(
     """Open the web app over an index: look-alikes of an upload, a camera shot or a catalog product."""
     with user_errors():
         IndexStore.open(index_dir).close()  # a wrong path fails here in one line, not in the browser
-    page = Path(__file__).with_name("app.py")
+    from fashionrec.app import SCRIPT
+
     command = [
-        sys.executable, "-m", "streamlit", "run", str(page),
+        sys.executable, "-m", "streamlit", "run", str(SCRIPT),
         "--server.headless=true",
         f"--server.port={port}",
         f"--server.address={address}",
