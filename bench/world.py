@@ -57,7 +57,6 @@ from fashionrec.catalog import Catalog, Item, load_catalog  # noqa: E402
 from fashionrec.images import decode  # noqa: E402
 from fashionrec.search import Query, Recommender  # noqa: E402
 
-OUT = RESULTS / "world"
 WEIGHTS = (0.0, 0.35)
 METRICS = ("R@1", "R@5", "type P@5", "colour P@5", "both P@5")
 LABELS = ("articleType", "baseColour")
@@ -343,6 +342,7 @@ def main() -> None:
     parser.add_argument("--isolate", nargs="+", help="garment isolation methods (garment.py); default: today's call")
     parser.add_argument("--name", help="prefix of the settings' names in the results (default: the index folder)")
     parser.add_argument("--plain", type=int, default=0, help="also query this many products' own catalog shots")
+    parser.add_argument("--results", default="world", help="the results' name: bench/results/NAME.json")
     parser.add_argument("--grid-items", type=int, default=6)
     parser.add_argument("--seed", type=int, default=13)
     args = parser.parse_args()
@@ -408,17 +408,18 @@ def main() -> None:
         print(names[method], json.dumps({w: per[w]["all"] for w in per}), f"p50 {p50} ms", flush=True)
 
     setup = {"index_items": len(recommender), "query_items": len(items), "kinds": list(KINDS), "seed": args.seed}
-    previous = RESULTS / "world.json"
+    previous = RESULTS / f"{args.results}.json"
     if previous.is_file():  # the same scenes, other settings: keep their figures so settings can be added run by run
         old = json.loads(previous.read_text())
         if all(old.get(key) == value for key, value in setup.items()):
             settings = old["settings"] | settings
-    OUT.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / args.results
+    out.mkdir(parents=True, exist_ok=True)
     for method, rows in sheets.items():
-        contact_sheet(rows, OUT / f"samples_{names[method]}.png", wide=method not in (None, "none"))
-    chart(settings, "0.35", OUT / "p5_by_kind.png")
+        contact_sheet(rows, out / f"samples_{names[method]}.png", wide=method not in (None, "none"))
+    chart(settings, "0.35", out / "p5_by_kind.png")
     note = "P@5 over the 5 best products other than the query's own; R@1/R@5 of the query's own product"
-    write_results("world", {**setup, "settings": settings, "note": note})
+    write_results(args.results, {**setup, "settings": settings, "note": note})
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from rich.table import Table
 from fashionrec.build import BuildInterrupted, BuildReport, build_index
 from fashionrec.catalog import CatalogError, load_catalog
 from fashionrec.encoder import BACKBONES, DEFAULT_ENCODER, DEFAULT_FIT, WEIGHTS_ENV, EncoderError, load_encoder
-from fashionrec.garment import Method
+from fashionrec.garment import Method, Region
 from fashionrec.images import MAX_BYTES, Fit, ImageError, parse_box
 from fashionrec.index import IndexStore, IndexStoreError
 from fashionrec.search import Match, Recommender, UnknownItemError
@@ -171,6 +171,22 @@ def print_matches(matches: list[Match], as_json: bool, title: str) -> None:
     console.print(table if matches else "No matching products.")
 
 
+def print_regions(found: list[tuple[Region, list[Match]]], as_json: bool, image: Path) -> None:
+    """Each region's box and kind, then its matches (as JSON: a list of regions, each with its results)."""
+    if as_json:
+        print(
+            json.dumps(
+                [region.to_dict() | {"results": [m.to_dict() for m in matches]} for region, matches in found],
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+        return
+    for region, matches in found:
+        box = ",".join(f"{v:.2f}" for v in region.box)
+        print_matches(matches, False, f"{region.kind} of {image} (--crop {box}, score {region.score:.2f})")
+
+
 def _query(
     index_dir: Path, run: Callable[[Recommender], list[Match]], as_json: bool, title: str, kind: str, precision: str
 ) -> None:
@@ -195,14 +211,39 @@ def search(
     ] = None,
     isolate: Annotated[
         str,
-        typer.Option(help="Cut the garment out of a busy photo first: none, border, or u2netp (best, ~60 ms more)."),
+        typer.Option(
+            help="Cut the garment out of a busy photo first: none, border, u2netp (best on scenes, ~60 ms more) "
+            "or auto (u2netp for busy scenes only)."
+        ),
     ] = "none",
     collapse: Collapse = True,
     diversity: Diversity = 0.0,
+    regions: Annotated[
+        bool,
+        typer.Option(
+            "--regions", help="One search per garment found in the photo (a worn top, trousers, shoes, or the object)."
+        ),
+    ] = False,
 ) -> None:
-    """Similar products for an image file (or the --crop part of it)."""
+    """Similar products for an image file (or the --crop part of it, or each garment in it with --regions)."""
     if isolate not in get_args(Method):
         raise typer.BadParameter(f"{isolate!r} is not one of {', '.join(get_args(Method))}", param_hint="--isolate")
+    if regions and crop:
+        raise typer.BadParameter("use either --crop (one part you choose) or --regions (each garment found)")
+    if regions:
+        with user_errors():
+            recommender = Recommender.open(index_dir, kind=search, precision=precision)  # type: ignore[arg-type]
+            found = recommender.similar_per_region(
+                image,
+                k,
+                parse_filters(filter),
+                colour_weight,
+                isolate,
+                collapse,
+                diversity,  # type: ignore[arg-type]
+            )
+        print_regions(found, as_json, image)
+        return
     _query(
         index_dir,
         lambda r: r.similar_to_image(

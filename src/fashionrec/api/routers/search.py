@@ -22,7 +22,14 @@ from fashionrec.api.dependencies import (
     run_image_work,
 )
 from fashionrec.api.errors import ERROR_RESPONSES
-from fashionrec.api.models import MatchesOut, matches_out
+from fashionrec.api.models import (
+    MatchesOut,
+    RegionMatchesOut,
+    RegionsMatchesOut,
+    RegionsOut,
+    matches_out,
+    region_out,
+)
 from fashionrec.garment import Method
 from fashionrec.images import parse_box
 
@@ -39,8 +46,9 @@ CropQuery = Annotated[
 IsolateQuery = Annotated[
     Method,
     Query(
-        description="Cut the garment out of a busy photo first: `border` (cheap, helps colour) or `u2netp` "
-        "(a segmentation model: best on scenes, about 60 ms more per photo; worse on plain product shots)."
+        description="Cut the garment out of a busy photo first: `border` (cheap, helps colour), `u2netp` "
+        "(a segmentation model: best on scenes, about 60 ms more per photo; worse on plain product shots) or "
+        "`auto` (`u2netp` for busy scenes only, the photo as it is on a plain backdrop)."
     ),
 ]
 
@@ -65,6 +73,50 @@ async def search(
     query = replace(query, colour_weight=colour_weight)
     found = await run_in_threadpool(recommender.similar, query, k, filters, None, collapse, diversity)
     return matches_out(found)
+
+
+@router.post("/regions")
+async def regions(
+    request: Request,
+    recommender: Rec,
+    image: Annotated[UploadFile, File(description="A shopper's photo: a person in an outfit, a garment on a bed.")],
+) -> RegionsOut:
+    """The garments found in a photo (a worn top, trousers, shoes; else the salient object), each as a crop box."""
+    found = await run_image_work(request, recommender.regions, await read_upload(image))
+    return RegionsOut(regions=[region_out(region) for region in found])
+
+
+@router.post("/search/regions")
+async def search_regions(
+    request: Request,
+    recommender: Rec,
+    image: Annotated[UploadFile, File(description="A shopper's photo: a person in an outfit, a garment on a bed.")],
+    k: TopK = 10,
+    filter: FilterQuery = [],  # noqa: B006 (FastAPI copies defaults)
+    colour_weight: ColourWeight = 0.0,
+    isolate: IsolateQuery = "none",
+    collapse: CollapseQuery = True,
+    diversity: DiversityQuery = 0.0,
+) -> RegionsMatchesOut:
+    """The k products most similar to each garment found in the photo (see /v1/regions): one query per region."""
+    filters = parse_filters(filter)
+    found = await run_image_work(
+        request,
+        recommender.similar_per_region,
+        await read_upload(image),
+        k,
+        filters,
+        colour_weight,
+        isolate,
+        collapse,
+        diversity,
+    )
+    return RegionsMatchesOut(
+        regions=[
+            RegionMatchesOut(**region_out(region).model_dump(), results=matches_out(matches).results)
+            for region, matches in found
+        ]
+    )
 
 
 @router.get("/items/{item_id}/similar")
