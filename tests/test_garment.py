@@ -7,6 +7,7 @@ Mechanics only: what it buys on shoppers' photos is measured by bench/world.py, 
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import logging
 import zipfile
@@ -15,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from streamlit.testing.v1 import AppTest
 from test_api import serve, upload
+from test_app import index, page, result_ids, run  # noqa: F401 (the app's fixtures)
 
 from fashionrec import garment, pose
 from fashionrec.build import BuildReport
@@ -247,3 +250,26 @@ def test_each_region_is_searched_on_every_surface(built_index: tuple[Path, Build
         for endpoint in ("/v1/regions", "/v1/search/regions"):
             bad = api.post(endpoint, files=upload(b"not an image"))
             assert bad.status_code == 400 and "image" in bad.json()["detail"], bad.text
+
+
+@pytest.mark.slow
+def test_the_app_offers_each_garment_found_as_a_query(page: AppTest) -> None:  # noqa: F811 (test_app's fixture)
+    needs_pose()
+    photo, _ = person_scene()
+    buffer = io.BytesIO()
+    photo.save(buffer, "JPEG", quality=92)
+    page.sidebar.file_uploader(key="upload").upload("outfit.jpg", buffer.getvalue(), "image/jpeg")
+    run(page)
+    query = page.session_state["query"]
+    assert [r.kind for r in query.regions] == ["upper body", "lower body", "feet"]
+    assert [b.label for b in page.button if b.key.startswith("region_")] == [
+        "1. Search the upper body",
+        "2. Search the lower body",
+        "3. Search the feet",
+    ]
+    page.button(key="region_2").click()
+    run(page)
+    lower = query.regions[1].box
+    assert page.session_state["query"].crop == tuple(round(100 * v) / 100 for v in lower)
+    assert page.slider(key="crop_down").value == (round(100 * lower[1]), round(100 * lower[3]))
+    assert len(result_ids(page)) == 5 and not page.error

@@ -24,8 +24,9 @@ from fashionrec.app.state import (
     recommender,
     refine_photo_query,
     search,
+    search_region,
 )
-from fashionrec.app.widgets import GRID_COLUMNS, framed, product_grid, product_image
+from fashionrec.app.widgets import GRID_COLUMNS, framed, product_grid, product_image, with_regions
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"]
 MODES = {
@@ -50,6 +51,8 @@ def show_query(query: Query) -> None:
             metadata = recommender().item(query.item_id).metadata
             badges = [f":gray-badge[{FACETS[c]}: {metadata[c]}]" for c in FACETS if metadata.get(c)]
             st.markdown(" ".join(badges) + f" :gray-badge[#{query.item_id}]")
+        if query.upload is not None and any(region.kind != "whole" for region in query.regions):
+            show_regions(query)
         if query.upload is not None:
             refined = query.crop is not None or query.cut_out
             with st.expander("Search part of the photo", icon=":material/crop:", expanded=refined):
@@ -70,6 +73,23 @@ def show_query(query: Query) -> None:
             on_click=go_back,
             key="back",
         )
+
+
+def show_regions(query: Query) -> None:
+    """The garments found in the photo, outlined and numbered, each searched with one click (its box)."""
+    with st.expander("Garments in the photo", icon=":material/checkroom:", expanded=query.crop is None):
+        shown, buttons = st.columns([1, 2])
+        with shown:
+            st.image(with_regions(query.image, query.regions), width="stretch")
+        with buttons:
+            for number, region in enumerate(query.regions, 1):
+                st.button(
+                    f"{number}. Search the {region.kind}",
+                    key=f"region_{number}",
+                    on_click=search_region,
+                    args=(region,),
+                    type="primary" if query.crop == tuple(round(100 * v) / 100 for v in region.box) else "secondary",
+                )
 
 
 def sidebar_query_controls() -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import streamlit as st
 
+from fashionrec.garment import Region
 from fashionrec.images import Box, ImageError, web_image
 from fashionrec.search import Match, Recommender
 from fashionrec.search import Query as SearchQuery
@@ -42,6 +43,7 @@ class Query:
     upload: bytes | None = None  # the photo as sent, embedded again when the shopper frames a part of it
     crop: Box | None = None
     cut_out: bool = False  # the garment cut out of the scene (garment.py) before searching
+    regions: tuple[Region, ...] = ()  # the garments found in the photo (garment.regions), each one click away
     embedding: SearchQuery | None = None  # an image's vector and colour; None for a catalog product
 
 
@@ -105,13 +107,14 @@ def query_image(widget_key: str) -> None:
     data = file.getvalue()
     try:
         embedding = recommender().embed_image(data)
+        regions = tuple(recommender().regions(data))
         shown, _ = web_image(data, file.name)  # 8-bit RGB, whatever was uploaded: a 16-bit PNG would crash st.image
     except ImageError as error:
         st.session_state.image_error = (
             f"We couldn't use **{file.name}**: {error.reason}. Try a JPEG, PNG or WebP photo."
         )
         return
-    set_query(Query(title="Your photo", image=shown, upload=data, embedding=embedding))
+    set_query(Query(title="Your photo", image=shown, upload=data, regions=regions, embedding=embedding))
 
 
 def refine_photo_query() -> None:
@@ -129,6 +132,13 @@ def refine_photo_query() -> None:
         return
     st.session_state.image_error = None
     st.session_state.query = replace(query, crop=crop, cut_out=isolate != "none", embedding=embedding)
+
+
+def search_region(region: Region) -> None:
+    """Search one garment found in the photo: the sliders frame its region, as if the shopper had set them."""
+    left, top, right, bottom = (round(100 * v) for v in region.box)
+    st.session_state.crop_across, st.session_state.crop_down = (left, right), (top, bottom)
+    refine_photo_query()
 
 
 def query_typed_product() -> None:
