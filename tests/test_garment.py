@@ -249,7 +249,7 @@ def test_each_region_is_searched_on_every_surface(built_index: tuple[Path, Build
         assert [m["id"] for m in cropped.json()["results"]] == [m["id"] for m in first["results"]]
         for endpoint in ("/v1/regions", "/v1/search/regions"):
             bad = api.post(endpoint, files=upload(b"not an image"))
-            assert bad.status_code == 400 and "image" in bad.json()["detail"], bad.text
+            assert bad.status_code == 422 and "not an image" in bad.json()["detail"], bad.text
 
 
 @pytest.mark.slow
