@@ -213,7 +213,7 @@ def search(
         str,
         typer.Option(
             help="Cut the garment out of a busy photo first: none, border, u2netp (best on scenes, ~60 ms more) "
-            "or auto (u2netp for busy scenes only)."
+            "or auto (u2netp except for catalog-like product shots)."
         ),
     ] = "none",
     collapse: Collapse = True,

@@ -48,7 +48,7 @@ IsolateQuery = Annotated[
     Query(
         description="Cut the garment out of a busy photo first: `border` (cheap, helps colour), `u2netp` "
         "(a segmentation model: best on scenes, about 60 ms more per photo; worse on plain product shots) or "
-        "`auto` (`u2netp` for busy scenes only, the photo as it is on a plain backdrop)."
+        "`auto` (`u2netp`, except for a product shot framed like the catalog's, which it would only hurt)."
     ),
 ]
 
