@@ -361,4 +361,4 @@ def test_fuzz_from_openapi_schema_never_5xx(api_schema: schemathesis.BaseSchema)
                 assert set(response.json()) == {"error", "detail"}, response.text
 
         never_5xx()
-    assert len(calls) == 8 and sum(calls.values()) > 150, calls  # every operation was exercised
+    assert len(calls) == 10 and sum(calls.values()) > 150, calls  # every operation was exercised

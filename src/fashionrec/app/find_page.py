@@ -51,7 +51,7 @@ def show_query(query: Query) -> None:
             metadata = recommender().item(query.item_id).metadata
             badges = [f":gray-badge[{FACETS[c]}: {metadata[c]}]" for c in FACETS if metadata.get(c)]
             st.markdown(" ".join(badges) + f" :gray-badge[#{query.item_id}]")
-        if query.upload is not None and any(region.kind != "whole" for region in query.regions):
+        if query.upload is not None and len(query.regions) > 1:  # several garments: each one click away
             show_regions(query)
         if query.upload is not None:
             refined = query.crop is not None or query.cut_out
