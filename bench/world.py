@@ -28,6 +28,8 @@ scenes are an upper bound for real photos of the same kinds, useful to compare m
     python bench/world.py --index /work/indexes/full --name today            # today's code
     python bench/world.py --index /work/indexes/full --isolate none border u2netp
     python bench/world.py --index HALF_RES_INDEX --name half --queries heldout_ids.txt
+    python bench/world.py --index /work/indexes/views-inst-b6 --items 30 --isolate none u2netp auto \
+        --plain 60 --results world-isolation   # also the products' own catalog shots, another results file
 """
 
 from __future__ import annotations
