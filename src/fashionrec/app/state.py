@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import streamlit as st
 
 from fashionrec.filters import FilterError, parse_filters
-from fashionrec.garment import Method
+from fashionrec.garment import Method, Region
 from fashionrec.images import Box, ImageError, web_image
 from fashionrec.search import Match, Recommender
 from fashionrec.terms import COLOUR_COLUMN, MAX_TERMS, Term, example_terms
@@ -46,6 +46,7 @@ class Query:
     crop: Box | None = None
     cut_out: bool = False  # the garment cut out of the scene (garment.py) before searching
     text: str | None = None  # words describing the product ("blue denim jacket"): Recommender.similar_to_text
+    regions: tuple[Region, ...] = ()  # the garments found in the photo (garment.regions), each one click away
 
     @property
     def isolate(self) -> Method:
@@ -221,11 +222,12 @@ def query_image(widget_key: str) -> None:
     data = file.getvalue()
     try:
         recommender().embed_image(data)  # a photo that cannot be searched is refused now (the result is cached)
+        regions = tuple(recommender().regions(data))
         shown, _ = web_image(data, file.name)  # 8-bit RGB, whatever was uploaded: a 16-bit PNG would crash st.image
     except ImageError as error:
         st.session_state.notice = f"We couldn't use **{file.name}**: {error.reason}. Try a JPEG, PNG or WebP photo."
         return
-    set_query(Query(title="Your photo", image=shown, upload=data))
+    set_query(Query(title="Your photo", image=shown, upload=data, regions=regions))
 
 
 def refine_photo_query() -> None:
@@ -243,6 +245,13 @@ def refine_photo_query() -> None:
         return
     st.session_state.notice = None
     st.session_state.query = replace(query, crop=crop, cut_out=isolate != "none")
+
+
+def search_region(region: Region) -> None:
+    """Search one garment found in the photo: the sliders frame its region, as if the shopper had set them."""
+    left, top, right, bottom = (round(100 * v) for v in region.box)
+    st.session_state.crop_across, st.session_state.crop_down = (left, right), (top, bottom)
+    refine_photo_query()
 
 
 def query_typed_product() -> None:

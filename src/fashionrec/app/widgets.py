@@ -8,6 +8,7 @@ import streamlit as st
 from PIL import Image, ImageDraw
 
 from fashionrec.app.state import NAME, query_item, rate, recommender, show_details
+from fashionrec.garment import Region
 from fashionrec.images import Box, ImageError, web_image
 
 CARD_FACETS = ("articleType", "baseColour", "gender")
@@ -31,6 +32,21 @@ def framed(image: bytes, crop: Box | None) -> bytes | Image.Image:
     picture = Image.open(io.BytesIO(image)).convert("RGB")
     box = [crop[0] * picture.width, crop[1] * picture.height, crop[2] * picture.width, crop[3] * picture.height]
     ImageDraw.Draw(picture).rectangle(box, outline=(230, 30, 90), width=max(2, max(picture.size) // 150))
+    return picture
+
+
+REGION_COLOURS = ((230, 30, 90), (30, 110, 230), (20, 160, 70), (240, 150, 20))
+
+
+def with_regions(image: bytes, regions: tuple[Region, ...]) -> Image.Image:
+    """The shown photo with each garment found outlined and numbered, in the colour of its button."""
+    picture = Image.open(io.BytesIO(image)).convert("RGB")
+    draw, width = ImageDraw.Draw(picture), max(2, max(picture.size) // 150)
+    for number, region in enumerate(regions, 1):
+        colour = REGION_COLOURS[(number - 1) % len(REGION_COLOURS)]
+        box = [v * side for v, side in zip(region.box, picture.size * 2, strict=True)]
+        draw.rectangle(box, outline=colour, width=width)
+        draw.text((box[0] + 2 * width, box[1] + width), str(number), fill=colour)
     return picture
 
 

@@ -19,7 +19,14 @@ from fashionrec.api.dependencies import (
     run_image_work,
 )
 from fashionrec.api.errors import ERROR_RESPONSES
-from fashionrec.api.models import MatchesOut, matches_out
+from fashionrec.api.models import (
+    MatchesOut,
+    RegionMatchesOut,
+    RegionsMatchesOut,
+    RegionsOut,
+    matches_out,
+    region_out,
+)
 from fashionrec.filters import parse_filters
 from fashionrec.garment import Method
 from fashionrec.images import parse_box
@@ -39,8 +46,9 @@ CropQuery = Annotated[
 IsolateQuery = Annotated[
     Method,
     Query(
-        description="Cut the garment out of a busy photo first: `border` (cheap, helps colour) or `u2netp` "
-        "(a segmentation model: best on scenes, about 60 ms more per photo; worse on plain product shots)."
+        description="Cut the garment out of a busy photo first: `border` (cheap, helps colour), `u2netp` "
+        "(a segmentation model: best on scenes, about 60 ms more per photo; worse on plain product shots) or "
+        "`auto` (`u2netp`, except for a product shot framed like the catalog's, which it would only hurt)."
     ),
 ]
 
@@ -95,6 +103,50 @@ def search_text(
 ) -> MatchesOut:
     """The k catalog products that a text describes (GET /v1/info `text_search` says whether a bridge is used)."""
     return matches_out(recommender.similar_to_text(q, k, parse_filters(filter), mode, collapse, diversity))
+
+
+@router.post("/regions")
+async def regions(
+    request: Request,
+    recommender: Rec,
+    image: Annotated[UploadFile, File(description="A shopper's photo: a person in an outfit, a garment on a bed.")],
+) -> RegionsOut:
+    """The garments found in a photo (a worn top, trousers, shoes; else the salient object), each as a crop box."""
+    found = await run_image_work(request, recommender.regions, await read_upload(image))
+    return RegionsOut(regions=[region_out(region) for region in found])
+
+
+@router.post("/search/regions")
+async def search_regions(
+    request: Request,
+    recommender: Rec,
+    image: Annotated[UploadFile, File(description="A shopper's photo: a person in an outfit, a garment on a bed.")],
+    k: TopK = 10,
+    filter: FilterQuery = [],  # noqa: B006 (FastAPI copies defaults)
+    colour_weight: ColourWeight = 0.0,
+    isolate: IsolateQuery = "none",
+    collapse: CollapseQuery = True,
+    diversity: DiversityQuery = 0.0,
+) -> RegionsMatchesOut:
+    """The k products most similar to each garment found in the photo (see /v1/regions): one query per region."""
+    filters = recommender.resolve_filters(parse_filters(filter))  # a wrong filter fails before the embedding
+    found = await run_image_work(
+        request,
+        recommender.similar_per_region,
+        await read_upload(image),
+        k,
+        filters,
+        colour_weight,
+        isolate,
+        collapse,
+        diversity,
+    )
+    return RegionsMatchesOut(
+        regions=[
+            RegionMatchesOut(**region_out(region).model_dump(), results=matches_out(matches).results)
+            for region, matches in found
+        ]
+    )
 
 
 @router.get("/items/{item_id}/similar")

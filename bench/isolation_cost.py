@@ -1,0 +1,89 @@
+"""What the query-side steps for shoppers' photos cost per query: isolation (U2-Net-p per input side), `auto`,
+finding a person's body (pose.py) and the garment regions, against a plain query, in one run.
+
+The photos are world.py's scenes (every kind, the same for every step); the steps run interleaved, photo
+by photo, so a busy machine slows them alike: read the ratios, and the CPU time (the process's, all its
+threads) as the cost a query takes from the machine. The query is `Recommender.embed_image` then
+`similar` (k=6), as on every surface.
+
+    python bench/isolation_cost.py --index /work/indexes/full --photos 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from common import SHARED_ZIP, write_results
+from world import KINDS, scene
+
+from fashionrec import garment, pose
+from fashionrec.catalog import load_catalog
+from fashionrec.images import decode
+from fashionrec.search import Recommender
+
+SIDES = (96, 128, 160)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--index", type=Path, required=True)
+    parser.add_argument("--photos", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=13)
+    args = parser.parse_args()
+
+    recommender = Recommender.open(args.index)
+    catalog = load_catalog(SHARED_ZIP)
+    pool = [item for item in catalog.items if item.id in recommender.positions]
+    items = random.Random(args.seed).sample(pool, args.photos)
+    photos = []
+    for n, item in enumerate(items):
+        product = decode(catalog.source.read(item.image), item.image)
+        others = [decode(catalog.source.read(o.image), o.image) for o in random.Random(item.id).sample(pool, 2)]
+        photos.append(scene(KINDS[n % len(KINDS)], product, others, np.random.default_rng([args.seed, n])))
+
+    def query(isolate: garment.Method, side: int = garment.U2NET_SIDE) -> Callable[[bytes], object]:
+        def run(data: bytes) -> object:
+            garment.U2NET_SIDE = side
+            return recommender.similar(recommender.embed_image(data, None, isolate), k=6)
+
+        return run
+
+    steps: dict[str, Callable[[bytes], object]] = {
+        "plain query": query("none"),
+        **{f"u2netp {side} query": query("u2netp", side) for side in SIDES},
+        "auto query": query("auto"),
+        "pose landmarks": lambda data: pose.landmarks(decode(data, "photo")),
+        "regions": recommender.regions,
+    }
+    for step in steps.values():  # load every model first
+        step(photos[0])
+    wall: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
+    for data in photos:
+        for name, step in steps.items():
+            started, started_cpu = time.perf_counter(), time.process_time()
+            step(data)
+            wall[name].append((time.perf_counter() - started) * 1000)
+            cpu[name].append((time.process_time() - started_cpu) * 1000)
+    garment.U2NET_SIDE = SIDES[-1]
+    plain = float(np.median(wall["plain query"]))
+    figures = {
+        name: {
+            "wall p50 ms": round(float(np.median(wall[name])), 1),
+            "cpu p50 ms": round(float(np.median(cpu[name])), 1),
+            "x plain query (wall)": round(float(np.median(wall[name])) / plain, 2),
+        }
+        for name in steps
+    }
+    for name, row in figures.items():
+        print(f"{name:18s} {row}")
+    write_results("isolation_cost", {"index": str(args.index), "photos": len(photos), "steps": figures})
+
+
+if __name__ == "__main__":
+    main()
