@@ -10,7 +10,7 @@ import pytest
 
 from fashionrec.build import BuildReport
 from fashionrec.search import Recommender
-from fashionrec.vector_index import ANN_THRESHOLD, SMALL_SELECTION, VectorIndex
+from fashionrec.stores.faiss_index import ANN_THRESHOLD, SMALL_SELECTION, FaissIndex
 
 DIM = 64
 
@@ -32,18 +32,18 @@ def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def test_auto_picks_exact_for_small_and_ivf_for_large_catalogs(data: np.ndarray) -> None:
-    assert VectorIndex(DIM, 1000).kind == "exact"
-    assert VectorIndex(DIM, len(data)).kind == "ivf"
-    assert VectorIndex(DIM, len(data), "exact").kind == "exact"
+    assert FaissIndex(DIM, 1000).kind == "exact"
+    assert FaissIndex(DIM, len(data)).kind == "ivf"
+    assert FaissIndex(DIM, len(data), "exact").kind == "exact"
     with pytest.raises(ValueError, match="unknown index kind"):
-        VectorIndex(DIM, 10, "hnsw")  # type: ignore[arg-type]
+        FaissIndex(DIM, 10, "hnsw")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("precision", ["float32", pytest.param("float16", marks=pytest.mark.slow)])
 def test_ivf_recall_against_exact_search(data: np.ndarray, precision: str) -> None:
     queries = clustered(100, seed=2)
-    exact = VectorIndex.build(DIM, len(data), lambda: [data[:20_000], data[20_000:]], "exact")
-    ivf = VectorIndex.build(DIM, len(data), lambda: [data[:20_000], data[20_000:]], "ivf", precision)  # type: ignore[arg-type]
+    exact = FaissIndex.build(DIM, len(data), lambda: [data[:20_000], data[20_000:]], "exact")
+    ivf = FaissIndex.build(DIM, len(data), lambda: [data[:20_000], data[20_000:]], "ivf", precision)  # type: ignore[arg-type]
     assert ivf.index.nprobe < ivf.index.nlist  # really approximate
     truth = exact.search(queries, 10)[1]
     assert recall_at_10(ivf.search(queries, 10)[1], truth) >= 0.95
@@ -51,8 +51,8 @@ def test_ivf_recall_against_exact_search(data: np.ndarray, precision: str) -> No
 
 
 def test_filters_keep_their_recall_with_ivf(data: np.ndarray) -> None:
-    exact = VectorIndex.build(DIM, len(data), lambda: [data], "exact")
-    ivf = VectorIndex.build(DIM, len(data), lambda: [data], "ivf")
+    exact = FaissIndex.build(DIM, len(data), lambda: [data], "exact")
+    ivf = FaissIndex.build(DIM, len(data), lambda: [data], "ivf")
     rng = np.random.default_rng(3)
     queries = clustered(50, seed=4)
     for size in (500, SMALL_SELECTION + 5_000):
