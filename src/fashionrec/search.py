@@ -27,8 +27,8 @@ from fashionrec.encoder import Encoder, encoder_for_index
 from fashionrec.garment import Method
 from fashionrec.garment import isolate as isolate_garment
 from fashionrec.images import Box, Detail, crop, decode, match_detail, open_image
-from fashionrec.index import UPLOADED, UPLOADS, DuplicateItemError, IndexStore, StoredItem
-from fashionrec.stores import Hit, SearchSettings, VectorStore
+from fashionrec.index import UPLOADED, UPLOADS, DuplicateItemError, IndexStore, IndexStoreError, StoredItem
+from fashionrec.stores import Hit, SearchSettings, StoreError, VectorStore
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,6 +38,7 @@ Group = tuple[float, int, tuple[str, ...]]  # a result before it is a Match: sco
 TIE_MARGIN = 8  # extra candidates fetched so equal scores can be ordered by id
 RERANK_POOL = 100  # candidates by shape that a colour-weighted query ranks again
 DUPLICATE_COSINE = 0.995  # same image re-saved: >= 0.9999; 0.99-0.995 holds look-alike products (bench/variety.py)
+SEARCH_ATTEMPTS = 3  # a search that meets an item removed meanwhile runs again on the store's new state
 DIVERSITY_POOL = 50  # candidates that maximal marginal relevance picks from (at least 4k)
 MAX_COLUMNS = 64  # metadata columns in a whole index that an added item may bring: each widens every row
 MAX_METADATA_BYTES = 8 * 1024  # an added item's metadata, as JSON
@@ -147,21 +148,33 @@ class Snapshot:
             pool = max(pool, 2 * k + 1 + TIE_MARGIN)  # room for a few duplicates
         if diversity > 0:
             pool = max(pool, DIVERSITY_POOL, 4 * k)
-        while True:
-            wanted = min(pool, len(self.items))
-            if wanted == 0:
-                return []
-            found = self._candidates(query, wanted, wanted_values, exclude)
-            groups = self._collapse(found, exclude) if collapse else [(s, p, ()) for s, p in found]
-            if len(groups) >= k or wanted >= len(self.items) or len(found) < wanted - 1:
+        for attempt in range(1, SEARCH_ATTEMPTS + 1):
+            try:
+                groups = self._groups(query, k, pool, wanted_values, exclude, collapse)
+                if diversity > 0:
+                    groups = self._diversify(groups, k, diversity)
                 break
-            pool *= 4  # mostly duplicates: look further
-        if diversity > 0:
-            groups = self._diversify(groups, k, diversity)
+            except KeyError:  # an item was removed between two reads of the store: search its new state
+                if attempt == SEARCH_ATTEMPTS:
+                    raise
         return [
             Match(rank, self.items[p].id, score, self.items[p].image, self.items[p].metadata, variants)
             for rank, (score, p, variants) in enumerate(groups[:k], start=1)
         ]
+
+    def _groups(
+        self, query: Query, k: int, pool: int, filters: dict[str, list[str]] | None, exclude: str | None, collapse: bool
+    ) -> list[Group]:
+        """The best candidates as products (see `_collapse`), looking further while duplicates leave fewer than k."""
+        while True:
+            wanted = min(pool, len(self.items))
+            if wanted == 0:
+                return []
+            found = self._candidates(query, wanted, filters, exclude)
+            groups = self._collapse(found, exclude) if collapse else [(s, p, ()) for s, p in found]
+            if len(groups) >= k or wanted >= len(self.items) or len(found) < wanted - 1:
+                return groups
+            pool *= 4  # mostly duplicates: look further
 
     def _candidates(
         self, query: Query, wanted: int, filters: dict[str, list[str]] | None, exclude: str | None
@@ -192,8 +205,14 @@ class Snapshot:
         dropped: they are the product the shopper is already looking at."""
         query_position = self.positions.get(exclude) if exclude is not None else None
         heads = [query_position] if query_position is not None else []
+        try:
+            vectors = self.vectors(heads + [p for _, p in found])
+        except KeyError:
+            if not heads:
+                raise
+            heads = []  # the query item is being removed: nothing to drop as its duplicate
+            vectors = self.vectors([p for _, p in found])
         positions = heads + [p for _, p in found]
-        vectors = self.vectors(positions)
         offset = len(heads)  # row of found[0] in `vectors`
         variants: dict[int, list[str]] = {}
         by_hash = {self.items[p].image_hash: 0 for p in heads if self.items[p].image_hash}
@@ -290,7 +309,10 @@ class Recommender:
         self._seen_version = self.records.data_version()  # read before loading: a commit in between reloads again
         items = [item for part in self.records.records() for item in part]
         if items:
-            self.store.search(np.zeros((1, self.records.dim), np.float32), 1)  # the store loads now, not on a query
+            try:  # the store loads now, not on a query
+                self.store.search(np.zeros((1, self.records.dim), np.float32), 1)
+            except StoreError as error:
+                raise IndexStoreError(str(error)) from None
         self.snapshot = Snapshot.of(items, self.store)
 
     # The current snapshot's parts; a method that reads several takes `self.snapshot` once instead.
@@ -449,7 +471,10 @@ class Recommender:
         if str(item_id) not in snapshot.positions:
             raise UnknownItemError(str(item_id))
         ids = [str(item_id)]
-        query = Query(snapshot.store.vectors(ids)[0], snapshot.store.colours(ids)[0], colour_weight)
+        try:
+            query = Query(snapshot.store.vectors(ids)[0], snapshot.store.colours(ids)[0], colour_weight)
+        except KeyError:  # removed meanwhile
+            raise UnknownItemError(str(item_id)) from None
         return snapshot.search(query, k, filters, str(item_id), collapse, diversity)
 
     def similar(

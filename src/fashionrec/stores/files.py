@@ -177,6 +177,12 @@ class FilesStore:
             self._snapshot = FilesSnapshot.of([], FaissIndex(dim, 0, "exact", settings.precision), _colours(0), [])
         else:
             self._db = _connect(directory / DATABASE)
+            first = self._db.execute("SELECT id, vector, colour FROM vectors ORDER BY row LIMIT 1").fetchall()
+            try:
+                self._decoded(first)  # a wrong dimension is a clear error now (every row is checked on load)
+            except StoreError:
+                self.close()
+                raise
 
     @classmethod
     def open(cls, directory: Path, dim: int, settings: SearchSettings | None = None) -> FilesStore:
@@ -389,13 +395,13 @@ class FilesStore:
 
     def _decoded(self, rows: Sequence[tuple]) -> tuple[np.ndarray, np.ndarray]:
         """Vectors and colours [n, dim] and [n, COLOUR_DIM] float32 of (id, vector, colour, ...) rows."""
-        wrong = next((r for r in rows if len(r[1]) != 2 * self.dim or len(r[2]) != 2 * COLOUR_DIM), None)
-        if wrong is not None:
-            raise StoreError(
-                f"{self.directory and self.directory / DATABASE}: item {wrong[0]!r} has a {len(wrong[1]) // 2}-d "
-                f"vector and a {len(wrong[2]) // 2}-d colour vector, the index says {self.dim} and {COLOUR_DIM}; "
-                "the index is damaged: rebuild it"
-            )
+        for row in rows:
+            for name, blob, wanted in (("vector", row[1], self.dim), ("colour vector", row[2], COLOUR_DIM)):
+                if len(blob) != 2 * wanted:
+                    raise StoreError(
+                        f"{self.directory and self.directory / DATABASE}: item {row[0]!r} has a {len(blob) // 2}-d "
+                        f"{name}, the manifest says {wanted}-d; the index is damaged: rebuild it"
+                    )
         vectors = np.frombuffer(b"".join(r[1] for r in rows), STORED).astype(np.float32).reshape(len(rows), self.dim)
         colours = np.frombuffer(b"".join(r[2] for r in rows), STORED).astype(np.float32).reshape(len(rows), COLOUR_DIM)
         return vectors, colours
