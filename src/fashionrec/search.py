@@ -166,21 +166,22 @@ class Snapshot:
         self, query: Query, k: int, pool: int, filters: dict[str, list[str]] | None, exclude: str | None, collapse: bool
     ) -> list[Group]:
         """The best candidates as products (see `_collapse`), looking further while duplicates leave fewer than k."""
+        if not self.items:
+            return []
         while True:
-            wanted = min(pool, len(self.items))
-            if wanted == 0:
-                return []
-            found = self._candidates(query, wanted, filters, exclude)
+            found, exhausted = self._candidates(query, pool, filters, exclude)
             groups = self._collapse(found, exclude) if collapse else [(s, p, ()) for s, p in found]
-            if len(groups) >= k or wanted >= len(self.items) or len(found) < wanted - 1:
+            if len(groups) >= k or exhausted:
                 return groups
-            pool *= 4  # mostly duplicates: look further
+            pool *= 4  # mostly duplicates (or vectors without a record yet): look further
 
     def _candidates(
         self, query: Query, wanted: int, filters: dict[str, list[str]] | None, exclude: str | None
-    ) -> list[tuple[float, int]]:
-        """The best `wanted` (score, position) pairs, best first, ties by id, without `exclude`."""
+    ) -> tuple[list[tuple[float, int]], bool]:
+        """The best (score, position) pairs among the store's best `wanted`, best first, ties by id, without
+        `exclude`; and whether the store has no more to give."""
         (hits,) = self.store.search(query.vector[None, :], wanted, filters, () if exclude is None else (exclude,))
+        exhausted = len(hits) < wanted
         hits = self.known(hits)
         scores = np.array([hit.score for hit in hits], dtype=np.float32)
         if query.colour_weight and hits:
@@ -188,7 +189,7 @@ class Snapshot:
             scores = blend(scores, colours, query.colour, query.colour_weight)
         found = [(float(score), self.positions[hit.id]) for score, hit in zip(scores, hits, strict=True)]
         found.sort(key=lambda pair: (-round(pair[0], 5), self.items[pair[1]].id))
-        return found
+        return found, exhausted
 
     def known(self, hits: list[Hit]) -> list[Hit]:
         """The hits that have an item record: a store may briefly hold vectors of an item being added or

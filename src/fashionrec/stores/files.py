@@ -216,7 +216,7 @@ class FilesStore:
                                 i,
                                 v.astype(STORED).tobytes(),
                                 c.astype(STORED).tobytes(),
-                                json.dumps(m, ensure_ascii=False),
+                                json.dumps(m, ensure_ascii=False, separators=(",", ":")),
                             )
                             for i, v, c, m in zip(ids, vectors, colours, metadata, strict=True)
                         ],
