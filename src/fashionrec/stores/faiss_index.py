@@ -77,18 +77,11 @@ class FaissIndex:
         chunks: Callable[[], Iterable[np.ndarray]],
         kind: Kind = "auto",
         precision: Precision = "float32",
-        trained: FaissIndex | None = None,
     ) -> FaissIndex:
         """An index over `size` vectors read in chunks by `chunks()`, never all in memory at once.
 
-        IVF reads them twice: a strided sample trains the cells, then every vector is added; or once,
-        into the cells of `trained` (an empty IVF, see `emptied`) when it is given.
+        IVF reads them twice: a strided sample trains the cells, then every vector is added.
         """
-        if trained is not None:
-            index = trained._copy()
-            for vectors in chunks():
-                index.add(vectors)
-            return index
         index = cls(dim, size, kind, precision)
         if index.kind == "ivf":
             stride = max(1, size // (TRAIN_PER_CELL * index.index.nlist))
@@ -101,13 +94,34 @@ class FaissIndex:
     def __len__(self) -> int:
         return self.index.ntotal
 
-    def add(self, vectors: np.ndarray) -> None:
-        """Append vectors; their positions follow the ones already there (IVF: cells trained, see `build`)."""
+    def add(self, vectors: np.ndarray, cells: np.ndarray | None = None) -> None:
+        """Append vectors; their positions follow the ones already there (IVF: cells trained, see `build`).
+
+        An IVF puts each vector in its nearest cell, or in `cells` when given (see `cells`): no search then.
+        """
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if self.kind == "ivf":
-            self.index.add_with_ids(vectors, np.arange(len(self), len(self) + len(vectors), dtype=np.int64))
-        else:
+        positions = np.arange(len(self), len(self) + len(vectors), dtype=np.int64)
+        if self.kind != "ivf":
             self.index.add(vectors)
+        elif cells is None:
+            self.index.add_with_ids(vectors, positions)
+        elif len(vectors):
+            cells = np.ascontiguousarray(cells, dtype=np.int64)
+            self.index.add_core(len(vectors), faiss.swig_ptr(vectors), faiss.swig_ptr(positions), faiss.swig_ptr(cells))
+
+    def assign(self, vectors: np.ndarray) -> np.ndarray:
+        """[n] int64: the IVF cell each vector belongs in."""
+        return self.index.quantizer.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)[1][:, 0]
+
+    def cells(self) -> np.ndarray:
+        """[len] int64: the IVF cell of the vector at each position (what `add` may be given back later)."""
+        found = np.zeros(len(self), dtype=np.int64)
+        lists = self.index.invlists
+        for cell in range(self.index.nlist):
+            size = lists.list_size(cell)
+            if size:
+                found[faiss.rev_swig_ptr(lists.get_ids(cell), size)] = cell
+        return found
 
     @classmethod
     def read(cls, path: Path, precision: Precision) -> FaissIndex:
