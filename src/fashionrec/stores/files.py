@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import sqlite3
-import sys
 import threading
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -332,7 +331,7 @@ class FilesStore:
                     ids.extend(r[0] for r in part)
                     rows.extend(r[4] for r in part)
                     colours.append(part_colours)
-                    metadata.extend(_interned(json.loads(r[3])) for r in part)
+                    metadata.extend(json.loads(r[3]) for r in part)  # only read into filter codes: not kept
                 yield vectors
 
         db.execute("BEGIN")  # one read transaction: the count and every pass see the same rows
@@ -504,11 +503,6 @@ def _connect(path: Path) -> sqlite3.Connection:
         db.close()
         raise StoreError(f"{path}: unreadable vector database ({error}); rebuild the index") from None
     return db
-
-
-def _interned(metadata: dict[str, str]) -> dict[str, str]:
-    """The same metadata with shared strings: 44k items hold only a few hundred distinct keys and values."""
-    return {sys.intern(key): sys.intern(value) for key, value in metadata.items()}
 
 
 def _as_stored(rows: np.ndarray) -> np.ndarray:
