@@ -250,7 +250,7 @@ class FilesStore:
         return self.snapshot().search(queries, k, filters, exclude)
 
     def vectors(self, ids: Sequence[str]) -> np.ndarray:
-        snapshot = self._loaded()
+        snapshot = self._holding(ids)
         if snapshot is None:
             return self._read(ids)[0]
         if not ids:
@@ -258,10 +258,18 @@ class FilesStore:
         return snapshot.index.vectors(snapshot.rows(ids))
 
     def colours(self, ids: Sequence[str]) -> np.ndarray:
-        snapshot = self._loaded()
+        snapshot = self._holding(ids)
         if snapshot is None:
             return self._read(ids)[1]
         return snapshot.colours[snapshot.rows(ids)]
+
+    def _holding(self, ids: Sequence[str]) -> FilesSnapshot | None:
+        """The loaded snapshot when it holds every id, unchecked (each search checks for other processes'
+        writes: a query's own reads stay on the state it searched); else the current one; None if not loaded."""
+        snapshot = self._snapshot
+        if snapshot is not None and all(i in snapshot.positions for i in ids):
+            return snapshot
+        return self._loaded()
 
     def count(self) -> int:
         snapshot = self._loaded()
