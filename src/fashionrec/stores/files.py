@@ -24,12 +24,12 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from fashionrec.colour import COLOUR_DIM
+from fashionrec.columns import Column, columns_of
 from fashionrec.stores.base import Filters, Hit, SearchSettings, StoreError
-from fashionrec.stores.faiss_index import FaissIndex
+from fashionrec.stores.faiss_index import FaissIndex, search_threads
 
 DATABASE = "vectors.sqlite"
 STORED = np.float16  # on disk: float16 keeps a unit vector's cosines to ~1e-3, at half of float32's size
@@ -54,28 +54,6 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Column:
-    """One metadata column as small integer codes: a filter compares integers, not strings."""
-
-    codes: np.ndarray  # [N] int32, an index into `values`
-    values: dict[str, int]
-
-    @classmethod
-    def of(cls, cells: Sequence[str]) -> Column:
-        return cls(np.zeros(0, np.int32), {}).extended(cells)
-
-    def extended(self, cells: Sequence[str]) -> Column:
-        """A copy with rows appended; this one is left as it is."""
-        values = dict(self.values)
-        codes = np.fromiter((values.setdefault(cell, len(values)) for cell in cells), np.int32, len(cells))
-        return Column(np.concatenate([self.codes, codes]), values)
-
-    def matches(self, wanted: Sequence[str]) -> np.ndarray:
-        """[N] bool: which items hold any of the wanted values."""
-        return np.isin(self.codes, [self.values[v] for v in wanted if v in self.values])
-
-
-@dataclass(frozen=True)
 class FilesSnapshot:
     """Everything a search reads, replaced as a whole on each change."""
 
@@ -89,9 +67,7 @@ class FilesSnapshot:
     def of(
         cls, ids: list[str], index: FaissIndex, colours: np.ndarray, metadata: Sequence[Mapping[str, str]]
     ) -> FilesSnapshot:
-        names = dict.fromkeys(name for meta in metadata for name in meta)
-        columns = {name: Column.of([meta.get(name, "") for meta in metadata]) for name in names}
-        return cls(ids, {i: n for n, i in enumerate(ids)}, index, colours, columns)
+        return cls(ids, {i: n for n, i in enumerate(ids)}, index, colours, columns_of(metadata))
 
     def with_items(
         self, ids: list[str], vectors: np.ndarray, colours: np.ndarray, metadata: Sequence[Mapping[str, str]]
@@ -168,7 +144,7 @@ class FilesStore:
         self.dim = dim
         self.settings = settings
         if settings.threads > 0:
-            faiss.omp_set_num_threads(settings.threads)  # FAISS's threads are one setting per process
+            search_threads(settings.threads)
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
         self._seen_version = 0

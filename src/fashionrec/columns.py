@@ -1,0 +1,40 @@
+"""Metadata columns as small integer codes: filters compare integers, not strings.
+
+Shared by the Recommender (which resolves filter names and values against what the items hold) and
+the files store (which turns filters into the positions its FAISS search may return).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Column:
+    """One metadata column: a code per item, and the values the codes stand for."""
+
+    codes: np.ndarray  # [N] int32, an index into `values`
+    values: dict[str, int]
+
+    @classmethod
+    def of(cls, cells: Sequence[str]) -> Column:
+        return cls(np.zeros(0, np.int32), {}).extended(cells)
+
+    def extended(self, cells: Sequence[str]) -> Column:
+        """A copy with rows appended; this one is left as it is."""
+        values = dict(self.values)
+        codes = np.fromiter((values.setdefault(cell, len(values)) for cell in cells), np.int32, len(cells))
+        return Column(np.concatenate([self.codes, codes]), values)
+
+    def matches(self, wanted: Sequence[str]) -> np.ndarray:
+        """[N] bool: which items hold any of the wanted values."""
+        return np.isin(self.codes, [self.values[v] for v in wanted if v in self.values])
+
+
+def columns_of(metadata: Sequence[Mapping[str, str]]) -> dict[str, Column]:
+    """Every column any item has, "" where an item lacks it."""
+    names = dict.fromkeys(name for meta in metadata for name in meta)
+    return {name: Column.of([meta.get(name, "") for meta in metadata]) for name in names}
