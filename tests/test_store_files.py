@@ -99,3 +99,20 @@ def test_an_interrupted_put_leaves_no_item_without_vectors(tmp_path: Path) -> No
     rerun.close()
     assert recommender.refresh() and len(recommender) == len(ids)
     assert {m.id for m in recommender.similar_to_item(ids[0], k=len(ids), collapse=False)} == set(ids[1:])
+
+
+@pytest.mark.parametrize("kind", ["exact", "ivf"])
+def test_a_metadata_change_keeps_the_search_structure(kind: str, tmp_path: Path) -> None:
+    """An update of metadata alone (PATCH /v1/items) re-codes the filters; the vectors, held exactly as
+    stored, are not indexed again (an IVF over 44k items would take seconds)."""
+    store = FilesStore.open(tmp_path, DIM, SearchSettings(kind=kind))
+    ids, vectors, colours, _ = store_contract.filled(store)
+    before = store.snapshot().index
+    stored = store.vectors(ids[:3])
+    store.upsert(ids[:3], stored, store.colours(ids[:3]), [{"baseColour": "Teal"}] * 3)
+    assert store.snapshot().index is before
+    hits = store.search(vectors[0], 5, {"baseColour": ["Teal"]})[0]
+    assert sorted(hit.id for hit in hits) == sorted(ids[:3])
+    store.upsert(ids[:1], vectors[5:6], colours[5:6], [{"baseColour": "Teal"}])  # a new vector: indexed again
+    assert store.snapshot().index is not before
+    assert {hit.id for hit in store.search(vectors[5], 2)[0]} == {ids[0], ids[5]}  # the same vector now

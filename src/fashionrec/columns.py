@@ -29,6 +29,13 @@ class Column:
         codes = np.fromiter((values.setdefault(cell, len(values)) for cell in cells), np.int32, len(cells))
         return Column(np.concatenate([self.codes, codes]), values)
 
+    def replaced(self, positions: np.ndarray, cells: Sequence[str]) -> Column:
+        """A copy with the rows at `positions` holding `cells`; this one is left as it is."""
+        values = dict(self.values)
+        codes = self.codes.copy()
+        codes[positions] = [values.setdefault(cell, len(values)) for cell in cells]
+        return Column(codes, values)
+
     def matches(self, wanted: Sequence[str]) -> np.ndarray:
         """[N] bool: which items hold any of the wanted values."""
         return np.isin(self.codes, [self.values[v] for v in wanted if v in self.values])

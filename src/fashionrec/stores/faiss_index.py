@@ -65,6 +65,9 @@ class FaissIndex:
         else:
             index = faiss.IndexIVFFlat(quantizer, dim, cells, faiss.METRIC_INNER_PRODUCT)
         index.nprobe = min(NPROBE, cells)
+        # Codes of the vectors themselves, not of their offsets from the cell: float16 vectors are then held
+        # exactly as stored (reconstruct gives them back bit for bit, scores are their exact inner products).
+        index.by_residual = False
         index.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct() by position, and removal
         self._quantizer = quantizer  # the IVF index does not own it
         return index

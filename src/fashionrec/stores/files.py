@@ -87,6 +87,24 @@ class FilesSnapshot:
             columns,
         )
 
+    def with_metadata(self, ids: list[str], metadata: Sequence[Mapping[str, str]]) -> FilesSnapshot:
+        """A copy where these items (all held) have new metadata: the FAISS structure is shared, not rebuilt."""
+        rows = self.rows(ids)
+        names = dict.fromkeys([*self.columns, *(name for meta in metadata for name in meta)])
+        empty = Column.of([""] * len(self.ids))
+        columns = {
+            name: self.columns.get(name, empty).replaced(rows, [meta.get(name, "") for meta in metadata])
+            for name in names
+        }
+        return FilesSnapshot(self.ids, self.positions, self.index, self.colours, columns)
+
+    def holds(self, ids: list[str], vectors: np.ndarray, colours: np.ndarray) -> bool:
+        """Whether every id is here with exactly these vectors and colours (a metadata-only change)."""
+        if not all(i in self.positions for i in ids):
+            return False
+        rows = self.rows(ids)
+        return np.array_equal(self.index.vectors(rows), vectors) and np.array_equal(self.colours[rows], colours)
+
     def without(self, ids: Iterable[str]) -> FilesSnapshot:
         """A copy without these items (unknown ids are ignored)."""
         gone = np.array(sorted({self.positions[i] for i in ids if i in self.positions}), dtype=np.int64)
@@ -202,7 +220,10 @@ class FilesStore:
                     return
                 if self._db is not None:  # what a reload would read
                     vectors, colours = _as_stored(vectors), _as_stored(colours)
-                self._snapshot = self._snapshot.without(ids).with_items(ids, vectors, colours, metadata)
+                if self._snapshot.holds(ids, vectors, colours):  # metadata only: an IVF is not rebuilt
+                    self._snapshot = self._snapshot.with_metadata(ids, metadata)
+                else:
+                    self._snapshot = self._snapshot.without(ids).with_items(ids, vectors, colours, metadata)
 
     def delete(self, ids: Iterable[str]) -> int:
         ids = list(dict.fromkeys(ids))
@@ -362,7 +383,7 @@ class FilesStore:
                 except RuntimeError as error:  # a damaged cache: train again
                     log.warning("could not read the IVF cells %s (%s): training them again", path, error)
                     continue
-                if cells.dim == self.dim and len(cells) == 0:
+                if cells.dim == self.dim and len(cells) == 0 and not cells.index.by_residual:
                     return cells, path
         return None
 
