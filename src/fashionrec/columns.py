@@ -43,5 +43,13 @@ class Column:
 
 def columns_of(metadata: Sequence[Mapping[str, str]]) -> dict[str, Column]:
     """Every column any item has, "" where an item lacks it."""
-    names = dict.fromkeys(name for meta in metadata for name in meta)
-    return {name: Column.of([meta.get(name, "") for meta in metadata]) for name in names}
+    return extended_columns({}, 0, metadata)
+
+
+def extended_columns(
+    columns: Mapping[str, Column], rows: int, metadata: Sequence[Mapping[str, str]]
+) -> dict[str, Column]:
+    """`columns` of `rows` items with more items appended (a chunk at a time: no list of every item's metadata)."""
+    names = dict.fromkeys([*columns, *(name for meta in metadata for name in meta)])
+    empty = Column.of([""] * rows)
+    return {name: columns.get(name, empty).extended([meta.get(name, "") for meta in metadata]) for name in names}

@@ -112,6 +112,42 @@ class FaissIndex:
             cells = np.ascontiguousarray(cells, dtype=np.int64)
             self.index.add_core(len(vectors), faiss.swig_ptr(vectors), faiss.swig_ptr(positions), faiss.swig_ptr(cells))
 
+    def fill(self, chunks: Iterable[np.ndarray], cells: np.ndarray) -> None:
+        """Put vectors (read in chunks) into this empty trained IVF, the n-th in cell `cells[n]` (-1: not known,
+        found now). Each list is sized once, exactly: lists grown entry by entry (`add`) double their memory
+        as they go and keep up to twice what their vectors need (114 MB more at 44k x 1280 float16)."""
+        lists, unknown, start = self.index.invlists, [], 0
+        counts = np.bincount(cells[cells >= 0], minlength=self.index.nlist)
+        for cell in np.flatnonzero(counts):
+            lists.resize(int(cell), int(counts[cell]))
+        filled = np.zeros(self.index.nlist, dtype=np.int64)
+        for vectors in chunks:
+            positions = np.arange(start, start + len(vectors), dtype=np.int64)
+            part, start = cells[start : start + len(vectors)], start + len(vectors)
+            unknown.append((positions[part < 0], vectors[part < 0]))
+            codes = np.ascontiguousarray(vectors, np.float16 if self.precision == "float16" else np.float32)
+            codes = codes.view(np.uint8)  # the codes of vectors held as they are (no residuals, see _empty)
+            order = np.argsort(part, kind="stable")
+            found, first, sizes = np.unique(part[order], return_index=True, return_counts=True)
+            for cell, at, size in zip(found, first, sizes, strict=True):
+                if cell >= 0:
+                    rows = order[at : at + size]
+                    ids, block = np.ascontiguousarray(positions[rows]), np.ascontiguousarray(codes[rows])
+                    lists.update_entries(
+                        int(cell), int(filled[cell]), int(size), faiss.swig_ptr(ids), faiss.swig_ptr(block)
+                    )
+                    filled[cell] += size
+        self.index.ntotal = int(counts.sum())
+        self.index.set_direct_map_type(faiss.DirectMap.NoMap)
+        self.index.set_direct_map_type(faiss.DirectMap.Hashtable)  # built again from the filled lists
+        for positions, vectors in unknown:
+            if len(vectors):
+                cells_now = np.ascontiguousarray(self.assign(vectors), dtype=np.int64)
+                vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+                self.index.add_core(
+                    len(vectors), faiss.swig_ptr(vectors), faiss.swig_ptr(positions), faiss.swig_ptr(cells_now)
+                )
+
     def assign(self, vectors: np.ndarray) -> np.ndarray:
         """[n] int64: the IVF cell each vector belongs in."""
         return self.index.quantizer.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)[1][:, 0]

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from fashionrec.colour import COLOUR_DIM
-from fashionrec.columns import Column, columns_of
+from fashionrec.columns import Column, columns_of, extended_columns
 from fashionrec.stores.base import Filters, Hit, SearchSettings, StoreError
 from fashionrec.stores.faiss_index import FaissIndex, search_threads
 
@@ -73,11 +73,7 @@ class FilesSnapshot:
         self, ids: list[str], vectors: np.ndarray, colours: np.ndarray, metadata: Sequence[Mapping[str, str]]
     ) -> FilesSnapshot:
         """A copy with these items appended (new ids: see `without` for replaced ones)."""
-        names = dict.fromkeys([*self.columns, *(name for meta in metadata for name in meta)])
-        empty = Column.of([""] * len(self.ids))
-        columns = {
-            name: self.columns.get(name, empty).extended([meta.get(name, "") for meta in metadata]) for name in names
-        }
+        columns = extended_columns(self.columns, len(self.ids), metadata)
         all_ids = self.ids + ids
         return FilesSnapshot(
             all_ids,
@@ -325,7 +321,7 @@ class FilesStore:
         ids: list[str] = []
         rows: list[int] = []
         colours: list[np.ndarray] = []
-        metadata: list[dict[str, str]] = []
+        columns: dict[str, Column] = {}
 
         def chunks() -> Iterator[np.ndarray]:  # read once, or twice to train an IVF: items kept the first time
             first = not ids
@@ -336,7 +332,8 @@ class FilesStore:
                     ids.extend(r[0] for r in part)
                     rows.extend(r[4] for r in part)
                     colours.append(part_colours)
-                    metadata.extend(json.loads(r[3]) for r in part)  # only read into filter codes: not kept
+                    metadata = [json.loads(r[3]) for r in part]  # read into filter codes a chunk at a time
+                    columns.update(extended_columns(columns, len(ids) - len(part), metadata))
                 yield vectors
 
         db.execute("BEGIN")  # one read transaction: the count and every pass see the same rows
@@ -350,12 +347,8 @@ class FilesStore:
             else:
                 index, path = trained
                 known = _Lists.read(path)
-                for vectors in chunks():  # each vector into the cell it was in last time, found again if new
-                    cells = known.cells_of(np.array(rows[len(index) :], dtype=np.int64))
-                    new = cells < 0
-                    if new.any():
-                        cells[new] = index.assign(vectors[new])
-                    index.add(vectors, cells)
+                stored_rows = np.array(db.execute("SELECT row FROM vectors ORDER BY row").fetchall(), np.int64)
+                index.fill(chunks(), known.cells_of(stored_rows.reshape(-1)))  # each vector into its last cell
                 lists_changed = not np.array_equal(known.rows, rows)
         finally:
             db.execute("COMMIT")
@@ -363,7 +356,8 @@ class FilesStore:
             path = self._save_cells(index, count) if trained is None else trained[1]
             if path is not None and lists_changed:
                 _Lists(np.array(rows, dtype=np.int64), index.cells()).write(path)
-        return FilesSnapshot.of(ids, index, np.concatenate(colours) if colours else _colours(0), metadata)
+        colours_all = np.concatenate(colours) if colours else _colours(0)
+        return FilesSnapshot(ids, {i: n for n, i in enumerate(ids)}, index, colours_all, columns)
 
     def _cell_files(self) -> list[tuple[int, Path]]:
         assert self.directory is not None
