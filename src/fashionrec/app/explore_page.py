@@ -58,7 +58,7 @@ def embedding_map(path: str) -> pd.DataFrame:
     else:
         positions = sample_positions(len(recommender))
         with st.spinner(f"Mapping the catalog (t-SNE of {len(positions):,} products, once per process)..."):
-            xy = layout(recommender.index.vectors(positions))
+            xy = layout(recommender.store.vectors([recommender.items[p].id for p in positions]))
     frame = recommender.metadata.iloc[positions].reset_index(drop=True).fillna("")
     frame.insert(0, "id", [recommender.items[p].id for p in positions])
     frame["x"], frame["y"] = xy[:, 0], xy[:, 1]
