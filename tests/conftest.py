@@ -63,6 +63,14 @@ def side_by_side(left: Path, right: Path) -> bytes:
     return buffer.getvalue()
 
 
+def copy_index(index: Path, to: Path) -> Path:
+    """A copy of an index directory, made by another process. Reading an SQLite file in this process while its
+    connections are open would drop their POSIX locks (closing any descriptor of a file does), and SQLite would
+    then delete the shared -shm file under them: later opens fail with SQLITE_IOERR_SHORT_READ."""
+    subprocess.run(["cp", "-a", str(index), str(to)], check=True)
+    return to
+
+
 @contextmanager
 def small_tmpfs(mount: Path, size: str) -> Iterator[Path]:
     """A real tmpfs of `size` mounted on `mount`, so a disk really fills up; skips where mounting is not allowed."""

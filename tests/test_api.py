@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import struct
 import subprocess
@@ -32,7 +31,7 @@ from fashionrec.api import Keys, create_app
 from fashionrec.build import BuildReport
 from fashionrec.index import FORMAT_VERSION
 
-from conftest import side_by_side
+from conftest import copy_index, side_by_side
 
 KEY = "test-write-key-0123456789"
 READ_KEY = "test-read-key-0123456789"
@@ -72,14 +71,14 @@ def serve(index: Path, log: Path, *args: str, **env: str) -> Iterator[httpx.Clie
         process.wait(timeout=30)
 
 
-def copy_index(built_index: tuple[Path, BuildReport], folder: Path) -> Path:
-    return Path(shutil.copytree(built_index[0], folder / "idx"))
+def index_copy(built_index: tuple[Path, BuildReport], folder: Path) -> Path:
+    return copy_index(built_index[0], folder / "idx")
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, built_index: tuple[Path, BuildReport]) -> Iterator[httpx.Client]:
     """The app in-process, with a write key, over a copy of the session index (the tests add and delete items)."""
-    index = copy_index(built_index, tmp_path_factory.mktemp("api"))
+    index = index_copy(built_index, tmp_path_factory.mktemp("api"))
     with TestClient(create_app(index, Keys(write=KEY))) as client:
         yield client
 
@@ -88,7 +87,7 @@ def api(tmp_path_factory: pytest.TempPathFactory, built_index: tuple[Path, Build
 def server(tmp_path_factory: pytest.TempPathFactory, built_index: tuple[Path, BuildReport]) -> Iterator[httpx.Client]:
     """A real server with a write key, over a copy of the session index."""
     folder = tmp_path_factory.mktemp("server")
-    with serve(copy_index(built_index, folder), folder / "server.log", FASHIONREC_API_KEY=KEY) as client:
+    with serve(index_copy(built_index, folder), folder / "server.log", FASHIONREC_API_KEY=KEY) as client:
         yield client
 
 
@@ -339,7 +338,7 @@ def test_concurrent_reads_during_writes_stay_consistent(server: httpx.Client, ph
 
 @pytest.mark.slow
 def test_updates_survive_a_restart(tmp_path: Path, built_index: tuple[Path, BuildReport], photos: list[Path]) -> None:
-    index = copy_index(built_index, tmp_path)
+    index = index_copy(built_index, tmp_path)
     photo, removed = photos[5], photos[6].stem
     with serve(index, tmp_path / "log", FASHIONREC_API_KEY=KEY) as api:
         form = {"id": "durable-1", "metadata": '{"gender": "Women"}'}
@@ -382,7 +381,7 @@ def test_read_key_and_disabled_writes(
 def test_workers_see_each_others_writes(
     tmp_path: Path, built_index: tuple[Path, BuildReport], photos: list[Path]
 ) -> None:
-    index = copy_index(built_index, tmp_path)
+    index = index_copy(built_index, tmp_path)
     with serve(index, tmp_path / "log", "--workers", "2", FASHIONREC_API_KEY=KEY) as api:
         added = api.post("/v1/items", data={"id": "shared-1"}, files=upload(photos[7]), headers=WRITE)
         assert added.status_code == 201

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from fashionrec.explore import MAP_FILE, read_map, write_map
 from fashionrec.index import IndexStore
 from fashionrec.search import Recommender
 
-from conftest import side_by_side
+from conftest import copy_index, side_by_side
 
 APP = fashionrec.app.SCRIPT
 
@@ -225,7 +224,7 @@ def test_explore_page(index: Path) -> None:
 def test_explore_map_is_written_at_index_time_and_used(
     built_index: tuple[Path, BuildReport], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    index = Path(shutil.copytree(built_index[0], tmp_path / "idx"))
+    index = copy_index(built_index[0], tmp_path / "idx")
     lines: list[str] = []
     path = write_map(index, log=lines.append)
     stored = read_map(index)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,8 @@ import pytest
 from fashionrec.build import BuildReport
 from fashionrec.search import Recommender
 from fashionrec.stores.faiss_index import ANN_THRESHOLD, SMALL_SELECTION, FaissIndex
+
+from conftest import copy_index
 
 DIM = 64
 
@@ -82,7 +83,7 @@ def test_trained_ivf_cells_are_kept_in_the_index_without_the_vectors(
     built_index: tuple[Path, BuildReport], tmp_path: Path
 ) -> None:
     index = tmp_path / "idx"
-    shutil.copytree(built_index[0], index)
+    copy_index(built_index[0], index)
     first = Recommender.open(index, kind="ivf")
     (cached,) = index.glob("ivf-float16-*.faiss")
     assert cached.stat().st_size < len(first) * 1280 * 2 / 4  # the cells only: the vectors are stored once

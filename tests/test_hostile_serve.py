@@ -35,7 +35,7 @@ import fashionrec.app
 from fashionrec.app.state import Query
 from fashionrec.index import DATABASE, MANIFEST, UPLOADS
 
-from conftest import REPO, SHARED_ZIP, run_cli, sample_rows, small_tmpfs
+from conftest import REPO, SHARED_ZIP, copy_index, run_cli, sample_rows, small_tmpfs
 
 # Slow as a whole: its own index from a real `fashionrec index` run and its own server process.
 pytestmark = pytest.mark.slow
@@ -302,7 +302,7 @@ def fill(disk: Path, leave: int) -> Path:
 def test_full_disk_is_507_and_leaves_nothing_half_written(
     small_disk: Path, hostile_index: Path, tmp_path: Path
 ) -> None:
-    index = Path(shutil.copytree(hostile_index, small_disk / "idx", symlinks=True))
+    index = copy_index(hostile_index, small_disk / "idx")
     photo = encoded(Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 300, 3), np.uint8)), "PNG")
     statuses = set()
     with serve(index, tmp_path / "server.log", FASHIONREC_API_KEY=KEY) as api:
@@ -346,7 +346,7 @@ def test_full_disk_is_507_and_leaves_nothing_half_written(
 def test_a_damaged_index_is_one_clear_line_at_serve(
     hostile_index: Path, tmp_path: Path, damage: Callable[[Path], object], words: str
 ) -> None:
-    index = Path(shutil.copytree(hostile_index, tmp_path / "idx", symlinks=True))
+    index = copy_index(hostile_index, tmp_path / "idx")
     for extra in ("-wal", "-shm"):
         (index / f"{DATABASE}{extra}").unlink(missing_ok=True)
     damage(index)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import test_app
 from streamlit.testing.v1 import AppTest
-from test_api import KEY, WRITE, copy_index, serve
+from test_api import KEY, WRITE, index_copy, serve
 from test_app import choose_mode, query_id, result_ids, run
 
 from fashionrec.build import BuildReport
@@ -153,7 +153,7 @@ def test_cli_search_with_terms(recommender: Recommender) -> None:
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, built_index: tuple[Path, BuildReport]) -> Iterator[httpx.Client]:
     folder = tmp_path_factory.mktemp("terms-api")
-    with serve(copy_index(built_index, folder), folder / "server.log", FASHIONREC_API_KEY=KEY) as client:
+    with serve(index_copy(built_index, folder), folder / "server.log", FASHIONREC_API_KEY=KEY) as client:
         yield client
 
 

@@ -25,7 +25,7 @@ from fashionrec.search import Recommender, fuse
 from fashionrec.terms import Term
 from fashionrec.text import MAX_QUERY_CHARS, NAME, TextIndex, stems, words
 
-from conftest import run_cli
+from conftest import copy_index, run_cli
 
 TINY = BridgeConfig(epochs=3, batch_size=64)
 
@@ -128,7 +128,7 @@ def test_fusion_blends_scaled_scores() -> None:
 @pytest.fixture(scope="module")
 def bridged(tmp_path_factory: pytest.TempPathFactory, built_index: tuple[Path, BuildReport]) -> Path:
     """A copy of the session index with a text bridge trained in it (INDEX/text-bridge)."""
-    index = Path(shutil.copytree(built_index[0], tmp_path_factory.mktemp("bridged") / "idx"))
+    index = copy_index(built_index[0], tmp_path_factory.mktemp("bridged") / "idx")
     train_bridge(index, config=TINY, progress=False, log=lambda _: None)
     return index
 
