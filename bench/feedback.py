@@ -53,17 +53,15 @@ def likes_only(recommender: Recommender, liked: list[str], disliked: list[str]) 
 
 def best_score(recommender: Recommender, liked: list[str], disliked: list[str]) -> list[str]:
     """Qdrant's best_score, over the union of each liked example's POOL nearest items."""
-    snapshot = recommender.snapshot
-    liked_vectors = snapshot.index.vectors(np.array([snapshot.positions[i] for i in liked]))
-    disliked_vectors = snapshot.index.vectors(np.array([snapshot.positions[i] for i in disliked], dtype=np.int64))
-    _, found = snapshot.index.search(liked_vectors, POOL)
-    seen = {snapshot.positions[i] for i in liked + disliked}
-    candidates = np.array(sorted({int(p) for p in found.ravel() if p >= 0} - seen), dtype=np.int64)
-    vectors = snapshot.index.vectors(candidates)
+    store = recommender.store
+    liked_vectors, disliked_vectors = store.vectors(liked), store.vectors(disliked)
+    found = {hit.id for hits in store.search(liked_vectors, POOL) for hit in hits}
+    candidates = sorted(found - set(liked) - set(disliked))
+    vectors = store.vectors(candidates)
     best_liked = (vectors @ liked_vectors.T).max(axis=1)
     best_disliked = (vectors @ disliked_vectors.T).max(axis=1) if len(disliked) else np.full(len(candidates), -np.inf)
     scores = np.where(best_liked > best_disliked, best_liked, -best_disliked)
-    return [snapshot.items[p].id for p in candidates[np.argsort(-scores, kind="stable")[:K]]]
+    return [candidates[i] for i in np.argsort(-scores, kind="stable")[:K]]
 
 
 STRATEGIES: dict[str, Strategy] = {

@@ -70,8 +70,8 @@ def view_recall(recommender: Recommender, catalog: Catalog, queries: list[str]) 
             image = decode(catalog.source.read(images[item_id]), item_id)
             views.append(shopper_view(image, detail, random.Random(f"view:{item_id}")))
         vectors = recommender.encoder.embed(views)
-        _, found = recommender.snapshot.index.search(vectors, 1)
-        hits += [int(row[0]) == recommender.positions[item_id] for row, item_id in zip(found, batch, strict=True)]
+        found = recommender.store.search(vectors, 1)
+        hits += [bool(row) and row[0].id == item_id for row, item_id in zip(found, batch, strict=True)]
     return round(float(np.mean(hits)), 4)
 
 

@@ -33,8 +33,8 @@ def recommender(built_index: tuple[Path, BuildReport]) -> Recommender:
 def mean_cosine(recommender: Recommender, matches: list[Match], item_id: str) -> float:
     """How close the results are, on average, to one item."""
     snapshot = recommender.snapshot
-    vectors = snapshot.index.vectors(np.array([snapshot.positions[m.id] for m in matches]))
-    return float(np.mean(vectors @ snapshot.index.vectors([snapshot.positions[item_id]])[0]))
+    vectors = snapshot.store.vectors([m.id for m in matches])
+    return float(np.mean(vectors @ snapshot.store.vectors([item_id])[0]))
 
 
 def test_parse_terms() -> None:
