@@ -33,6 +33,11 @@ from fashionrec.stores import open_store
 CLUSTERS = 5000
 VALUES = 10  # metadata values: a one-value filter keeps about a tenth of the catalog
 BATCH = 5_000
+SWEEP = {  # search settings tried per index type (Lite: 128 IVF cells per segment)
+    "IVF_FLAT": [{"nprobe": 8}, {"nprobe": 16}, {"nprobe": 32}, {"nprobe": 64}],
+    "IVF_SQ8": [{"nprobe": 8}, {"nprobe": 16}, {"nprobe": 32}, {"nprobe": 64}],
+    "HNSW": [{"ef": 32}, {"ef": 64}, {"ef": 128}],
+}
 
 
 def percentiles(times: list[float]) -> dict[str, float]:
@@ -68,20 +73,23 @@ def one_run(size: int, index: str, queries: int) -> dict[str, object]:
             "ready_s": round(ready_s, 1),
         }
         chosen = np.flatnonzero(labels == 0)
-        for name, filters, pool in (
-            ("unfiltered", None, np.arange(size)),
-            ("filtered", {"articleType": ["type0"]}, chosen),
-        ):
+        cases = (("unfiltered", None, np.arange(size)), ("filtered", {"articleType": ["type0"]}, chosen))
+        for name, filters, pool in cases:
             truth = pool[np.argsort(-(asked @ data[pool].T), axis=1)[:, :K]]
-            store.search(asked[:3], K, filters)  # warm up
-            times, found = [], []
-            for query in asked:
-                begun = time.perf_counter()
-                hits = store.search(query, K, filters)[0]
-                times.append((time.perf_counter() - begun) * 1000)
-                found.append([int(hit.id) for hit in hits])
-            figures[name] = {**percentiles(times), "recall@10": round(recall(found, truth), 4)}
-            print(f"  {index} {size} {name}: {figures[name]}", file=sys.stderr)
+            rows = {}
+            for setting in SWEEP.get(index, [{}]):
+                store.search_params = setting
+                store.search(asked[:3], K, filters)  # warm up
+                times, found = [], []
+                for query in asked:
+                    begun = time.perf_counter()
+                    hits = store.search(query, K, filters)[0]
+                    times.append((time.perf_counter() - begun) * 1000)
+                    found.append([int(hit.id) for hit in hits])
+                label = ",".join(f"{key}={value}" for key, value in setting.items()) or "exact"
+                rows[label] = {**percentiles(times), "recall@10": round(recall(found, truth), 4)}
+                print(f"  {index} {size} {name} {label}: {rows[label]}", file=sys.stderr)
+            figures[name] = rows
         store.close()
     figures["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     return figures

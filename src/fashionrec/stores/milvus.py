@@ -43,14 +43,16 @@ NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")  # what Milvus accepts as a c
 PLAIN = re.compile(r"[A-Za-z0-9_]{1,200}")  # a column name usable as it is in a Milvus field name
 ID_BYTES = 1024  # the VARCHAR length of the primary key
 BATCH = 2_000  # rows per insert or id lookup: well under gRPC's 64 MB message limit at 1280-d
-INDEXES: dict[str, dict[str, object]] = {  # index type -> build params; search params come from `_search_params`
-    "FLAT": {},
-    "IVF_FLAT": {"nlist": 1024},
-    "IVF_SQ8": {"nlist": 1024},
-    "HNSW": {"M": 16, "efConstruction": 200},
+# index type -> (build params, search params). Milvus Lite 3.2.2 ignores build params (pymilvus 3 sends them
+# as flat key-value pairs, Lite reads only a "params" entry): there IVF has 128 cells per segment of <= 100k
+# rows and HNSW M 16, efConstruction 200 (its defaults). A server reads them.
+INDEXES: dict[str, tuple[dict[str, int], dict[str, int]]] = {
+    "FLAT": ({}, {}),
+    "IVF_FLAT": ({"nlist": 1024}, {"nprobe": 64}),
+    "IVF_SQ8": ({"nlist": 1024}, {"nprobe": 64}),
+    "HNSW": ({"M": 16, "efConstruction": 200}, {"ef": 128}),
 }
 DEFAULT_INDEX = "IVF_FLAT"  # bench/milvus.py, docs/scaling.md: builds in seconds, recall@10 >= 0.99 at nprobe 64
-NPROBE = 64
 INDEX_TIMEOUT_S = 3600.0  # HNSW over 100k vectors takes minutes: the client must wait, not retry
 CONNECT_TIMEOUT_S = 30.0
 ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -124,6 +126,7 @@ class MilvusStore:
         self.collection = collection
         self.dim = dim
         self.index = index
+        self.search_params = dict(INDEXES[index][1])  # what each search asks (bench/milvus.py sweeps it)
 
     @classmethod
     def open(cls, uri: str, directory: Path, dim: int) -> MilvusStore:
@@ -171,7 +174,7 @@ class MilvusStore:
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
         schema.add_field("colour", DataType.ARRAY, element_type=DataType.FLOAT, max_capacity=COLOUR_DIM)
         params = client.prepare_index_params()
-        params.add_index("vector", index_type=self.index, metric_type="IP", params=INDEXES[self.index])
+        params.add_index("vector", index_type=self.index, metric_type="IP", params=INDEXES[self.index][0])
         client.create_collection(
             self.collection, schema=schema, index_params=params, consistency_level="Strong", timeout=INDEX_TIMEOUT_S
         )
@@ -234,11 +237,8 @@ class MilvusStore:
         return [[Hit(str(hit["id"]), float(hit["distance"])) for hit in hits] for hits in results]
 
     def _search_params(self, k: int) -> dict[str, int]:
-        if self.index.startswith("IVF"):
-            return {"nprobe": NPROBE}
-        if self.index == "HNSW":
-            return {"ef": max(k, 128)}
-        return {}
+        """HNSW's ef must be at least k; the rest as set."""
+        return self.search_params | ({"ef": max(k, self.search_params["ef"])} if "ef" in self.search_params else {})
 
     def vectors(self, ids: Sequence[str]) -> np.ndarray:
         return self._fetch(ids, "vector", self.dim)
