@@ -45,7 +45,7 @@ def faiss_knn(recommender: Recommender, queries: np.ndarray) -> Neighbours:
 
 def sklearn_knn(recommender: Recommender, queries: np.ndarray) -> Neighbours:
     """The reference recipe: NearestNeighbors(brute, euclidean) over the vectors, self excluded."""
-    vectors = recommender.index.vectors(np.arange(len(recommender)))
+    vectors = recommender.store.vectors([item.id for item in recommender.items])
     model = NearestNeighbors(n_neighbors=K + 1, algorithm="brute", metric="euclidean").fit(vectors)
     distances, found = model.kneighbors(vectors[queries])
     keep = found != queries[:, None]

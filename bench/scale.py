@@ -2,7 +2,7 @@
 
 Clustered unit vectors (like product embeddings: many near-duplicates around a few thousand
 styles). For each structure: build time, single-query p50/p99 and recall@10 against exact search.
-Also the exact-search latency as the catalog grows, which sets vector_index.ANN_THRESHOLD.
+Also the exact-search latency as the catalog grows, which sets stores.base.ANN_THRESHOLD.
 
     python bench/scale.py [--items 1000000] [--hnsw-items 200000]
 
@@ -27,7 +27,7 @@ import faiss
 import numpy as np
 from common import write_results
 
-from fashionrec.vector_index import VectorIndex
+from fashionrec.stores.faiss_index import FaissIndex
 
 DIM = 1280
 K = 10
@@ -175,7 +175,7 @@ def main() -> None:
 
     sweep = {}
     for size in (10_000, 20_000, 50_000, 100_000, 200_000, args.items):
-        exact = VectorIndex.build(DIM, size, lambda n=size: [data[:n]], "exact")
+        exact = FaissIndex.build(DIM, size, lambda n=size: [data[:n]], "exact")
         sweep[size], _ = latency(lambda q, e=exact: e.search(q, K), queries[:50])
         print("exact", size, sweep[size], flush=True)
     figures["exact_latency_by_size"] = sweep
@@ -188,7 +188,7 @@ def main() -> None:
     for precision in args.precisions:
         faiss.omp_set_num_threads(2)
         started = time.perf_counter()
-        ivf = VectorIndex.build(DIM, args.items, lambda: [data], "ivf", precision)
+        ivf = FaissIndex.build(DIM, args.items, lambda: [data], "ivf", precision)
         build_s = time.perf_counter() - started
         faiss.omp_set_num_threads(1)
         rows = {}

@@ -37,7 +37,7 @@ def duplicates(recommender: Recommender, query: str, matches: list[Match]) -> in
     snapshot = recommender.snapshot
     positions = np.array([snapshot.positions[i] for i in ids])
     hashes = [snapshot.items[p].image_hash for p in positions]
-    vectors = snapshot.index.vectors(positions)
+    vectors = snapshot.store.vectors(ids)
     cosines = vectors @ vectors.T
     return sum(
         any(hashes[row] == hashes[before] or cosines[row, before] > DUPLICATE_COSINE for before in range(row))

@@ -40,7 +40,7 @@ def main() -> None:
         row = {
             "search": kind,
             "precision": precision,
-            "memory_mb": round(faiss.serialize_index(recommender.index.index).nbytes / 2**20, 1),
+            "memory_mb": round(faiss.serialize_index(recommender.store.snapshot().index.index).nbytes / 2**20, 1),
             "recall@10_vs_exact_float32": round(float(overlap), 4),
             **{f"{name} P@5": round(figures["P@5"], 4) for name, figures in labels.items()},
         }

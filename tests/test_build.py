@@ -18,7 +18,7 @@ import pytest
 from fashionrec.build import BuildReport, build_index
 from fashionrec.catalog import load_catalog
 from fashionrec.encoder import Encoder, load_encoder
-from fashionrec.index import IndexStore, IndexStoreError
+from fashionrec.index import FORMAT_VERSION, IndexStore, IndexStoreError
 from fashionrec.search import Recommender
 
 from conftest import sample_rows, write_catalog
@@ -36,7 +36,7 @@ def test_builds_a_complete_self_describing_index(built_index: tuple[Path, BuildR
     index, report = built_index
     assert report.embedded == report.total == 300 and report.problems == []
     manifest = json.loads((index / "manifest.json").read_text())
-    assert manifest["format_version"] == 2 and manifest["complete"] is True
+    assert manifest["format_version"] == FORMAT_VERSION and manifest["complete"] is True
     assert manifest["encoder"]["id"].startswith("efficientnet-lite0@") and manifest["encoder"]["dim"] == 1280
     assert manifest["counts"]["items"] == 300
     assert manifest["catalog"]["path"] == str(sample_catalog)

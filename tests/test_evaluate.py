@@ -24,7 +24,7 @@ def recommender(built_index: tuple[Path, BuildReport]) -> Recommender:
 def test_precision_matches_a_brute_force_count(recommender: Recommender) -> None:
     report = evaluate(recommender, ["articleType", "baseColour"], [1, 5], progress=False)
     labels = recommender.metadata["articleType"].to_numpy()
-    vectors = recommender.index.vectors(np.arange(len(recommender)))
+    vectors = recommender.store.vectors([item.id for item in recommender.items])
     similarity = vectors @ vectors.T
     np.fill_diagonal(similarity, -np.inf)
     top5 = np.argsort(-similarity, axis=1, kind="stable")[:, :5]

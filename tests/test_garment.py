@@ -114,14 +114,13 @@ def test_catalog_images_are_never_isolated(built_index: tuple[Path, BuildReport]
     isolating = Recommender.open(built_index[0], isolation="border")
     item = plain.items[0]
     image = (sample_catalog / item.image).read_bytes()
-    stored = plain.index.vectors([0])[0]
+    stored = plain.store.vectors([item.id])[0]
     assert np.allclose(plain.embed_image(image).vector, stored, atol=2e-3)  # what the build stored: no isolation
     photo, _ = scene(open_image(sample_catalog / item.image), texture=True)
     assert not np.allclose(isolating.embed_image(photo).vector, plain.embed_image(photo).vector, atol=1e-3)
     assert np.array_equal(isolating.embed_image(photo, isolate="none").vector, plain.embed_image(photo).vector)
     added = isolating.add_item("garment-test-item", image, {"articleType": "test"})
     try:
-        position = isolating.positions[added.id]
-        assert np.allclose(isolating.index.vectors([position])[0], stored, atol=2e-3)
+        assert np.allclose(isolating.store.vectors([added.id])[0], stored, atol=2e-3)
     finally:
         isolating.remove_item(added.id)

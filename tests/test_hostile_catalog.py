@@ -288,11 +288,9 @@ def damaged_copies(tmp_path: Path, source: Path) -> dict[str, Path]:
     for damage in ("garbage-db", "no-encoder", "wrong-dim"):
         copy = tmp_path / damage
         copy.mkdir()
-        with (
-            closing(sqlite3.connect(source / "index.sqlite")) as db,
-            closing(sqlite3.connect(copy / "index.sqlite")) as out,
-        ):
-            db.backup(out)
+        for database in ("index.sqlite", "vectors.sqlite"):  # the records, and the files store's vectors
+            with closing(sqlite3.connect(source / database)) as db, closing(sqlite3.connect(copy / database)) as out:
+                db.backup(out)
         manifest = json.loads((source / "manifest.json").read_text())
         if damage == "no-encoder":
             del manifest["encoder"]
@@ -323,7 +321,7 @@ def test_cli_query_paths_and_damaged_indexes_are_one_line(
         (("search", str(built_index[0]), str(fifo)), "pipe.jpg: not a regular file"),
     ]
     for damage, copy in damaged_copies(tmp_path, built_index[0]).items():
-        where = str(copy / ("manifest.json" if damage == "no-encoder" else "index.sqlite"))
+        where = str(copy / {"no-encoder": "manifest.json", "wrong-dim": "vectors.sqlite"}.get(damage, "index.sqlite"))
         cases += [(("info", str(copy)), where), (("search", str(copy), str(catalog_photo)), where)]
         cases += [(("similar", str(copy), "1"), where), (("eval", str(copy), "--out", str(tmp_path / "e")), where)]
     assert_one_line_errors(cases)

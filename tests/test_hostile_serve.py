@@ -118,13 +118,17 @@ def hostile_zip(tmp_path_factory: pytest.TempPathFactory, victim: Path) -> tuple
 def plant_rows(index: Path, rows: dict[str, str | None]) -> None:
     """Rows as an index built before the fix may hold them (id -> image, None: a real product's image),
     copied from a real product's row."""
-    with sqlite3.connect(index / DATABASE) as db:
+    with sqlite3.connect(index / DATABASE) as db, sqlite3.connect(index / "vectors.sqlite") as vectors:
         template = db.execute("SELECT id FROM items WHERE image LIKE 'images/%.jpg' ORDER BY row LIMIT 1").fetchone()[0]
         for item_id, image in rows.items():
+            vectors.execute(  # the vectors first, as the index writes them (index.py)
+                "INSERT OR REPLACE INTO vectors (id, vector, colour, metadata) "
+                "SELECT ?, vector, colour, json_object('name', ?) FROM vectors WHERE id = ?",
+                (item_id, f"odd {item_id}", template),
+            )
             db.execute(
-                "INSERT OR REPLACE INTO items (id, image, image_hash, metadata, vector, colour) "
-                "SELECT ?, COALESCE(?, image), image_hash, json_object('name', ?), vector, colour FROM items "
-                "WHERE id = ?",
+                "INSERT OR REPLACE INTO items (id, image, image_hash, metadata) "
+                "SELECT ?, COALESCE(?, image), image_hash, json_object('name', ?) FROM items WHERE id = ?",
                 (item_id, image, f"odd {item_id}", template),
             )
 

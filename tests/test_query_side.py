@@ -121,7 +121,7 @@ def test_a_product_added_through_the_api_is_embedded_like_the_catalog(blurry_ind
     photo = sorted((sharp / "images").glob("*.jpg"))[0]
     recommender.add_item("added-1", photo.read_bytes(), {"productDisplayName": "added"})
     try:
-        vector = recommender.snapshot.index.vectors([recommender.positions["added-1"]])[0]
+        vector = recommender.store.vectors(["added-1"])[0]
         built = recommender.encoder.embed([decode(photo.read_bytes(), photo.name)])[0]
         assert np.allclose(vector, built, atol=2e-3)  # the index keeps float16
     finally:

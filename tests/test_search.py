@@ -9,7 +9,9 @@ import pytest
 
 from fashionrec.build import BuildReport
 from fashionrec.colour import COLOUR_DIM
-from fashionrec.search import Query, Recommender, UnknownItemError
+from fashionrec.index import StoredItem
+from fashionrec.search import Query, Recommender, Snapshot, UnknownItemError
+from fashionrec.stores.files import FilesStore
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,7 @@ def test_similar_to_item_never_returns_the_item_itself(recommender: Recommender)
 
 def test_item_queries_use_the_stored_vector_without_loading_the_model(recommender: Recommender) -> None:
     item = recommender.items[0]
-    fresh = Recommender.open(recommender.store.directory)
+    fresh = Recommender.open(recommender.records.directory)
     fresh.similar_to_item(item.id, k=3)
     assert fresh._encoder is None
 
@@ -35,14 +37,16 @@ def test_item_queries_use_the_stored_vector_without_loading_the_model(recommende
 def test_results_are_deterministic_and_ties_ordered_by_id(recommender: Recommender) -> None:
     item = recommender.items[7]
     assert recommender.similar_to_item(item.id, k=10) == recommender.similar_to_item(item.id, k=10)
-    twin = recommender.index.vectors([3])
-    query = Query(twin[0], recommender.snapshot.colours[3])
+    ids = [item.id for item in recommender.items]
+    twin, twin_colour = recommender.store.vectors(ids[3:4]), recommender.store.colours(ids[3:4])
+    query = Query(twin[0], twin_colour[0])
     ties = recommender.similar(query, k=3)
     assert ties[0].id == recommender.items[3].id
-    duplicate = Recommender.open(recommender.store.directory)
-    duplicate.index.add(twin)  # an exact duplicate vector at a later position
-    duplicate.items.append(duplicate.items[3].__class__("0-duplicate", "x.jpg", {}))
-    tied = duplicate.similar(query, k=2, collapse=False)  # collapsed, the twin would be a variant
+    store = FilesStore.in_memory(recommender.records.dim)  # the same items, and an exact duplicate vector after them
+    store.upsert(ids, recommender.store.vectors(ids), recommender.store.colours(ids), [{}] * len(ids))
+    store.upsert(["0-duplicate"], twin, twin_colour, [{}])
+    duplicate = Snapshot.of([*recommender.items, StoredItem("0-duplicate", "x.jpg", {})], store)
+    tied = duplicate.search(query, 2, None, collapse=False)  # collapsed, the twin would be a variant
     assert [m.id for m in tied] == sorted([recommender.items[3].id, "0-duplicate"])
 
 
@@ -57,7 +61,8 @@ def test_filters_apply_inside_the_search(recommender: Recommender) -> None:
     assert all(m.metadata["baseColour"] in colours for m in matches)
     rare = recommender.metadata["articleType"].value_counts().index[-1]
     wanted = int((recommender.metadata["articleType"] == rare).sum())
-    query = Query(recommender.index.vectors([0])[0], recommender.snapshot.colours[0])
+    first = [recommender.items[0].id]
+    query = Query(recommender.store.vectors(first)[0], recommender.store.colours(first)[0])
     matches = recommender.similar(query, k=50, filters={"articleType": rare})
     assert len(matches) == wanted  # all of them, however dissimilar
     assert recommender.similar_to_item(recommender.items[0].id, filters={"articleType": "No Such Type"}) == []
@@ -83,7 +88,7 @@ def test_image_bytes_come_from_the_catalog(recommender: Recommender, sample_cata
 
 
 def test_colour_weight_brings_same_coloured_products_forward(recommender: Recommender) -> None:
-    colours = recommender.snapshot.colours
+    colours = recommender.store.colours([item.id for item in recommender.items])
     gains = []
     for item in recommender.items[:40]:
         query = colours[recommender.positions[item.id]]

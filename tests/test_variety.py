@@ -12,7 +12,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -83,7 +82,7 @@ def test_same_image_under_three_ids_is_one_result(recommender: Recommender, cata
 
 def test_near_identical_vectors_collapse(recommender: Recommender, catalog: Catalog) -> None:
     second = catalog[2][1][0]
-    vectors = recommender.index.vectors(np.array([recommender.positions[second], recommender.positions[RESAVED]]))
+    vectors = recommender.store.vectors([second, RESAVED])
     assert float(vectors[0] @ vectors[1]) > DUPLICATE_COSINE  # another file, the same picture
     assert recommender.item(second).image_hash != recommender.item(RESAVED).image_hash
     found = recommender.similar_to_image(catalog[0] / "images" / f"{second}.jpg", k=3)

@@ -22,7 +22,6 @@ from urllib.parse import quote, unquote
 
 import anyio
 import anyio.to_thread
-import faiss
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -502,10 +501,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def create_app(index_dir: str | Path, keys: Keys | None = None) -> FastAPI:
     """The API over one index directory; the model is loaded now, so the first upload does not wait."""
-    # Concurrent requests already use every core: FAISS's own OpenMP threads per search would only
+    # Concurrent requests already use every core: more threads per search or embedding would only
     # oversubscribe them (a single search on the full catalog under load: 45 ms with 2 threads, 18 ms with 1).
-    faiss.omp_set_num_threads(1)
-    recommender = Recommender.open(index_dir, threads=1)  # requests embed side by side, one core each
+    recommender = Recommender.open(index_dir, threads=1)  # requests embed and search side by side, one core each
     recommender.encoder  # noqa: B018 (loads it)
 
     @asynccontextmanager

@@ -416,7 +416,7 @@ def embedding_map(path: str, sample: int = MAP_SAMPLE) -> pd.DataFrame:
     """2-D t-SNE positions of a fixed sample of items (after PCA to 50), with their metadata."""
     recommender = open_recommender(path)
     positions = np.sort(np.random.default_rng(0).permutation(len(recommender))[:sample])
-    vectors = recommender.index.vectors(positions)
+    vectors = recommender.store.vectors([recommender.items[p].id for p in positions])
     reduced = PCA(n_components=min(50, *vectors.shape), random_state=0).fit_transform(vectors)
     xy = TSNE(
         n_components=2, init="pca", perplexity=min(30.0, len(positions) / 4), max_iter=500, random_state=0

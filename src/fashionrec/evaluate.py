@@ -35,21 +35,30 @@ class Neighbours:
 def nearest(
     searchable: Searchable, queries: np.ndarray, k: int, progress: bool = True, colour_weight: float = 0.0
 ) -> Neighbours:
-    """The top k of each query item among all items, its own entry left out, ranked as a search ranks them."""
+    """The top k of each query item among all items, its own entry left out, ranked as a search ranks them.
+
+    A query with fewer than k results is padded with position -1 and score -inf.
+    """
     snapshot = searchable.snapshot if isinstance(searchable, Recommender) else searchable
+    store = snapshot.store
     pool = k + 1 if colour_weight == 0 else max(RERANK_POOL, 4 * k) + 1
     rows, scores = [], []
     bar = tqdm(total=len(queries), unit="query", desc="Searching", disable=not progress)
     for start in range(0, len(queries), QUERY_BATCH):
         batch = queries[start : start + QUERY_BATCH]
-        found_scores, found = snapshot.index.search(snapshot.index.vectors(batch), pool)
-        found_scores = blend(found_scores, found, snapshot.colours[batch], snapshot.colours, colour_weight)
-        order = np.argsort(-found_scores, axis=1, kind="stable")
-        found, found_scores = np.take_along_axis(found, order, 1), np.take_along_axis(found_scores, order, 1)
-        for query, row, score in zip(batch, found, found_scores, strict=True):
-            keep = row != query
-            rows.append(row[keep][:k])
-            scores.append(score[keep][:k])
+        ids = [snapshot.items[p].id for p in batch]
+        query_colours = store.colours(ids) if colour_weight else None
+        for n, hits in enumerate(store.search(store.vectors(ids), pool)):
+            hits = [hit for hit in snapshot.known(hits) if hit.id != ids[n]]
+            found = np.array([snapshot.positions[hit.id] for hit in hits], dtype=np.int64)
+            found_scores = np.array([hit.score for hit in hits], dtype=np.float32)
+            if query_colours is not None and hits:
+                colours = store.colours([hit.id for hit in hits])
+                found_scores = blend(found_scores, colours, query_colours[n], colour_weight)
+            order = np.argsort(-found_scores, kind="stable")[:k]
+            missing = k - len(order)
+            rows.append(np.concatenate([found[order], np.full(missing, -1, np.int64)]))
+            scores.append(np.concatenate([found_scores[order], np.full(missing, -np.inf, np.float32)]))
         bar.update(len(batch))
     bar.close()
     return Neighbours(queries, np.stack(rows), np.stack(scores))
@@ -141,7 +150,7 @@ def evaluate(
         raise ValueError("evaluation needs at least one query and two items in the index")
     neighbours = nearest(recommender, positions, max(ks), progress, colour_weight)
     report = {
-        "index": str(recommender.store.directory),
+        "index": str(recommender.records.directory),
         "encoder": recommender.info()["encoder"],
         "colour_weight": colour_weight,
         "items": len(recommender.items),

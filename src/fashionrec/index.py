@@ -2,14 +2,19 @@
 
 An index is a directory that describes itself:
 - `manifest.json`: format version, encoder spec, catalog source, counts (replaced atomically);
-- `index.sqlite`: items (id, image, content hash, metadata JSON, vector BLOB) and problems;
+- `index.sqlite`: item records (id, image, content hash, metadata JSON) and problems;
+- the vectors, colour vectors and filterable metadata, in the store the manifest names (`store`:
+  "files", the default, keeps them in the directory: stores/files.py; or a Milvus database);
 - `uploads/`: images of products added one by one (the REST API), named by content hash, never by id.
 
 The directory is created 0o750 and every file fashionrec writes in it 0o640 (whatever the umask):
 catalog metadata and uploaded photos are readable by the owner's group, never by every user.
 
-SQLite (in WAL mode) makes every batch of vectors one transaction: a build killed at any moment
-leaves every committed batch intact, and the next run resumes from there. No pickle anywhere.
+Write order (a build killed at any moment keeps every committed batch and never has an item without
+its vectors): `put` and `add_item` write the vectors to the store first (durable when it returns),
+then the item records in one SQLite transaction (WAL mode); `remove` deletes the records first, then
+the vectors. A kill in between leaves only vectors without a record, which searches skip and the
+next build replaces (the item has no record, so it is embedded again). No pickle anywhere.
 """
 
 from __future__ import annotations
@@ -33,9 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from fashionrec.catalog import Item, Problem
-from fashionrec.colour import COLOUR_DIM
+from fashionrec.stores import SearchSettings, StoreError, VectorStore, open_store
 
-FORMAT_VERSION = 2  # 2: a colour vector per item
+FORMAT_VERSION = 3  # 2: a colour vector per item; 3: vectors in the store, float16
 MANIFEST = "manifest.json"
 DATABASE = "index.sqlite"
 UPLOADS = "uploads"
@@ -53,16 +58,8 @@ CREATE TABLE IF NOT EXISTS items (
     id TEXT NOT NULL UNIQUE,
     image TEXT NOT NULL,
     image_hash TEXT NOT NULL,
-    metadata TEXT NOT NULL,
-    vector BLOB NOT NULL,
-    colour BLOB NOT NULL
+    metadata TEXT NOT NULL
 );
-CREATE TABLE IF NOT EXISTS generation (value INTEGER NOT NULL);
-INSERT INTO generation SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM generation);
-CREATE TRIGGER IF NOT EXISTS item_added AFTER INSERT ON items BEGIN UPDATE generation SET value = value + 1; END;
-CREATE TRIGGER IF NOT EXISTS item_removed AFTER DELETE ON items BEGIN UPDATE generation SET value = value + 1; END;
-CREATE TRIGGER IF NOT EXISTS item_changed AFTER UPDATE OF vector ON items
-    BEGIN UPDATE generation SET value = value + 1; END;
 CREATE TABLE IF NOT EXISTS problems (
     item TEXT NOT NULL,
     message TEXT NOT NULL,
@@ -128,6 +125,11 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def compact_json(metadata: dict[str, str]) -> str:
+    """Metadata as stored: JSON without spaces (44k items: 1 MB less than the default separators)."""
+    return json.dumps(metadata, ensure_ascii=False, separators=(",", ":"))
+
+
 def is_disk_full(error: BaseException) -> bool:
     """Whether an OS or SQLite error means that the disk or the quota is full."""
     if isinstance(error, OSError):
@@ -138,10 +140,6 @@ def is_disk_full(error: BaseException) -> bool:
 def _interned(metadata: dict[str, str]) -> dict[str, str]:
     """The same metadata with shared strings: 44k items hold only a few hundred distinct keys and values."""
     return {sys.intern(key): sys.intern(value) for key, value in metadata.items()}
-
-
-def _blobs(vector: np.ndarray, colour: np.ndarray) -> tuple[bytes, bytes]:
-    return np.asarray(vector, np.float32).tobytes(), np.asarray(colour, np.float32).tobytes()
 
 
 def _check_encoder(manifest_path: Path, encoder: object) -> None:
@@ -161,11 +159,12 @@ def _check_encoder(manifest_path: Path, encoder: object) -> None:
 
 
 class IndexStore:
-    """Reads and writes one index directory; safe to share between threads."""
+    """Reads and writes one index directory (its records here, its vectors in `store`); thread-safe."""
 
-    def __init__(self, directory: Path, manifest: dict[str, object]) -> None:
+    def __init__(self, directory: Path, manifest: dict[str, object], settings: SearchSettings | None = None) -> None:
         self.directory = directory
         self.manifest = manifest
+        self.settings = settings or SearchSettings()  # how the store searches in memory
         self._lock = threading.RLock()
         path = directory / DATABASE
         created = not path.exists()
@@ -176,33 +175,21 @@ class IndexStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
-            self._check_vectors()
+            uri = str(manifest.get("store", "files"))
+            self.store: VectorStore = open_store(uri, directory, self.dim, self.settings)
         except sqlite3.DatabaseError as error:
             self._db.close()
             raise IndexStoreError(f"{path}: unreadable index database ({error}); rebuild the index") from None
-        except IndexStoreError:
+        except StoreError as error:
             self._db.close()
-            raise
-
-    def _check_vectors(self) -> None:
-        """Every stored vector has the manifest's dimension: a mismatch is a clear error now, not a crash later."""
-        wrong = self._db.execute(
-            "SELECT id, length(vector), length(colour) FROM items WHERE length(vector) != ? OR length(colour) != ? "
-            "LIMIT 1",
-            (4 * self.dim, 4 * COLOUR_DIM),
-        ).fetchone()
-        if wrong:
-            item, vector, colour = wrong[0], wrong[1] // 4, wrong[2] // 4
-            found, wanted = (f"{vector}-d vector", f"{self.dim}-d") if vector != self.dim else (
-                f"{colour}-d colour vector", f"{COLOUR_DIM}-d")  # fmt: skip
-            raise IndexStoreError(
-                f"{self.directory / DATABASE}: item {item!r} has a {found}, the manifest says {wanted}; "
-                "the index is damaged: rebuild it"
-            )
+            raise IndexStoreError(f"{directory}: {error}") from None
 
     @classmethod
-    def open(cls, directory: str | Path) -> IndexStore:
-        """Open an existing index, checking that this version of fashionrec can read it."""
+    def open(cls, directory: str | Path, settings: SearchSettings | None = None) -> IndexStore:
+        """Open an existing index, checking that this version of fashionrec can read it.
+
+        `settings` say how its store searches in memory (exact or approximate, precision, threads).
+        """
         directory = Path(directory).expanduser()
         manifest_path = directory / MANIFEST
         if not manifest_path.is_file():
@@ -219,34 +206,46 @@ class IndexStore:
                 f"this fashionrec reads format {FORMAT_VERSION}; rebuild the index"
             )
         _check_encoder(manifest_path, manifest.get("encoder"))
-        return cls(directory, manifest)
+        return cls(directory, manifest, settings)
 
     @classmethod
     def create_or_open(
-        cls, directory: str | Path, encoder: dict[str, object], catalog: dict[str, object]
+        cls, directory: str | Path, encoder: dict[str, object], catalog: dict[str, object], store: str = "files"
     ) -> IndexStore:
-        """Open the index to (re)build it, creating it if needed; refuses to mix encoders."""
+        """Open the index to (re)build it, creating it if needed; refuses to mix encoders or stores.
+
+        `store` is where a new index keeps its vectors ("files" or a "milvus://" URI, see stores/);
+        an existing index keeps the store it was created with.
+        """
         directory = Path(directory).expanduser()
         if directory.exists() and not directory.is_dir():
             raise IndexStoreError(f"{directory}: not a directory (the index is a directory)")
         if (directory / MANIFEST).is_file():
-            store = cls.open(directory)
-            built_with = store.manifest["encoder"]["id"]  # type: ignore[index]
+            index = cls.open(directory)
+            built_with = index.manifest["encoder"]["id"]  # type: ignore[index]
             if built_with != encoder["id"]:
                 raise IndexStoreError(
                     f"{directory} was built with encoder {built_with}, not {encoder['id']}; "
                     "use another --out directory, or the same encoder"
                 )
-            if store.dim != encoder["dim"]:
+            if index.dim != encoder["dim"]:
                 raise IndexStoreError(
-                    f"{directory / MANIFEST}: dimension {store.dim}, but encoder {built_with} gives {encoder['dim']}; "
+                    f"{directory / MANIFEST}: dimension {index.dim}, but encoder {built_with} gives {encoder['dim']}; "
                     "the manifest is damaged: rebuild the index in another --out directory"
                 )
-            store.update_manifest(catalog=catalog)
-            return store
+            kept = index.manifest.get("store", "files")
+            if kept != store:
+                index.close()
+                raise IndexStoreError(
+                    f"{directory} keeps its vectors in store {kept!r}, not {store!r}; "
+                    f"use --store {kept} (or leave it out), or another --out directory"
+                )
+            index.update_manifest(catalog=catalog)
+            return index
         make_dir(directory)
         manifest = {
             "format_version": FORMAT_VERSION,
+            "store": store,
             "encoder": encoder,
             "catalog": catalog,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -274,45 +273,59 @@ class IndexStore:
             return dict(self._db.execute("SELECT id, image_hash FROM items"))
 
     def put(self, items: Sequence[Item], hashes: Sequence[str], vectors: np.ndarray, colours: np.ndarray) -> None:
-        """Insert or replace items with their vectors and colour vectors, all in one transaction."""
+        """Insert or replace items with their vectors and colour vectors: the vectors (one store write),
+        then the records (one transaction; see the write order in the module doc)."""
         rows = [
-            (item.id, item.image, digest, json.dumps(item.metadata, ensure_ascii=False), *_blobs(vector, colour))
-            for item, digest, vector, colour in zip(items, hashes, vectors, colours, strict=True)
+            (item.id, item.image, digest, compact_json(item.metadata))
+            for item, digest in zip(items, hashes, strict=True)
         ]
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT INTO items (id, image, image_hash, metadata, vector, colour) VALUES (?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET image=excluded.image, image_hash=excluded.image_hash, "
-                "metadata=excluded.metadata, vector=excluded.vector, colour=excluded.colour",
-                rows,
-            )
+        with self._lock:
+            self.store.upsert([item.id for item in items], vectors, colours, [item.metadata for item in items])
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany(
+                    "INSERT INTO items (id, image, image_hash, metadata) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET image=excluded.image, image_hash=excluded.image_hash, "
+                    "metadata=excluded.metadata",
+                    rows,
+                )
 
     def update_metadata(self, items: Iterable[Item]) -> None:
-        """Refresh metadata and image names of items whose image did not change."""
-        rows = [(item.image, json.dumps(item.metadata, ensure_ascii=False), item.id) for item in items]
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            self._db.executemany("UPDATE items SET image = ?, metadata = ? WHERE id = ?", rows)
+        """Refresh metadata and image names of items whose image did not change; the store gets the metadata
+        that changed (what its filters read), so a resumed build does not rewrite every vector."""
+        rows = [(item.image, compact_json(item.metadata), item.id) for item in items]
+        with self._lock:
+            stored = dict(self._db.execute("SELECT id, metadata FROM items"))
+            changed = [(meta, i) for _, meta, i in rows if i in stored and stored[i] != meta]
+            for start in range(0, len(changed), 10_000):
+                ids = [i for _, i in changed[start : start + 10_000]]
+                metadata = [json.loads(meta) for meta, _ in changed[start : start + 10_000]]
+                self.store.upsert(ids, self.store.vectors(ids), self.store.colours(ids), metadata)
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany("UPDATE items SET image = ?, metadata = ? WHERE id = ?", rows)
 
     def remove(self, ids: Iterable[str]) -> int:
-        """Delete items by id; returns how many were there."""
-        with self._lock, self._db:
-            self._db.execute("BEGIN")
-            cursor = self._db.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in ids])
-            return cursor.rowcount
+        """Delete items by id (records, then vectors); returns how many were there."""
+        ids = list(ids)
+        with self._lock:
+            with self._db:
+                self._db.execute("BEGIN")
+                removed = self._db.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in ids]).rowcount
+            self.store.delete(ids)
+            return removed
 
     def add_item(
         self, item_id: str, image: bytes, metadata: dict[str, str], vector: np.ndarray, colour: np.ndarray
     ) -> StoredItem:
-        """Store one new product: its image under uploads/ (named by hash), then its row, in one transaction.
+        """Store one new product: its image under uploads/ (named by hash), its vectors, then its record.
 
         BEGIN IMMEDIATE takes the database's write lock first, so the duplicate check holds across processes.
         """
         digest = hashlib.blake2b(image, digest_size=16).hexdigest()
         name = f"{digest}-{secrets.token_hex(8)}"  # unique: a concurrent delete never removes this one
         stored = StoredItem(item_id, f"{UPLOADED}{UPLOADS}/{name}", metadata, digest)
-        row = (item_id, stored.image, digest, json.dumps(metadata, ensure_ascii=False), *_blobs(vector, colour))
+        row = (item_id, stored.image, digest, compact_json(metadata))
         path = self.directory / UPLOADS / name
         with self._lock, self._storage(), self._db:
             try:
@@ -320,26 +333,28 @@ class IndexStore:
                 if self._db.execute("SELECT 1 FROM items WHERE id = ?", (item_id,)).fetchone():
                     raise DuplicateItemError(item_id)
                 write_bytes_atomic(path, image)
-                self._db.execute(
-                    "INSERT INTO items (id, image, image_hash, metadata, vector, colour) VALUES (?, ?, ?, ?, ?, ?)",
-                    row,
-                )
+                self.store.upsert([item_id], vector[None, :], colour[None, :], [metadata])
+                self._db.execute("INSERT INTO items (id, image, image_hash, metadata) VALUES (?, ?, ?, ?)", row)
                 self._db.execute("COMMIT")
+            except DuplicateItemError:
+                raise
             except BaseException:
-                path.unlink(missing_ok=True)  # no image without its row
+                path.unlink(missing_ok=True)  # no image without its record
+                self.store.delete([item_id])  # nor vectors: a record never comes without them, this undoes it
                 raise
         return stored
 
     def remove_item(self, item_id: str) -> bool:
-        """Delete one product and, if it was added by upload, its image file; False if it was not there.
-
-        Only a file that add_item could have written (see `upload_path`) is ever unlinked.
+        """Delete one product (record, then vectors) and, if it was added by upload, its image file; False if
+        it was not there. Only a file that add_item could have written (see `upload_path`) is ever unlinked.
         """
-        with self._lock, self._storage(), self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            found = self._db.execute("SELECT image FROM items WHERE id = ?", (item_id,)).fetchone()
-            self._db.execute("DELETE FROM items WHERE id = ?", (item_id,))
-            shared = found and self._db.execute("SELECT 1 FROM items WHERE image = ?", (found[0],)).fetchone()
+        with self._lock, self._storage():
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                found = self._db.execute("SELECT image FROM items WHERE id = ?", (item_id,)).fetchone()
+                self._db.execute("DELETE FROM items WHERE id = ?", (item_id,))
+                shared = found and self._db.execute("SELECT 1 FROM items WHERE image = ?", (found[0],)).fetchone()
+            self.store.delete([item_id])
         if found and found[0].startswith(UPLOADED) and not shared:
             path = self.upload_path(found[0])
             if path is not None:
@@ -376,11 +391,6 @@ class IndexStore:
                 ) from None
             raise
 
-    def generation(self) -> int:
-        """A number that changes, durably, whenever an item or vector is added, replaced or removed."""
-        with self._lock:
-            return self._db.execute("SELECT value FROM generation").fetchone()[0]
-
     def data_version(self) -> int:
         """Changes whenever another connection (another process) commits to the database: cheap to poll."""
         with self._lock:
@@ -405,35 +415,27 @@ class IndexStore:
         with self._lock:
             return [Problem(*row) for row in self._db.execute("SELECT item, message, action FROM problems")]
 
+    def records(self, chunk: int = 4096) -> Iterator[list[StoredItem]]:
+        """All item records in a stable order (the order they were first added), a chunk at a time."""
+        with self._lock:
+            cursor = self._db.execute("SELECT id, image, metadata, image_hash FROM items ORDER BY row")
+            parts = [[StoredItem(i, image, _interned(json.loads(meta)), digest) for i, image, meta, digest in part]
+                     for part in iter(lambda: cursor.fetchmany(chunk), [])]  # fmt: skip
+        yield from parts  # read under the lock, handed out without it
+
     def load(
         self, chunk: int = 4096, with_vectors: bool = True
     ) -> Iterator[tuple[list[StoredItem], np.ndarray, np.ndarray]]:
-        """All items, their vectors and colour vectors, in a stable order, a chunk at a time (bounded memory).
+        """All items, their vectors and colour vectors, in a stable order, a chunk at a time.
 
         With with_vectors=False the vectors are not read (an empty [n, 0] array stands for them).
         """
-        vector_column = "vector" if with_vectors else "x''"
-        with self._lock:
-            cursor = self._db.execute(
-                f"SELECT id, image, metadata, {vector_column}, colour, image_hash FROM items ORDER BY row"
-            )
-            for part in iter(lambda: cursor.fetchmany(chunk), []):
-                if with_vectors and any(len(r[3]) != 4 * self.dim for r in part):
-                    raise IndexStoreError(
-                        f"{self.directory / DATABASE}: stored vectors do not have the manifest's {self.dim} "
-                        "dimensions; rebuild the index"
-                    )
-                vectors = np.frombuffer(b"".join(r[3] for r in part), np.float32).reshape(len(part), -1)
-                colours = np.frombuffer(b"".join(r[4] for r in part), np.float32).reshape(len(part), COLOUR_DIM)
-                yield (
-                    [
-                        StoredItem(i, image, _interned(json.loads(meta)), digest)
-                        for i, image, meta, _, _, digest in part
-                    ],
-                    vectors,
-                    colours,
-                )
+        for part in self.records(chunk):
+            ids = [item.id for item in part]
+            vectors = self.store.vectors(ids) if with_vectors else np.zeros((len(part), 0), np.float32)
+            yield part, vectors, self.store.colours(ids)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self.store.close()

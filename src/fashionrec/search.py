@@ -1,9 +1,10 @@
 """Search stage: the `Recommender`, one object that the CLI, the API and the app all share.
 
-Inner product with FAISS (vector_index.py): the cosine for base encoders' unit vectors, the trained
-similarity for a trained encoder's (train.Adapter). Filters on metadata are applied inside the
-search through an id selector, so k results that all match come back. A product listed under several
-ids (the same photo) is one result by default, its other ids its `variants` (`collapse`, bench/variety.py).
+Inner product in the index's vector store (stores/: FAISS over files, or Milvus), through the
+`VectorStore` protocol only: the cosine for base encoders' unit vectors, the trained similarity for
+a trained encoder's (train.Adapter). Filters on metadata are applied inside the store's search, so k
+results that all match come back. A product listed under several ids (the same photo) is one result
+by default, its other ids its `variants` (`collapse`, bench/variety.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -21,13 +22,13 @@ import numpy as np
 from PIL import Image
 
 from fashionrec.catalog import ImageSource, Problem
-from fashionrec.colour import COLOUR_DIM, colour_vector
+from fashionrec.colour import colour_vector
 from fashionrec.encoder import Encoder, encoder_for_index
 from fashionrec.garment import Method
 from fashionrec.garment import isolate as isolate_garment
 from fashionrec.images import Box, Detail, crop, decode, match_detail, open_image
-from fashionrec.index import UPLOADED, UPLOADS, DuplicateItemError, IndexStore, StoredItem
-from fashionrec.vector_index import Kind, Precision, VectorIndex, resolve_kind
+from fashionrec.index import UPLOADED, UPLOADS, DuplicateItemError, IndexStore, IndexStoreError, StoredItem
+from fashionrec.stores import Hit, SearchSettings, StoreError, VectorStore
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,6 +38,7 @@ Group = tuple[float, int, tuple[str, ...]]  # a result before it is a Match: sco
 TIE_MARGIN = 8  # extra candidates fetched so equal scores can be ordered by id
 RERANK_POOL = 100  # candidates by shape that a colour-weighted query ranks again
 DUPLICATE_COSINE = 0.995  # same image re-saved: >= 0.9999; 0.99-0.995 holds look-alike products (bench/variety.py)
+SEARCH_ATTEMPTS = 3  # a search that meets an item removed meanwhile runs again on the store's new state
 DIVERSITY_POOL = 50  # candidates that maximal marginal relevance picks from (at least 4k)
 MAX_COLUMNS = 64  # metadata columns in a whole index that an added item may bring: each widens every row
 MAX_METADATA_BYTES = 8 * 1024  # an added item's metadata, as JSON
@@ -86,53 +88,30 @@ class Query:
             raise ValueError(f"colour weight must be between 0 and 1, got {self.colour_weight}")
 
 
-def blend(
-    scores: np.ndarray, positions: np.ndarray, query_colours: np.ndarray, colours: np.ndarray, weight: float
-) -> np.ndarray:
-    """Shape scores [Q, C] of candidates mixed with their colour similarity to each query's colour."""
+def blend(scores: np.ndarray, colours: np.ndarray, query_colour: np.ndarray, weight: float) -> np.ndarray:
+    """Shape scores [C] of candidates mixed with the similarity of their colours [C, COLOUR_DIM] to the query's."""
     if weight == 0:
         return scores
-    colour_scores = np.einsum("qcd,qd->qc", colours[np.maximum(positions, 0)], query_colours)
-    return np.where(positions >= 0, (1.0 - weight) * scores + weight * colour_scores, scores)
-
-
-@dataclass(frozen=True)
-class Column:
-    """One metadata column as small integer codes: a filter compares integers, not strings."""
-
-    codes: np.ndarray  # [N] int32, an index into `values`
-    values: dict[str, int]
-
-    @classmethod
-    def of(cls, cells: Sequence[str]) -> Column:
-        values: dict[str, int] = {}
-        codes = np.fromiter((values.setdefault(cell, len(values)) for cell in cells), np.int32, len(cells))
-        return cls(codes, values)
-
-    def matches(self, wanted: Sequence[str]) -> np.ndarray:
-        """[N] bool: which items hold any of the wanted values."""
-        return np.isin(self.codes, [self.values[v] for v in wanted if v in self.values])
+    return (1.0 - weight) * scores + weight * (colours @ query_colour)
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    """Everything a search reads, replaced as a whole on each change: a query never sees half a write."""
+    """The item records a search reads, replaced as a whole on each change (the store keeps its own
+    consistent view of the vectors): a query never sees half a write."""
 
     items: list[StoredItem]
-    positions: dict[str, int]
-    columns: dict[str, Column]  # per metadata column: what filters compare
-    index: VectorIndex
-    colours: np.ndarray  # [N, COLOUR_DIM] colour vectors, aligned with items
+    positions: dict[str, int]  # id -> row in `items`
+    columns: tuple[str, ...]  # every metadata column of the items: what filters may name
+    store: VectorStore
 
     @classmethod
-    def of(cls, items: list[StoredItem], index: VectorIndex, colours: np.ndarray) -> Snapshot:
-        names = dict.fromkeys(name for item in items for name in item.metadata)
+    def of(cls, items: list[StoredItem], store: VectorStore) -> Snapshot:
         return cls(
             items=items,
             positions={item.id: n for n, item in enumerate(items)},
-            columns={name: Column.of([item.metadata.get(name, "") for item in items]) for name in names},
-            index=index,
-            colours=colours,
+            columns=tuple(dict.fromkeys(name for item in items for name in item.metadata)),
+            store=store,
         )
 
     @cached_property
@@ -152,7 +131,7 @@ class Snapshot:
         collapse: bool = True,
         diversity: float = 0.0,
     ) -> list[Match]:
-        """Cosine search (exact or IVF, see vector_index), blended with colour similarity when asked.
+        """Inner-product search in the store, blended with colour similarity when asked.
 
         With a colour weight w, the best RERANK_POOL candidates by shape are ranked again by
         (1 - w) * shape similarity + w * colour similarity. Ties are ordered by id. `collapse` shows a
@@ -163,39 +142,63 @@ class Snapshot:
             raise ValueError(f"k must be at least 1, got {k}")
         if not 0.0 <= diversity <= 1.0:
             raise ValueError(f"diversity must be between 0 and 1, got {diversity}")
-        allowed = self.matching_positions(filters) if filters else None
-        available = len(self.items) if allowed is None else len(allowed)
+        wanted_values = self.checked(filters) if filters else None
         pool = k + 1 + TIE_MARGIN if query.colour_weight == 0 else max(RERANK_POOL, 4 * k)
         if collapse:
             pool = max(pool, 2 * k + 1 + TIE_MARGIN)  # room for a few duplicates
         if diversity > 0:
             pool = max(pool, DIVERSITY_POOL, 4 * k)
-        while True:
-            wanted = min(pool, len(self.items))
-            if wanted == 0 or available == 0:
-                return []
-            found = self._candidates(query, wanted, allowed, exclude)
-            groups = self._collapse(found, exclude) if collapse else [(s, p, ()) for s, p in found]
-            if len(groups) >= k or wanted >= available or len(found) < wanted - 1:
+        for attempt in range(1, SEARCH_ATTEMPTS + 1):
+            try:
+                groups = self._groups(query, k, pool, wanted_values, exclude, collapse)
+                if diversity > 0:
+                    groups = self._diversify(groups, k, diversity)
                 break
-            pool *= 4  # mostly duplicates: look further
-        if diversity > 0:
-            groups = self._diversify(groups, k, diversity)
+            except KeyError:  # an item was removed between two reads of the store: search its new state
+                if attempt == SEARCH_ATTEMPTS:
+                    raise
         return [
             Match(rank, self.items[p].id, score, self.items[p].image, self.items[p].metadata, variants)
             for rank, (score, p, variants) in enumerate(groups[:k], start=1)
         ]
 
+    def _groups(
+        self, query: Query, k: int, pool: int, filters: dict[str, list[str]] | None, exclude: str | None, collapse: bool
+    ) -> list[Group]:
+        """The best candidates as products (see `_collapse`), looking further while duplicates leave fewer than k."""
+        if not self.items:
+            return []
+        while True:
+            found, exhausted = self._candidates(query, pool, filters, exclude)
+            groups = self._collapse(found, exclude) if collapse else [(s, p, ()) for s, p in found]
+            if len(groups) >= k or exhausted:
+                return groups
+            pool *= 4  # mostly duplicates (or vectors without a record yet): look further
+
     def _candidates(
-        self, query: Query, wanted: int, allowed: np.ndarray | None, exclude: str | None
-    ) -> list[tuple[float, int]]:
-        """The best `wanted` (score, position) pairs, best first, ties by id, without `exclude`."""
-        scores, positions = self.index.search(query.vector, wanted, allowed)
-        scores = blend(scores, positions, query.colour[None, :], self.colours, query.colour_weight)
-        found = [(float(s), int(p)) for s, p in zip(scores[0], positions[0], strict=True) if p >= 0]
-        found = [(s, p) for s, p in found if self.items[p].id != exclude]
+        self, query: Query, wanted: int, filters: dict[str, list[str]] | None, exclude: str | None
+    ) -> tuple[list[tuple[float, int]], bool]:
+        """The best (score, position) pairs among the store's best `wanted`, best first, ties by id, without
+        `exclude`; and whether the store has no more to give."""
+        (hits,) = self.store.search(query.vector[None, :], wanted, filters, () if exclude is None else (exclude,))
+        exhausted = len(hits) < wanted
+        hits = self.known(hits)
+        scores = np.array([hit.score for hit in hits], dtype=np.float32)
+        if query.colour_weight and hits:
+            colours = self.store.colours([hit.id for hit in hits])
+            scores = blend(scores, colours, query.colour, query.colour_weight)
+        found = [(float(score), self.positions[hit.id]) for score, hit in zip(scores, hits, strict=True)]
         found.sort(key=lambda pair: (-round(pair[0], 5), self.items[pair[1]].id))
-        return found
+        return found, exhausted
+
+    def known(self, hits: list[Hit]) -> list[Hit]:
+        """The hits that have an item record: a store may briefly hold vectors of an item being added or
+        removed (see the write order in index.py)."""
+        return [hit for hit in hits if hit.id in self.positions]
+
+    def vectors(self, positions: Sequence[int]) -> np.ndarray:
+        """The stored vectors of the items at these positions."""
+        return self.store.vectors([self.items[p].id for p in positions])
 
     def _collapse(self, found: list[tuple[float, int]], exclude: str | None) -> list[Group]:
         """Candidates grouped into products: a candidate with the image or a near-identical vector (cosine
@@ -203,8 +206,14 @@ class Snapshot:
         dropped: they are the product the shopper is already looking at."""
         query_position = self.positions.get(exclude) if exclude is not None else None
         heads = [query_position] if query_position is not None else []
+        try:
+            vectors = self.vectors(heads + [p for _, p in found])
+        except KeyError:
+            if not heads:
+                raise
+            heads = []  # the query item is being removed: nothing to drop as its duplicate
+            vectors = self.vectors([p for _, p in found])
         positions = heads + [p for _, p in found]
-        vectors = self.index.vectors(np.array(positions, dtype=np.int64))
         offset = len(heads)  # row of found[0] in `vectors`
         variants: dict[int, list[str]] = {}
         by_hash = {self.items[p].image_hash: 0 for p in heads if self.items[p].image_hash}
@@ -231,7 +240,7 @@ class Snapshot:
         if len(groups) <= 1:
             return groups
         relevance = np.array([score for score, _, _ in groups])
-        vectors = self.index.vectors(np.array([p for _, p, _ in groups], dtype=np.int64))
+        vectors = self.vectors([p for _, p, _ in groups])
         closest = np.full(len(groups), -np.inf)
         left = np.ones(len(groups), dtype=bool)
         order: list[int] = []
@@ -244,14 +253,12 @@ class Snapshot:
             closest = np.maximum(closest, vectors @ vectors[pick])
         return [groups[i] for i in order]
 
-    def matching_positions(self, filters: Filters) -> np.ndarray:
-        """Positions of the items whose metadata match every filter (any of its values)."""
-        mask = np.ones(len(self.items), dtype=bool)
-        for column, wanted in filters.items():
+    def checked(self, filters: Filters) -> dict[str, list[str]]:
+        """Filters as the store takes them (column -> accepted values); ValueError for an unknown column."""
+        for column in filters:
             if column not in self.columns:
                 raise ValueError(f"unknown filter column {column!r}; columns are {', '.join(self.columns)}")
-            mask &= self.columns[column].matches([wanted] if isinstance(wanted, str) else wanted)
-        return np.flatnonzero(mask).astype(np.int64)
+        return {column: [wanted] if isinstance(wanted, str) else list(wanted) for column, wanted in filters.items()}
 
 
 class Recommender:
@@ -262,27 +269,20 @@ class Recommender:
     """
 
     def __init__(
-        self,
-        store: IndexStore,
-        backend: str = "onnx",
-        kind: Kind = "auto",
-        precision: Precision = "float16",
-        threads: int = 0,
-        isolation: Method = "none",
+        self, records: IndexStore, backend: str = "onnx", threads: int = 0, isolation: Method = "none"
     ) -> None:
-        self.store = store
+        self.records = records  # the index's item records; its vectors are in `store`
+        self.store = records.store
         self.isolation = isolation
         self.backend = backend
         self.threads = threads
-        self.kind = kind
-        self.precision = precision
         self._encoder: Encoder | None = None
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
-        catalog = store.manifest.get("catalog", {})
+        catalog = records.manifest.get("catalog", {})
         self.images = ImageSource(Path(catalog["images_root"])) if catalog.get("images_root") else None
-        self.detail = Detail.from_dict(store.manifest.get("detail"))
-        self.uploads = ImageSource(store.directory / UPLOADS)  # never the index directory: it holds the database
+        self.detail = Detail.from_dict(records.manifest.get("detail"))
+        self.uploads = ImageSource(records.directory / UPLOADS)  # never the index directory: it holds the database
         self._load()
 
     @classmethod
@@ -291,63 +291,42 @@ class Recommender:
         directory: str | Path,
         *,
         backend: str = "onnx",
-        kind: Kind = "auto",
-        precision: Precision = "float16",
+        kind: str = "auto",
+        precision: str = "float16",
         threads: int = 0,
         isolation: Method = "none",
     ) -> Recommender:
         """Open an index directory; the encoder is loaded on the first image query.
 
         `kind` picks exact or approximate (ivf) search, `auto` by catalog size; `precision` float16
-        halves the memory the vectors take; `threads` is the cores one image embedding uses (0: all;
-        1 for a server that embeds several requests side by side); `isolation` how a query photo's garment
-        is cut out of its scene before embedding (garment.py).
+        halves the memory the vectors take; `threads` is the cores one image embedding (and one search)
+        uses (0: all; 1 for a server that answers several requests side by side); `isolation` how a query
+        photo's garment is cut out of its scene before embedding (garment.py).
         """
-        return cls(IndexStore.open(directory), backend, kind, precision, threads, isolation)
+        records = IndexStore.open(directory, SearchSettings(kind, precision, threads))
+        return cls(records, backend, threads, isolation)
 
     def _load(self) -> None:
-        self._seen_version = self.store.data_version()  # read before loading: a commit in between reloads again
-        items: list[StoredItem] = []
-        colours: list[np.ndarray] = []
-        count = self.store.count()
-        cache = self.store.directory / f"ivf-{self.precision}-{self.store.generation()}.faiss"
-        if resolve_kind(self.kind, count) == "ivf" and cache.is_file():  # trained before: no k-means now
-            for part, _, part_colours in self.store.load(with_vectors=False):
-                items.extend(part)
-                colours.append(part_colours)
-            index = VectorIndex.read(cache, self.precision)
-        else:
-
-            def chunks() -> Iterator[np.ndarray]:  # read once, or twice for IVF: items are kept the first time
-                first = not items
-                for part, vectors, part_colours in self.store.load():
-                    if first:
-                        items.extend(part)
-                        colours.append(part_colours)
-                    yield vectors
-
-            index = VectorIndex.build(self.store.dim, count, chunks, self.kind, self.precision)
-            if index.kind == "ivf":
-                for stale in self.store.directory.glob(f"ivf-{self.precision}-*.faiss"):
-                    stale.unlink(missing_ok=True)
-                try:
-                    index.write(cache)
-                except (OSError, RuntimeError) as error:  # a cache only: a full disk must not stop serving
-                    log.warning("could not save the IVF cache %s: %s", cache, error)
-        self.snapshot = Snapshot.of(items, index, np.concatenate(colours) if colours else np.zeros((0, COLOUR_DIM)))
+        self._seen_version = self.records.data_version()  # read before loading: a commit in between reloads again
+        items = [item for part in self.records.records() for item in part]
+        if items:
+            try:  # the store loads now, not on a query
+                self.store.search(np.zeros((1, self.records.dim), np.float32), 1)
+            except StoreError as error:
+                raise IndexStoreError(str(error)) from None
+        self.snapshot = Snapshot.of(items, self.store)
 
     # The current snapshot's parts; a method that reads several takes `self.snapshot` once instead.
     items = property(lambda self: self.snapshot.items)
     positions = property(lambda self: self.snapshot.positions)
     metadata = property(lambda self: self.snapshot.metadata)
-    index = property(lambda self: self.snapshot.index)
 
     @property
     def encoder(self) -> Encoder:
         """The index's own encoder, loaded once (a few hundred ms) when first needed."""
         with self._lock:
             if self._encoder is None:
-                self._encoder = encoder_for_index(self.store.manifest["encoder"], self.backend, self.threads)
+                self._encoder = encoder_for_index(self.records.manifest["encoder"], self.backend, self.threads)
             return self._encoder
 
     def __len__(self) -> int:
@@ -364,7 +343,7 @@ class Recommender:
         """The image of an item, read from the catalog folder or zip, or from the index if it was uploaded."""
         item = self.item(item_id)
         if item.image.startswith(UPLOADED):
-            path = self.store.upload_path(item.image)  # proven to be one of uploads/' own files, or None
+            path = self.records.upload_path(item.image)  # proven to be one of uploads/' own files, or None
             if path is None:
                 raise FileNotFoundError(f"item {item.id!r}: its image path is refused (not an uploaded file)")
             return self.uploads.read(path.name)
@@ -382,14 +361,9 @@ class Recommender:
         self.check_metadata(metadata)
         query = self._embed(image, as_query=False)
         with self._write_lock:
-            stored = self.store.add_item(item_id, image, metadata, query.vector, query.colour)
+            stored = self.records.add_item(item_id, image, metadata, query.vector, query.colour)
             if not self._refresh_locked():  # else another process wrote too: reloaded all, this item included
-                old = self.snapshot
-                self.snapshot = Snapshot.of(
-                    [*old.items, stored],
-                    old.index.with_added(query.vector[None, :]),
-                    np.vstack([old.colours, query.colour[None, :]]),
-                )
+                self.snapshot = Snapshot.of([*self.snapshot.items, stored], self.store)
         return stored
 
     def check_metadata(self, metadata: Mapping[str, str]) -> None:
@@ -409,21 +383,15 @@ class Recommender:
     def remove_item(self, item_id: str) -> None:
         """Delete a product from the index (and its image, if it was uploaded); UnknownItemError if absent."""
         with self._write_lock:
-            if not self.store.remove_item(item_id):
+            if not self.records.remove_item(item_id):
                 raise UnknownItemError(item_id)
             if self._refresh_locked():  # another process wrote too: reloaded all, without this item
                 return
-            old = self.snapshot
-            position = old.positions[item_id]
-            self.snapshot = Snapshot.of(
-                old.items[:position] + old.items[position + 1 :],
-                old.index.without(position),
-                np.delete(old.colours, position, axis=0),
-            )
+            self.snapshot = Snapshot.of([item for item in self.snapshot.items if item.id != item_id], self.store)
 
     def is_stale(self) -> bool:
         """Whether another process (another API worker, a rebuild) changed the index: microseconds."""
-        return self.store.data_version() != self._seen_version
+        return self.records.data_version() != self._seen_version
 
     def refresh(self) -> bool:
         """Reload if another process (another API worker, a rebuild) changed the index; cheap when none did."""
@@ -434,7 +402,7 @@ class Recommender:
 
     def _refresh_locked(self) -> bool:
         """Reload if the database changed since the last load, other than by this object's own writes."""
-        if self.store.data_version() == self._seen_version:
+        if self.records.data_version() == self._seen_version:
             return False
         self._load()
         return True
@@ -458,7 +426,7 @@ class Recommender:
         isolate: Method | None = None,
     ) -> Query:
         """Embed a query, or (as_query=False) a new catalog product exactly as a build would."""
-        size = self.store.manifest["encoder"]["size"]  # type: ignore[index]
+        size = self.records.manifest["encoder"]["size"]  # type: ignore[index]
         if isinstance(image, bytes):
             image = decode(image, "uploaded image", min_side=size)
         elif not isinstance(image, Image.Image):
@@ -501,10 +469,13 @@ class Recommender:
         """The k products most similar to a catalog item, from its stored vectors; never itself (nor, when
         collapsing, its duplicates under other ids). See `similar` for `collapse` and `diversity`."""
         snapshot = self.snapshot
-        position = snapshot.positions.get(str(item_id))
-        if position is None:
+        if str(item_id) not in snapshot.positions:
             raise UnknownItemError(str(item_id))
-        query = Query(snapshot.index.vectors([position])[0], snapshot.colours[position], colour_weight)
+        ids = [str(item_id)]
+        try:
+            query = Query(snapshot.store.vectors(ids)[0], snapshot.store.colours(ids)[0], colour_weight)
+        except KeyError:  # removed meanwhile
+            raise UnknownItemError(str(item_id)) from None
         return snapshot.search(query, k, filters, str(item_id), collapse, diversity)
 
     def similar(
@@ -524,22 +495,19 @@ class Recommender:
         """
         return self.snapshot.search(query, k, filters, exclude, collapse, diversity)
 
-    def matching_positions(self, filters: Filters) -> np.ndarray:
-        """Positions of the items whose metadata match every filter (any of its values)."""
-        return self.snapshot.matching_positions(filters)
-
     def problems(self) -> list[Problem]:
-        return self.store.problems()
+        return self.records.problems()
 
     def info(self) -> dict[str, object]:
         """What the index is: encoder, dimension, counts, catalog, build state."""
-        manifest = self.store.manifest
+        manifest, settings = self.records.manifest, self.records.settings
         return {
-            "index": str(self.store.directory),
+            "index": str(self.records.directory),
             "format_version": manifest["format_version"],
             "encoder": manifest["encoder"]["id"],  # type: ignore[index]
-            "dim": self.store.dim,
-            "search": f"{self.index.kind} ({self.index.precision})",
+            "dim": self.records.dim,
+            "store": self.store.uri,
+            "search": f"{settings.kind_for(len(self.items))} ({settings.precision})",
             "items": len(self.items),
             "problems": len(self.problems()),
             "catalog": manifest.get("catalog", {}).get("path"),  # type: ignore[union-attr]

@@ -52,6 +52,8 @@ from fashionrec.evaluate import label_values, nearest, score
 from fashionrec.images import Detail, ImageError, decode
 from fashionrec.index import MANIFEST, UPLOADED, IndexStore, StoredItem, write_bytes_atomic, write_json_atomic
 from fashionrec.search import Snapshot
+from fashionrec.stores import SearchSettings
+from fashionrec.stores.files import FilesStore
 from fashionrec.trained import (
     ADAPTER,
     CHECKPOINT,
@@ -63,7 +65,6 @@ from fashionrec.trained import (
     colour_inputs,
     trained_spec,
 )
-from fashionrec.vector_index import VectorIndex
 from fashionrec.views import shopper_view
 
 MIN_ITEMS = 100  # fewer items cannot both train and leave a held-out split worth measuring
@@ -301,7 +302,10 @@ def view_recall(catalog: np.ndarray, views: np.ndarray, rows: np.ndarray) -> flo
 
 
 def _snapshot(items: list[StoredItem], vectors: np.ndarray, colours: np.ndarray) -> Snapshot:
-    return Snapshot.of(items, VectorIndex.build(vectors.shape[1], len(vectors), lambda: [vectors], "exact"), colours)
+    """Items with vectors under evaluation, searched exactly in memory (nothing is written)."""
+    store = FilesStore.in_memory(vectors.shape[1], SearchSettings(kind="exact", precision="float32"))
+    store.upsert([item.id for item in items], vectors, colours, [item.metadata for item in items])
+    return Snapshot.of(items, store)
 
 
 def validate(snapshot: Snapshot, queries: np.ndarray, labels: Sequence[str]) -> dict[str, dict[str, float]]:

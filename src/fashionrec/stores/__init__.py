@@ -8,17 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fashionrec.stores.base import Filters, Hit, StoreError, VectorStore
+from fashionrec.stores.base import Filters, Hit, SearchSettings, StoreError, VectorStore
 
-__all__ = ["Filters", "Hit", "StoreError", "VectorStore", "open_store"]
+__all__ = ["Filters", "Hit", "SearchSettings", "StoreError", "VectorStore", "open_store"]
 
 
-def open_store(uri: str, directory: Path, dim: int) -> VectorStore:
-    """The store an index's manifest names, opened (created when new) for the index in `directory`."""
+def open_store(uri: str, directory: Path, dim: int, settings: SearchSettings | None = None) -> VectorStore:
+    """The store an index's manifest names, opened (created when new) for the index in `directory`.
+
+    `settings` (exact or approximate, precision, threads) apply to the files store's in-memory search.
+    """
     if uri in ("", "files"):
         from fashionrec.stores.files import FilesStore  # faiss loads only for this store
 
-        return FilesStore.open(directory, dim)
+        return FilesStore.open(directory, dim, settings)
     if uri.startswith("milvus://"):
         from fashionrec.stores.milvus import MilvusStore  # pymilvus loads only for this store
 

@@ -1,4 +1,4 @@
-"""The in-memory search structure over an index's vectors: exact, or approximate for big catalogs.
+"""The in-memory FAISS structure over a files store's vectors: exact, or approximate for big catalogs.
 
 - `exact`: FAISS flat inner product; every query reads every vector, which is memory-bound: under
   2 ms only up to about 10k items on 2 cores (bench/scale.py).
@@ -7,7 +7,9 @@
   builds several times faster on 2 cores, and it serves id-selector filters and removals directly.
 - `auto`: exact up to ANN_THRESHOLD items, ivf above.
 
-Vectors are held once, inside FAISS, as float32 or float16 (half the memory, see bench/vector_size.py).
+Vectors are held once in memory, inside FAISS, as float32 or float16 (half the memory, see
+bench/vector_size.py). On disk an IVF keeps only its trained cells (`trained`, a few MB): the lists
+are filled again from the stored vectors at load, so the vectors are never stored twice.
 Filtered queries probe every IVF cell when the filter leaves few items (exact over them: only
 selected vectors are compared, a few ms at 44k), and widen the probe otherwise, so filters keep
 their recall.
@@ -24,17 +26,18 @@ from typing import Literal
 import faiss
 import numpy as np
 
+from fashionrec.stores.base import ANN_THRESHOLD, PRECISIONS, SearchSettings
+
+__all__ = ["ANN_THRESHOLD", "FaissIndex", "resolve_kind"]
+
 Kind = Literal["auto", "exact", "ivf"]
 Precision = Literal["float32", "float16"]
-KINDS: tuple[str, ...] = ("auto", "exact", "ivf")
-PRECISIONS: tuple[str, ...] = ("float32", "float16")
-ANN_THRESHOLD = 10_000  # exact p50 is 1.8 ms at 10k and 5.5 ms at 20k on 2 cores (bench/scale.py)
 NPROBE = 48  # recall@10 >= 0.95 on the scale benchmark
 SMALL_SELECTION = 20_000  # a filter leaving fewer items probes every IVF cell: exact over those items
 TRAIN_PER_CELL = 48  # k-means sample per cell (FAISS asks for >= 39): bounds the training time
 
 
-class VectorIndex:
+class FaissIndex:
     """Top-k inner-product search (the cosine for unit vectors), optionally restricted to allowed positions."""
 
     def __init__(self, dim: int, size: int, kind: Kind = "auto", precision: Precision = "float32") -> None:
@@ -74,11 +77,18 @@ class VectorIndex:
         chunks: Callable[[], Iterable[np.ndarray]],
         kind: Kind = "auto",
         precision: Precision = "float32",
-    ) -> VectorIndex:
+        trained: FaissIndex | None = None,
+    ) -> FaissIndex:
         """An index over `size` vectors read in chunks by `chunks()`, never all in memory at once.
 
-        IVF reads them twice: a strided sample trains the cells, then every vector is added.
+        IVF reads them twice: a strided sample trains the cells, then every vector is added; or once,
+        into the cells of `trained` (an empty IVF, see `emptied`) when it is given.
         """
+        if trained is not None:
+            index = trained._copy()
+            for vectors in chunks():
+                index.add(vectors)
+            return index
         index = cls(dim, size, kind, precision)
         if index.kind == "ivf":
             stride = max(1, size // (TRAIN_PER_CELL * index.index.nlist))
@@ -100,15 +110,21 @@ class VectorIndex:
             self.index.add(vectors)
 
     @classmethod
-    def read(cls, path: Path, precision: Precision) -> VectorIndex:
+    def read(cls, path: Path, precision: Precision) -> FaissIndex:
         """An IVF index written by `write` (FAISS's own file format, not pickle)."""
         loaded = object.__new__(cls)
         loaded.index = faiss.read_index(str(path))
         loaded.dim, loaded.kind, loaded.precision = loaded.index.d, "ivf", precision
         return loaded
 
+    def emptied(self) -> FaissIndex:
+        """A copy without vectors that keeps the trained IVF cells: what is worth saving (see `build`)."""
+        clone = self._copy()
+        clone.index.reset()
+        return clone
+
     def write(self, path: Path) -> None:
-        """Save the index (trained cells and lists) to a temp file renamed into place: readers never see half."""
+        """Save the index to a temp file renamed into place: readers never see half."""
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             faiss.write_index(self.index, str(tmp))
@@ -123,25 +139,26 @@ class VectorIndex:
         self.index.cp.niter = 10
         self.index.train(np.ascontiguousarray(sample, dtype=np.float32))
 
-    def _copy(self) -> VectorIndex:
-        clone = object.__new__(VectorIndex)
+    def _copy(self) -> FaissIndex:
+        clone = object.__new__(FaissIndex)
         clone.__dict__.update(self.__dict__)
         clone.index = faiss.clone_index(self.index)
         return clone
 
-    def with_added(self, vectors: np.ndarray) -> VectorIndex:
+    def with_added(self, vectors: np.ndarray) -> FaissIndex:
         """A copy with vectors appended (IVF keeps its trained cells); this one is left as it is."""
         clone = self._copy()
         clone.add(vectors)
         return clone
 
-    def without(self, position: int) -> VectorIndex:
-        """A copy without the vector at `position`; the positions after it move down by one."""
+    def without(self, positions: np.ndarray) -> FaissIndex:
+        """A copy without the vectors at `positions`; the positions after them move down."""
         clone = self._copy()
+        positions = np.asarray(positions, dtype=np.int64)
         if self.kind == "exact":
-            clone.index.remove_ids(np.array([position], dtype=np.int64))  # a flat index compacts
+            clone.index.remove_ids(positions)  # a flat index compacts, keeping the order
             return clone
-        keep = np.delete(np.arange(len(self)), position)
+        keep = np.delete(np.arange(len(self)), positions)
         clone.index.reset()  # keeps the trained cells: re-adding assigns, without retraining
         clone.add(self.vectors(keep))
         return clone
@@ -166,9 +183,7 @@ class VectorIndex:
 
 def resolve_kind(kind: Kind, size: int) -> str:
     """The structure `kind` means for a catalog of `size` items: "exact" or "ivf"."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown index kind {kind!r}; choose from {', '.join(KINDS)}")
-    return "ivf" if kind == "ivf" or (kind == "auto" and size > ANN_THRESHOLD) else "exact"
+    return SearchSettings(kind=kind).kind_for(size)
 
 
 def _offsets(chunks: Iterable[np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:

@@ -10,7 +10,7 @@ import pytest
 
 from fashionrec.build import BuildReport
 from fashionrec.search import Recommender
-from fashionrec.vector_index import ANN_THRESHOLD, SMALL_SELECTION, VectorIndex
+from fashionrec.stores.faiss_index import ANN_THRESHOLD, SMALL_SELECTION, FaissIndex
 
 DIM = 64
 
@@ -32,18 +32,18 @@ def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def test_auto_picks_exact_for_small_and_ivf_for_large_catalogs(data: np.ndarray) -> None:
-    assert VectorIndex(DIM, 1000).kind == "exact"
-    assert VectorIndex(DIM, len(data)).kind == "ivf"
-    assert VectorIndex(DIM, len(data), "exact").kind == "exact"
+    assert FaissIndex(DIM, 1000).kind == "exact"
+    assert FaissIndex(DIM, len(data)).kind == "ivf"
+    assert FaissIndex(DIM, len(data), "exact").kind == "exact"
     with pytest.raises(ValueError, match="unknown index kind"):
-        VectorIndex(DIM, 10, "hnsw")  # type: ignore[arg-type]
+        FaissIndex(DIM, 10, "hnsw")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("precision", ["float32", pytest.param("float16", marks=pytest.mark.slow)])
 def test_ivf_recall_against_exact_search(data: np.ndarray, precision: str) -> None:
     queries = clustered(100, seed=2)
-    exact = VectorIndex.build(DIM, len(data), lambda: [data[:20_000], data[20_000:]], "exact")
-    ivf = VectorIndex.build(DIM, len(data), lambda: [data[:20_000], data[20_000:]], "ivf", precision)  # type: ignore[arg-type]
+    exact = FaissIndex.build(DIM, len(data), lambda: [data[:20_000], data[20_000:]], "exact")
+    ivf = FaissIndex.build(DIM, len(data), lambda: [data[:20_000], data[20_000:]], "ivf", precision)  # type: ignore[arg-type]
     assert ivf.index.nprobe < ivf.index.nlist  # really approximate
     truth = exact.search(queries, 10)[1]
     assert recall_at_10(ivf.search(queries, 10)[1], truth) >= 0.95
@@ -51,8 +51,8 @@ def test_ivf_recall_against_exact_search(data: np.ndarray, precision: str) -> No
 
 
 def test_filters_keep_their_recall_with_ivf(data: np.ndarray) -> None:
-    exact = VectorIndex.build(DIM, len(data), lambda: [data], "exact")
-    ivf = VectorIndex.build(DIM, len(data), lambda: [data], "ivf")
+    exact = FaissIndex.build(DIM, len(data), lambda: [data], "exact")
+    ivf = FaissIndex.build(DIM, len(data), lambda: [data], "ivf")
     rng = np.random.default_rng(3)
     queries = clustered(50, seed=4)
     for size in (500, SMALL_SELECTION + 5_000):
@@ -78,18 +78,19 @@ def test_recommender_answers_the_same_with_any_structure(built_index: tuple[Path
         assert all(m.metadata["gender"] == gender for m in filtered)
 
 
-def test_trained_ivf_is_kept_in_the_index_until_the_index_changes(
+def test_trained_ivf_cells_are_kept_in_the_index_without_the_vectors(
     built_index: tuple[Path, BuildReport], tmp_path: Path
 ) -> None:
     index = tmp_path / "idx"
     shutil.copytree(built_index[0], index)
     first = Recommender.open(index, kind="ivf")
     (cached,) = index.glob("ivf-float16-*.faiss")
+    assert cached.stat().st_size < len(first) * 1280 * 2 / 4  # the cells only: the vectors are stored once
     again = Recommender.open(index, kind="ivf")
     assert again.info()["search"] == "ivf (float16)" and len(again) == len(first)
     for item in first.items[:10]:
         assert again.similar_to_item(item.id, k=5) == first.similar_to_item(item.id, k=5)
-    again.remove_item(first.items[0].id)  # a write: the stored structure no longer matches
+    again.remove_item(first.items[0].id)  # a small change: the cells still serve
     reopened = Recommender.open(index, kind="ivf")
-    assert len(reopened) == len(first) - 1 and not cached.exists()
+    assert len(reopened) == len(first) - 1 and cached.exists()
     assert first.items[0].id not in {m.id for m in reopened.similar_to_item(first.items[1].id, k=20)}
