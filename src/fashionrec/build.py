@@ -175,14 +175,16 @@ def build_index(
     *,
     workers: int | None = None,
     progress: bool = True,
+    store: str = "files",
 ) -> BuildReport:
     """Index `catalog` into directory `out` with `encoder`, resuming or updating what is there.
 
     The problems stored in the index are replaced, in one transaction, only when the run completes:
     until then (and after a run that was killed) the previous run's list stays visible. A full disk
     or another write error raises IndexStoreError; every batch committed before it is kept.
+    `store` is where a new index keeps its vectors ("files", or a "milvus://" URI: see fashionrec.stores).
     """
-    store = IndexStore.create_or_open(out, encoder.spec.to_dict(), catalog.describe())
+    store = IndexStore.create_or_open(out, encoder.spec.to_dict(), catalog.describe(), store)
     try:
         return _build(catalog, store, encoder, min(os.cpu_count() or 1, 4) if workers is None else workers, progress)
     except (OSError, sqlite3.Error) as error:

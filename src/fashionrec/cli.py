@@ -120,6 +120,14 @@ def index(
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Image decoding processes (0: none).")] = None,
     backend: Annotated[str, typer.Option(help="onnx (fast) or torch (reference).")] = "onnx",
+    store: Annotated[
+        str,
+        typer.Option(
+            help="Where a new index keeps its vectors: files (FAISS in the index directory), milvus://PATH.db "
+            "(embedded Milvus Lite; a relative path is inside the index directory) or milvus://HOST:PORT "
+            "(a Milvus server; token from $FASHIONREC_MILVUS_TOKEN). See docs/scaling.md."
+        ),
+    ] = "files",
 ) -> None:
     """Build or update the index of a catalog; rerun to resume or to pick up catalog changes."""
     with user_errors():
@@ -129,7 +137,7 @@ def index(
         loaded = load_catalog(catalog, id_column=id_column, image_column=image_column)
         console.print(f"Catalog {catalog}: {len(loaded.items)} items, {len(loaded.problems)} problems")
         try:
-            report = build_index(loaded, out, model, workers=workers)
+            report = build_index(loaded, out, model, workers=workers, store=store)
         except BuildInterrupted as stop:
             errors.print(f"[yellow]{stop}[/yellow]")
             raise typer.Exit(130) from None
