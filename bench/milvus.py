@@ -10,6 +10,8 @@ metadata column of 10 values (a filter keeps ~10% of the items), upserted in bat
 - peak_rss_gb: the process's peak resident memory (Milvus Lite runs inside it).
 
     python bench/milvus.py [--sizes 10000 100000] [--indexes FLAT IVF_FLAT IVF_SQ8 HNSW]
+
+Each run is written to bench/results/milvus.json as it finishes, next to the runs already there.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import write_results
+from common import RESULTS, write_results
 from scale import DIM, K, clustered, recall
 
 from fashionrec.colour import COLOUR_DIM
@@ -106,7 +108,8 @@ def main() -> None:
     if args.one:
         print("RESULT " + json.dumps(one_run(int(args.one[0]), args.one[1], args.queries)))
         return
-    runs: dict[str, dict[str, object]] = {}
+    previous = RESULTS / "milvus.json"  # runs accumulate: rerun one size or index without losing the others
+    runs: dict[str, dict[str, object]] = json.loads(previous.read_text())["runs"] if previous.exists() else {}
     for size in args.sizes:
         for index in args.indexes:
             command = [sys.executable, __file__, "--one", str(size), index, "--queries", str(args.queries)]
@@ -120,7 +123,7 @@ def main() -> None:
             outcome = json.loads(result[-1][7:]) if result else {"error": f"exit status {done.returncode}"}
             runs[f"{index}@{size}"] = {"size": size, "index": index, **outcome}
             print(runs[f"{index}@{size}"], flush=True)
-    write_results("milvus", {"engine": "milvus-lite 3.2.2 (pymilvus 3.0.2)", "dim": DIM, "k": K, "runs": runs})
+            write_results("milvus", {"engine": "milvus-lite 3.2.2 (pymilvus 3.0.2)", "dim": DIM, "k": K, "runs": runs})
 
 
 if __name__ == "__main__":
