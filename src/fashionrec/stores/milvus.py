@@ -52,7 +52,10 @@ INDEXES: dict[str, tuple[dict[str, int], dict[str, int]]] = {
     "IVF_SQ8": ({"nlist": 1024}, {"nprobe": 64}),
     "HNSW": ({"M": 16, "efConstruction": 200}, {"ef": 128}),
 }
-DEFAULT_INDEX = "IVF_FLAT"  # bench/milvus.py, docs/scaling.md: builds in seconds, recall@10 >= 0.99 at nprobe 64
+# bench/milvus.py, docs/scaling.md. Milvus Lite: FLAT, the only exact one there (its IVF keeps 128 cells whatever
+# asked, and its IVF and HNSW filter after the search: recall@10 0.2-0.7 with a 10% filter at 10k). A server:
+# HNSW, Milvus's usual choice, filtering inside the search.
+DEFAULT_INDEX = {"lite": "FLAT", "server": "HNSW"}
 INDEX_TIMEOUT_S = 3600.0  # HNSW over 100k vectors takes minutes: the client must wait, not retry
 CONNECT_TIMEOUT_S = 30.0
 ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -140,11 +143,18 @@ class MilvusStore:
         try:
             client = MilvusClient(address, token=os.environ.get(TOKEN_ENV, ""), timeout=CONNECT_TIMEOUT_S)
         except (MilvusException, OSError) as error:
-            raise StoreError(f"cannot open Milvus at {address}: {_message(error)}") from None
+            hint = (
+                " (Milvus Lite lets one process at a time open a database: is another fashionrec using it? "
+                "Several processes, such as API workers, need a Milvus server)"
+                if lite_path is not None
+                else ""
+            )
+            raise StoreError(f"cannot open Milvus at {address}: {_message(error)}{hint}") from None
         collection = collection or f"fashionrec_{secrets.token_hex(8)}"
         options = {"collection": collection} | ({"index": index} if index else {})
         target = lite_path if lite_path is not None else address.removeprefix("http://")
-        store = cls(client, f"{PREFIX}{target}?{urlencode(options)}", collection, dim, index or DEFAULT_INDEX)
+        engine = "lite" if lite_path is not None else "server"
+        store = cls(client, f"{PREFIX}{target}?{urlencode(options)}", collection, dim, index or DEFAULT_INDEX[engine])
         try:
             store._create_or_check()
         except MilvusException as error:
@@ -165,6 +175,9 @@ class MilvusStore:
                     f"collection {self.collection!r} holds {found}-d vectors or other fields, not this index's "
                     f"{self.dim}-d vectors: give another ?collection= or rebuild"
                 )
+            built = (client.describe_index(self.collection, "vector") or {}).get("index_type", self.index)
+            if built in INDEXES and built != self.index:  # searched as built, whatever the default is now
+                self.index, self.search_params = built, dict(INDEXES[built][1])
             client.load_collection(self.collection, timeout=INDEX_TIMEOUT_S)
             return
         from pymilvus import DataType, MilvusClient
