@@ -330,9 +330,10 @@ def test_workers_see_each_others_writes(
 @pytest.mark.slow
 def test_serve_refuses_a_bad_setup_in_one_line(tmp_path: Path, built_index: tuple[Path, BuildReport]) -> None:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    index = copy_index(built_index, tmp_path / "copy")  # a copy: a Milvus Lite index opens in one process at a time
     cases = [
         ((str(tmp_path),), {}, "not a fashionrec index"),
-        ((str(built_index[0]),), {"FASHIONREC_API_KEY_FILE": str(tmp_path / "missing.key")}, "missing.key"),
+        ((str(index),), {"FASHIONREC_API_KEY_FILE": str(tmp_path / "missing.key")}, "missing.key"),
     ]
     for args, extra, words in cases:
         result = subprocess.run(

@@ -25,10 +25,12 @@ stay data. Ids go the same way (pymilvus's own `get(ids=)`/`delete(ids=)` quotin
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode
 
@@ -141,7 +143,8 @@ class MilvusStore:
         if lite_path is not None:
             Path(address).parent.mkdir(parents=True, exist_ok=True)
         try:
-            client = MilvusClient(address, token=os.environ.get(TOKEN_ENV, ""), timeout=CONNECT_TIMEOUT_S)
+            with _quiet(logging.getLogger("milvus_lite.server_manager")):  # it logs a traceback, we raise one line
+                client = MilvusClient(address, token=os.environ.get(TOKEN_ENV, ""), timeout=CONNECT_TIMEOUT_S)
         except (MilvusException, OSError) as error:
             hint = (
                 " (Milvus Lite lets one process at a time open a database: is another fashionrec using it? "
@@ -322,6 +325,17 @@ def _check_id(item: str) -> None:
         raise ValueError(f"bad item id {item!r}: an id is a non-empty string")
     if len(item.encode()) > ID_BYTES:
         raise ValueError(f"item id {item[:40]!r}...: longer than {ID_BYTES} bytes, the Milvus store's limit")
+
+
+@contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    """Silence a library logger for the duration of one call."""
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _batches(items: list[str]) -> Iterator[list[str]]:
