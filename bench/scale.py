@@ -35,7 +35,7 @@ K = 10
 
 CHUNK = 50_000
 PQ_BYTES = 64  # bytes of PQ code per vector (64 sub-quantizers of 20 dimensions, 8 bits each)
-PQ_TRAIN = 100_000  # vectors that train the coarse cells and the PQ codebooks (at least 39 a cell up to 2.5M)
+TRAIN_PER_CELL = 40  # vectors per coarse cell that train the cells and the PQ codebooks (FAISS asks for >= 39)
 
 
 def clustered_chunks(count: int, clusters: int, seed: int, centres: np.ndarray | None = None) -> Iterator[np.ndarray]:
@@ -100,7 +100,7 @@ def ivfpq_run(items: int, clusters: int, queries: np.ndarray, centres: np.ndarra
         truth_scores, truth = np.take_along_axis(merged_scores, keep, axis=1), np.take_along_axis(merged, keep, axis=1)
         if not index.is_trained:
             pending.append(chunk)
-            if sum(len(p) for p in pending) < min(PQ_TRAIN, items):
+            if sum(len(p) for p in pending) < min(TRAIN_PER_CELL * cells, items):
                 continue
             sample, pending = np.concatenate(pending), []
             begun = time.perf_counter()
