@@ -3,6 +3,7 @@ what only Milvus has: URIs, expression escaping, a restart in another process, s
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import fashionrec
 from fashionrec.colour import COLOUR_DIM
 from fashionrec.stores import StoreError, open_store
 from fashionrec.stores.milvus import MilvusStore, filter_expression, literal
+
+from conftest import run_cli, sample_rows, write_catalog
 
 pytestmark = pytest.mark.milvus
 
@@ -186,3 +189,21 @@ def test_token_is_never_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         assert "secret" not in store.uri and store.uri.endswith("&index=FLAT"), store.uri
     finally:
         store.close()
+
+
+@pytest.mark.slow
+def test_cli_builds_resumes_and_searches_on_milvus_lite(tmp_path: Path) -> None:
+    """`fashionrec index --store milvus://...` end to end, as a user runs it: build, rerun (resume), similar."""
+    header, rows = sample_rows(24, seed=5)
+    catalog, index = write_catalog(tmp_path / "catalog", header, rows), tmp_path / "idx"
+    built = run_cli("index", str(catalog), "--out", str(index), "--store", "milvus://vectors.db", "--workers", "0")
+    assert built.returncode == 0, built.stderr
+    recorded = json.loads((index / "manifest.json").read_text())["store"]
+    assert recorded.startswith("milvus://vectors.db?collection=fashionrec_") and (index / "vectors.db").is_dir()
+    again = run_cli("index", str(catalog), "--out", str(index), "--store", "milvus://vectors.db", "--workers", "0")
+    assert again.returncode == 0, again.stderr
+    assert json.loads((index / "manifest.json").read_text())["store"] == recorded, "a rerun made another collection"
+    found = run_cli("similar", str(index), rows[0][0], "-k", "3", "--json")
+    assert found.returncode == 0, found.stderr
+    matches = json.loads(found.stdout)
+    assert len(matches) == 3 and rows[0][0] not in {m["id"] for m in matches}
