@@ -207,3 +207,18 @@ def test_cli_builds_resumes_and_searches_on_milvus_lite(tmp_path: Path) -> None:
     assert found.returncode == 0, found.stderr
     matches = json.loads(found.stdout)
     assert len(matches) == 3 and rows[0][0] not in {m["id"] for m in matches}
+
+
+def test_another_client_reads_its_writes_at_once(index_dir: Path) -> None:
+    """Strong consistency: a second connection sees an upsert and a delete the moment they return."""
+    writer, reader = fresh(index_dir, "consistency"), fresh(index_dir, "consistency")
+    try:
+        ids, vectors, colours, metadata = contract.catalog(10)
+        for n in range(10):
+            writer.upsert(ids[n : n + 1], vectors[n : n + 1], colours[n : n + 1], metadata[n : n + 1])
+            assert reader.count() == n + 1 and reader.search(vectors[n], 1)[0][0].id == ids[n]
+        writer.delete([ids[4]])
+        assert reader.count() == 9 and ids[4] not in {hit.id for hit in reader.search(vectors[4], 10)[0]}
+    finally:
+        writer.close()
+        reader.close()
