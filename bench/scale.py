@@ -82,6 +82,7 @@ def ivfpq_run(items: int, clusters: int, queries: np.ndarray, centres: np.ndarra
     cells = 1 << round(np.log2(2 * np.sqrt(items)))  # about 2 sqrt(N), a power of two: k-means in minutes
     faiss.omp_set_num_threads(2)
     quantizer = faiss.IndexHNSWFlat(DIM, 32, faiss.METRIC_INNER_PRODUCT)  # assigns 10M vectors in minutes
+    quantizer.hnsw.efSearch = 128  # the default 16 misplaces vectors and misses cells: recall@10 0.93 at 200k
     index = faiss.IndexIVFPQ(quantizer, DIM, cells, PQ_BYTES, 8, faiss.METRIC_INNER_PRODUCT)
     index.cp.niter = index.pq.cp.niter = 10
     originals = np.lib.format.open_memmap(folder / f"vectors-{items}.npy", "w+", np.float16, (items, DIM))
@@ -118,6 +119,7 @@ def ivfpq_run(items: int, clusters: int, queries: np.ndarray, centres: np.ndarra
     for nprobe in (16, 32, 64):
         for rerank in (100, 200):
             index.nprobe = nprobe
+            quantizer.hnsw.efSearch = max(128, 2 * nprobe)
 
             def search(query: np.ndarray, rerank: int = rerank) -> tuple[None, np.ndarray]:
                 candidates = index.search(query, rerank)[1][0]
