@@ -3,7 +3,7 @@
 p50/p99 of `similar_to_image` (a photo's bytes: decode, embed, search) and `similar_to_item` (stored
 vector), with and without filters, and the peak RSS of this process, which does what a server does.
 
-    python bench/query_latency.py INDEX_DIR [--precision float16] [--kind exact|ivf]
+    python bench/query_latency.py INDEX_DIR [--precision float16] [--kind exact|ivf] [--name SUFFIX]
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--kind", default="auto", choices=["auto", "exact", "ivf"])
     parser.add_argument("--image-queries", type=int, default=200)
     parser.add_argument("--item-queries", type=int, default=2000)
+    parser.add_argument("--name", default="", help="suffix of the results file (to keep runs side by side)")
     args = parser.parse_args()
     started = time.perf_counter()
     recommender = Recommender.open(args.index, precision=args.precision, kind=args.kind)
@@ -71,7 +72,7 @@ def main() -> None:
     figures["serving_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     for name, value in figures.items():
         print(f"{name}: {value}")
-    write_results(f"query_latency_{args.precision}_{args.kind}", figures)
+    write_results(f"query_latency_{args.precision}_{args.kind}{'_' + args.name if args.name else ''}", figures)
 
 
 if __name__ == "__main__":

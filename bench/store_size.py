@@ -4,7 +4,7 @@ Runs with any fashionrec version that has `Recommender.open` and `similar_to_ite
 script measures the code before and after a change), writes bench/results/store_size_NAME.json,
 and with --compare OTHER.json says how many of the top-10 lists are the same (as sets, and in order).
 
-    PYTHONPATH=src python bench/store_size.py INDEX --name after --compare bench/results/store_size_before.json
+    PYTHONPATH=src python bench/store_size.py INDEX --name after --compare bench/results/store_size_before_auto.json
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from pathlib import Path
 
 from common import write_results
 
+from fashionrec.evaluate import evaluate
 from fashionrec.search import Recommender
 
 QUERIES = 500
+EVAL_QUERIES = 2000
 K = 10
 
 
@@ -36,15 +38,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("index", type=Path)
     parser.add_argument("--name", required=True)
+    parser.add_argument("--kind", default="auto", choices=["auto", "exact", "ivf"])
     parser.add_argument("--compare", type=Path, help="another run's results: are the top-10 lists the same?")
     args = parser.parse_args()
     started = time.perf_counter()
-    recommender = Recommender.open(args.index)
+    recommender = Recommender.open(args.index, kind=args.kind)
     open_s = time.perf_counter() - started
     ids = sorted(item.id for item in random.Random(0).sample(recommender.items, QUERIES))
     started = time.perf_counter()
     top = {i: [m.id for m in recommender.similar_to_item(i, k=K, collapse=False)] for i in ids}
     query_s = time.perf_counter() - started
+    sample = [item.id for item in random.Random(1).sample(recommender.items, EVAL_QUERIES)]
+    labels = evaluate(recommender, ["articleType", "baseColour"], [1, 5], queries=sample, progress=False)["labels"]
     files = sizes(args.index)
     total = sum(files.values())
     figures: dict[str, object] = {
@@ -55,7 +60,9 @@ def main() -> None:
         "total_mib": round(total / 2**20, 1),
         "bytes_per_item": round(total / len(recommender)),
         "open_s": round(open_s, 2),
+        "search": recommender.info()["search"],
         "item_query_mean_ms": round(query_s / len(ids) * 1000, 3),
+        **{f"{name} {at}": round(figures[at], 4) for name, figures in labels.items() for at in ("P@1", "P@5")},
         "top10": top,
     }
     if args.compare:
@@ -68,7 +75,7 @@ def main() -> None:
     for name, value in figures.items():
         if name != "top10":
             print(f"{name}: {value}")
-    write_results(f"store_size_{args.name}", figures)
+    write_results(f"store_size_{args.name}_{args.kind}", figures)
 
 
 if __name__ == "__main__":

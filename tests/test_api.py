@@ -1,7 +1,7 @@
-"""The REST API as a shop uses it: the real server (`fashionrec serve`) in its own process, real HTTP.
-
-Every endpoint, every error path, keys, live updates that survive a restart, several worker
-processes, concurrent reads during writes, and a schemathesis fuzz from the API's own OpenAPI schema.
+"""The REST API as a shop uses it: every endpoint and error path in-process (FastAPI's TestClient over the
+real app, index and model), and the real server (`fashionrec serve`, real HTTP) where the server matters:
+keys, live updates that survive a restart, several worker processes, concurrent reads during writes, and a
+schemathesis fuzz from the API's own OpenAPI schema.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from pathlib import Path
 import httpx
 import pytest
 import schemathesis
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings, strategies
 from schemathesis import GenerationMode
 
+from fashionrec.api import Keys, create_app
 from fashionrec.build import BuildReport
 from fashionrec.index import FORMAT_VERSION
 
@@ -76,8 +78,16 @@ def copy_index(built_index: tuple[Path, BuildReport], folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory, built_index: tuple[Path, BuildReport]) -> Iterator[httpx.Client]:
-    """A server with a write key, over a copy of the session index (the tests add and delete items)."""
-    folder = tmp_path_factory.mktemp("api")
+    """The app in-process, with a write key, over a copy of the session index (the tests add and delete items)."""
+    index = copy_index(built_index, tmp_path_factory.mktemp("api"))
+    with TestClient(create_app(index, Keys(write=KEY))) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, built_index: tuple[Path, BuildReport]) -> Iterator[httpx.Client]:
+    """A real server with a write key, over a copy of the session index."""
+    folder = tmp_path_factory.mktemp("server")
     with serve(copy_index(built_index, folder), folder / "server.log", FASHIONREC_API_KEY=KEY) as client:
         yield client
 
@@ -155,7 +165,7 @@ def test_search_a_crop_box_of_the_photo(api: httpx.Client, photos: list[Path]) -
 
 def test_filters_return_k_matching_items(api: httpx.Client, photos: list[Path]) -> None:
     wanted = {"gender": {"Men"}, "articleType": {"Shirts", "Tshirts"}}
-    params = {"k": 6, "filter": ["gender:Men", "articleType:Shirts", "articleType:Tshirts"]}
+    params = {"k": 6, "filter": ["gender=men", "articleType=Shirts", "articletype:TSHIRTS"]}  # any case; old `:` too
     for found in (
         api.get(f"/v1/items/{photos[1].stem}/similar", params=params).json()["results"],
         api.post("/v1/search", params=params, files=upload(photos[2])).json()["results"],
@@ -191,11 +201,13 @@ def test_bad_queries(api: httpx.Client, photos: list[Path]) -> None:
     for k in ("0", "101", "-3", "many", ""):
         assert_error(api.get(f"/v1/items/{item}/similar", params={"k": k}), 400, "k")
     assert_error(api.post("/v1/search", params={"k": 0}, files=upload(photos[0])), 400, "k")
-    assert_error(api.get(f"/v1/items/{item}/similar", params={"filter": "colour:Red"}), 400, "unknown filter column")
+    assert_error(api.get(f"/v1/items/{item}/similar", params={"filter": "colour=Red"}), 422, "unknown filter column")
     assert_error(api.get(f"/v1/items/{item}/similar", params={"colour_weight": 1.5}), 400, "colour_weight")
-    assert_error(api.get(f"/v1/items/{item}/similar", params={"filter": "gender"}), 400, "column:value")
-    empty = api.get(f"/v1/items/{item}/similar", params={"filter": "gender:Nobody"})
-    assert empty.status_code == 200 and empty.json() == {"results": []}
+    assert_error(api.get(f"/v1/items/{item}/similar", params={"filter": "gender"}), 422, "COLUMN=VALUE")
+    nobody = api.get(f"/v1/items/{item}/similar", params={"filter": "gender=Nobody"})  # not a silent empty result
+    assert_error(nobody, 422, "no item has gender='Nobody'")
+    assert nobody.json()["error"] == "invalid_filter"
+    assert_error(api.get(f"/v1/items/{item}/similar", params={"filter": "gender=Mne"}), 422, "did you mean 'Men'")
     for path in ("/v1/items/99999999", "/v1/items/99999999/image", "/v1/items/99999999/similar"):
         assert_error(api.get(path), 404, "'99999999' is not in the index")
     for sneaky in ("..%2F..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", "..", "images%2F" + item + ".jpg"):
@@ -220,7 +232,7 @@ def test_add_and_delete_live(api: httpx.Client, photos: list[Path]) -> None:
     assert added.status_code == 201, added.text
     assert added.headers["location"] == "/v1/items/api-scarf-1" and added.json()["metadata"]["articleType"] == "Scarves"
     assert api.get("/v1/items/api-scarf-1/image").content == photo.read_bytes()
-    found = api.post("/v1/search", params={"k": 3, "filter": "articleType:Scarves"}, files=upload(photo)).json()
+    found = api.post("/v1/search", params={"k": 3, "filter": "articleType=Scarves"}, files=upload(photo)).json()
     assert found["results"][0]["id"] == "api-scarf-1"
     assert api.get("/v1/info").json()["items"] == 301
 
@@ -246,7 +258,60 @@ def test_add_and_delete_live(api: httpx.Client, photos: list[Path]) -> None:
     assert "api-scarf-1" not in {m["id"] for m in gone} and api.get("/v1/info").json()["items"] == 300
 
 
-def test_concurrent_reads_during_writes_stay_consistent(api: httpx.Client, photos: list[Path]) -> None:
+def test_items_are_listed_a_page_at_a_time(api: httpx.Client) -> None:
+    first = api.get("/v1/items", params={"limit": 2}).json()
+    assert first["total"] == 300 and first["offset"] == 0 and first["limit"] == 2 and len(first["items"]) == 2
+    assert set(first["items"][0]) == {"id", "metadata", "image_url"}
+    pages = [api.get("/v1/items", params={"offset": start, "limit": 128}).json() for start in range(0, 300, 128)]
+    ids = [item["id"] for page in pages for item in page["items"]]
+    assert len(ids) == len(set(ids)) == 300 and [len(p["items"]) for p in pages] == [128, 128, 44]
+    assert api.get("/v1/items", params={"offset": 300}).json()["items"] == []
+    for bad in ({"limit": 0}, {"limit": 1001}, {"offset": -1}, {"offset": "x"}):
+        assert_error(api.get("/v1/items", params=bad), 400)
+
+
+def test_patch_changes_metadata_live(api: httpx.Client, photos: list[Path]) -> None:
+    item = photos[8].stem
+    before = api.get(f"/v1/items/{item}").json()["metadata"]
+    change = {"metadata": {"baseColour": "Ultraviolet", "season": None, "label": "sale"}}
+    assert_error(api.patch(f"/v1/items/{item}", json=change), 401)
+    updated = api.patch(f"/v1/items/{item}", json=change, headers=WRITE)
+    assert updated.status_code == 200, updated.text
+    expected = {k: v for k, v in before.items() if k != "season"} | {"baseColour": "Ultraviolet", "label": "sale"}
+    assert updated.json()["metadata"] == expected == api.get(f"/v1/items/{item}").json()["metadata"]
+    found = api.get(f"/v1/items/{photos[9].stem}/similar", params={"filter": "baseColour=ultraviolet"}).json()
+    assert [m["id"] for m in found["results"]] == [item]  # the next search filters on the new value
+    bad = [
+        ("/v1/items/99999999", {"metadata": {}}, 404, "not in the index"),
+        (f"/v1/items/{item}", {"metadata": {"gender": 3}}, 400, "gender"),
+        (f"/v1/items/{item}", {"metadata": {"": "x"}}, 400, "metadata"),
+        (f"/v1/items/{item}", {"colour": "red"}, 400, "metadata"),
+        (f"/v1/items/{item}", {"metadata": {f"c{n}": "v" for n in range(65)}}, 400, "metadata"),
+        (f"/v1/items/{item}", {"metadata": {f"c{n}": "v" for n in range(60)}}, 400, "too many metadata columns"),
+    ]
+    for path, body, status, words in bad:
+        assert_error(api.patch(path, json=body, headers=WRITE), status, words)
+    restore = {"metadata": {"label": None, **before}}
+    assert api.patch(f"/v1/items/{item}", json=restore, headers=WRITE).json()["metadata"] == before
+
+
+def test_cors_is_off_unless_origins_are_set(api: httpx.Client, built_index: tuple[Path, BuildReport]) -> None:
+    origin = {"Origin": "https://shop.example"}
+    preflight = origin | {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "x-api-key"}
+    assert "access-control-allow-origin" not in api.get("/v1/health", headers=origin).headers
+    with TestClient(create_app(built_index[0], cors_origins=["https://shop.example"])) as client:
+        allowed = client.options("/v1/search", headers=preflight)
+        assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "https://shop.example"
+        assert "x-api-key" in allowed.headers["access-control-allow-headers"].lower()
+        answer = client.get("/v1/items/nope", headers=origin)  # errors carry the header too: the page can read them
+        assert answer.status_code == 404 and answer.headers["access-control-allow-origin"] == "https://shop.example"
+        other = client.get("/v1/health", headers={"Origin": "https://elsewhere.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_concurrent_reads_during_writes_stay_consistent(server: httpx.Client, photos: list[Path]) -> None:
+    api = server
+
     def read(n: int) -> list[dict]:
         if n % 3 == 0:
             response = api.post("/v1/search", params={"k": 5}, files=upload(photos[n % 20]))
@@ -297,8 +362,14 @@ def test_read_key_and_disabled_writes(
 ) -> None:
     key_file = tmp_path / "read.key"
     key_file.write_text(READ_KEY + "\n")
+    env = {
+        "FASHIONREC_READ_KEY_FILE": str(key_file),
+        "FASHIONREC_CORS_ORIGINS": "https://shop.example, https://b.example",
+    }
     index = copy_index(built_index, tmp_path)  # a copy: a Milvus Lite index opens in one process at a time
-    with serve(index, tmp_path / "log", FASHIONREC_READ_KEY_FILE=str(key_file)) as api:
+    with serve(index, tmp_path / "log", **env) as api:
+        allowed = api.get("/v1/health", headers={"Origin": "https://b.example"})  # CORS from the environment
+        assert allowed.headers["access-control-allow-origin"] == "https://b.example"
         item = photos[0].stem
         assert_error(api.get(f"/v1/items/{item}"), 401)
         assert_error(api.get(f"/v1/items/{item}", headers={"X-API-Key": "nope"}), 403)
@@ -343,8 +414,8 @@ def test_serve_refuses_a_bad_setup_in_one_line(tmp_path: Path, built_index: tupl
 
 
 @pytest.fixture(scope="module")
-def api_schema(api: httpx.Client) -> schemathesis.BaseSchema:
-    return schemathesis.openapi.from_url(f"{api.base_url}/openapi.json")
+def api_schema(server: httpx.Client) -> schemathesis.BaseSchema:
+    return schemathesis.openapi.from_url(f"{server.base_url}/openapi.json")
 
 
 @pytest.mark.slow
@@ -364,4 +435,4 @@ def test_fuzz_from_openapi_schema_never_5xx(api_schema: schemathesis.BaseSchema)
                 assert set(response.json()) == {"error", "detail"}, response.text
 
         never_5xx()
-    assert len(calls) == 8 and sum(calls.values()) > 150, calls  # every operation was exercised
+    assert len(calls) == 10 and sum(calls.values()) > 150, calls  # every operation was exercised

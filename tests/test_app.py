@@ -7,6 +7,8 @@ bad uploads, and the explore page. The real browser test is in test_app_browser.
 from __future__ import annotations
 
 import io
+import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -15,12 +17,15 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import fashionrec.app
+from fashionrec.app.explore_page import embedding_map
 from fashionrec.build import BuildReport
+from fashionrec.explore import MAP_FILE, read_map, write_map
+from fashionrec.index import IndexStore
 from fashionrec.search import Recommender
 
 from conftest import side_by_side
 
-APP = Path(fashionrec.app.__file__)
+APP = fashionrec.app.SCRIPT
 
 
 @pytest.fixture
@@ -67,6 +72,9 @@ def test_upload_finds_the_catalog_product_itself_first(page: AppTest, catalog_ph
     assert page.session_state["query"].title == "Your photo"
     ids = result_ids(page)
     assert len(ids) == 5 and ids[0] == catalog_photo.stem
+    assert not any("Similarity" in c.value or f"#{catalog_photo.stem}" in c.value for c in page.caption)
+    page.sidebar.toggle(key="details").set_value(True)  # ids and raw scores only on request
+    run(page)
     assert any(f"Similarity **1.00** · #{catalog_photo.stem}" in c.value for c in page.caption)
 
 
@@ -147,10 +155,15 @@ def test_filters_and_k_apply_inside_the_search(page: AppTest, index: Path, catal
         m.id for m in recommender.similar_to_item(query.id, 8, {"gender": other_gender, "masterCategory": "Apparel"})
     ]
 
-    page.multiselect(key="filter-articleType").select("Tshirts").select("Watches")
-    page.multiselect(key="filter-masterCategory").unselect("Apparel").select("Footwear")
+    chosen = {"gender": other_gender, "masterCategory": "Apparel"}
+    types = page.multiselect(key="filter-articleType").options
+    assert "Tshirts" in types and "Watches" not in types  # the choices left by the other filters
+    assert types == recommender.column_values("articleType", chosen)
+    page.multiselect(key="filter-articleType").select("Tshirts")
     run(page)
-    assert result_ids(page) == [] and "No product matches these filters" in page.info[0].value
+    assert page.multiselect(key="filter-masterCategory").options == ["Apparel"]  # only apparel holds T-shirts
+    assert page.multiselect(key="filter-gender").value == [other_gender]  # narrowing keeps what was chosen
+    assert all(recommender.item(i).metadata["articleType"] == "Tshirts" for i in result_ids(page))
 
 
 def test_more_like_this_then_back(page: AppTest) -> None:
@@ -201,9 +214,65 @@ def test_bad_upload_is_a_message_not_a_traceback(
 
 
 def test_explore_page(index: Path) -> None:
-    explore = run(AppTest.from_string("from fashionrec.app import explore_page\nexplore_page()", default_timeout=120))
+    explore = run(AppTest.from_string("from fashionrec.app.explore_page import render\nrender()", default_timeout=120))
     assert explore.title[0].value == "Explore the catalog"
     assert explore.metric[0].value == "300"
     assert len(explore.get("plotly_chart")) == 3  # product types, colours, the embedding map
     assert len(explore.image) == 1  # the word cloud
     assert [s.value for s in explore.subheader] == ["What the products are called", "The map of the catalog"]
+
+
+def test_explore_map_is_written_at_index_time_and_used(
+    built_index: tuple[Path, BuildReport], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = Path(shutil.copytree(built_index[0], tmp_path / "idx"))
+    lines: list[str] = []
+    path = write_map(index, log=lines.append)
+    stored = read_map(index)
+    assert path == index / MAP_FILE and stored is not None and lines
+    assert len(stored["ids"]) == len(stored["x"]) == 300 and stored["generation"] == IndexStore.open(index).generation()
+    assert len(set(zip(stored["x"], stored["y"], strict=True))) > 250  # spread out, not a heap
+    written = path.stat().st_mtime_ns
+    assert write_map(index, log=lines.append) == path and path.stat().st_mtime_ns == written  # unchanged: kept
+
+    ids = [*stored["ids"][:7], "gone-since"]
+    few = {"generation": stored["generation"], "ids": ids, "x": [*range(8)], "y": [0] * 8}
+    path.write_text(json.dumps(few))  # the page draws what the file holds, without products no longer indexed
+    monkeypatch.setattr(sys, "argv", [str(APP), str(index)])
+    explore = run(AppTest.from_string("from fashionrec.app.explore_page import render\nrender()", default_timeout=60))
+    assert any("7 of them" in c.value for c in explore.caption)
+    path.write_text("{not json")  # damaged: computed again, as without the file
+    frame = embedding_map.__wrapped__(str(index))
+    assert len(frame) == 300 and set(frame["id"]) == set(stored["ids"])
+
+
+def test_a_shared_url_restores_the_query_and_follows_it(index: Path) -> None:
+    recommender = Recommender.open(index)
+    item = recommender.items[0].id
+    gender = recommender.item(item).metadata["gender"]
+    page = AppTest.from_file(str(APP), default_timeout=60)
+    page.query_params.update({"item": item, "k": "3", "colour": "0.3", "filter": [f"gender={gender.lower()}"]})
+    run(page)
+    assert query_id(page) == item and page.sidebar.slider(key="k").value == 3
+    assert page.sidebar.slider(key="colour_weight").value == 0.3 and not page.error
+    assert page.multiselect(key="filter-gender").value == [gender]  # as the index spells it
+    expected = recommender.similar_to_item(item, 3, {"gender": gender}, colour_weight=0.3)
+    assert result_ids(page) == [m.id for m in expected]
+    assert page.query_params == {"item": item, "k": "3", "colour": "0.3", "filter": f"gender={gender}"}
+
+    page.button(key=f"result-{expected[0].id}").click()  # "More like this": the address follows
+    run(page)
+    assert page.query_params["item"] == expected[0].id
+    page.sidebar.toggle(key="details").set_value(True)
+    run(page)
+    assert page.query_params["details"] == "1"
+
+
+def test_a_broken_url_is_a_message(index: Path) -> None:
+    page = AppTest.from_file(str(APP), default_timeout=60)
+    page.query_params.update({"item": "no-such-item", "k": "99", "filter": ["gender=Robot"]})
+    run(page)
+    [error] = page.error
+    for words in ("item 'no-such-item' is not in this catalog", "k='99'", "no item has gender='Robot'"):
+        assert words in error.value
+    assert page.title[0].value == "Find your look-alike"  # the start page, usable

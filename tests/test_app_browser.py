@@ -40,6 +40,7 @@ CHROMIUM_ARGS = [
 ARTIFACTS = REPO / "artifacts"
 RESULT_CAPTION = re.compile(r"Similarity \d\.\d\d · #(\S+)")
 TIMEOUT_MS = 60_000
+PHONE_WIDTH = 390
 
 
 def free_port() -> int:
@@ -120,7 +121,7 @@ def test_upload_then_more_like_this(
 ) -> None:
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(TIMEOUT_MS)
-    page.goto(server)
+    page.goto(f"{server}/?details=1")  # ids and scores shown: the test reads the results' ids
     expect(page.get_by_role("heading", name="Find your look-alike")).to_be_visible()
     screenshot(page, "app-start.png")
 
@@ -146,7 +147,7 @@ def test_upload_then_more_like_this(
 def test_explore_map_opens_a_product(server: str, browser: Browser) -> None:
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(TIMEOUT_MS)
-    page.goto(server)
+    page.goto(f"{server}/?details=1")
     page.get_by_role("link", name="Explore the catalog").click()
     expect(page.locator(".js-plotly-plot")).to_have_count(3)  # types, colours, the embedding map
     chart = page.locator(".js-plotly-plot").nth(2)
@@ -174,3 +175,23 @@ def test_explore_map_opens_a_product(server: str, browser: Browser) -> None:
     expect(page.get_by_role("heading", name="Similar products")).to_be_visible()
     assert item_id not in wait_for_results(page, lambda ids: len(ids) == 5)
     expect(page.get_by_text(f"#{item_id}", exact=True)).to_be_visible()  # the query's id badge
+
+
+def test_a_shared_url_on_a_phone(server: str, browser: Browser, built_index: tuple[Path, BuildReport]) -> None:
+    """A link opened on a 390 px wide phone: the shared query comes back, and the page fits the screen."""
+    recommender = Recommender.open(built_index[0])
+    item = recommender.items[0].id
+    page = browser.new_page(viewport={"width": PHONE_WIDTH, "height": 844}, is_mobile=True, has_touch=True)
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{server}/?item={item}&k=3&colour=0.2&details=1")
+    name = recommender.item(item).metadata["productDisplayName"]
+    expect(page.get_by_role("heading", name=name)).to_be_visible()
+    ids = wait_for_results(page, lambda ids: len(ids) == 3)
+    assert ids == [m.id for m in recommender.similar_to_item(item, 3, colour_weight=0.2)]
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE_WIDTH  # no sideways scrolling
+    for element in (*page.locator("main img").all(), *page.get_by_role("button", name="More like this").all()):
+        box = element.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE_WIDTH, box
+    screenshot(page, "app-phone.png")
+    page.get_by_role("button", name="More like this").first.tap()  # the address follows the new query
+    page.wait_for_url(re.compile(rf"item={re.escape(ids[0])}"))

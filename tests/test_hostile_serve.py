@@ -32,6 +32,7 @@ from test_api import KEY, WRITE, assert_error, serve
 from test_app_browser import CHROMIUM, CHROMIUM_ARGS, free_port
 
 import fashionrec.app
+from fashionrec.app.state import Query
 from fashionrec.index import DATABASE, MANIFEST, UPLOADS
 
 from conftest import REPO, SHARED_ZIP, run_cli, sample_rows, small_tmpfs
@@ -368,7 +369,7 @@ def edit_manifest(index: Path, change: Callable[[dict], object]) -> None:
 
 # ---- the web app ---------------------------------------------------------------------------------
 
-APP = Path(fashionrec.app.__file__)
+APP = fashionrec.app.SCRIPT
 
 
 @pytest.fixture
@@ -394,7 +395,7 @@ def test_app_shows_hostile_uploads_and_products(page: AppTest, name: str) -> Non
     with Image.open(io.BytesIO(page.session_state["query"].image)) as shown:
         assert shown.mode == "RGB"
     item_id = name.partition(".")[0]  # the catalog product itself as the query: its picture and its look-alikes
-    page.session_state["query"] = fashionrec.app.Query(title=item_id, item_id=item_id)
+    page.session_state["query"] = Query(title=item_id, item_id=item_id)
     page.run()
     assert_page_fine(page)
     assert len(page.image) >= 2  # the query and its results: no "image not available" for any of them

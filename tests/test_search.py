@@ -9,6 +9,7 @@ import pytest
 
 from fashionrec.build import BuildReport
 from fashionrec.colour import COLOUR_DIM
+from fashionrec.filters import FilterError
 from fashionrec.index import StoredItem
 from fashionrec.search import Query, Recommender, Snapshot, UnknownItemError
 from fashionrec.stores.files import FilesStore
@@ -65,7 +66,8 @@ def test_filters_apply_inside_the_search(recommender: Recommender) -> None:
     query = Query(recommender.store.vectors(first)[0], recommender.store.colours(first)[0])
     matches = recommender.similar(query, k=50, filters={"articleType": rare})
     assert len(matches) == wanted  # all of them, however dissimilar
-    assert recommender.similar_to_item(recommender.items[0].id, filters={"articleType": "No Such Type"}) == []
+    with pytest.raises(FilterError, match="no item has articleType='No Such Type'"):  # not a silent empty result
+        recommender.similar_to_item(recommender.items[0].id, filters={"articleType": "No Such Type"})
 
 
 def test_bad_queries_raise_clear_errors(recommender: Recommender) -> None:

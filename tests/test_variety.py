@@ -146,8 +146,8 @@ def test_app_shows_variants_and_a_variety_slider(
     index: Path, recommender: Recommender, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     query = next(i.id for i in recommender.items if any(m.variants for m in recommender.similar_to_item(i.id)))
-    monkeypatch.setattr(sys, "argv", [fashionrec.app.__file__, str(index)])
-    page = AppTest.from_file(fashionrec.app.__file__, default_timeout=60)
+    monkeypatch.setattr(sys, "argv", [str(fashionrec.app.SCRIPT), str(index)])
+    page = AppTest.from_file(str(fashionrec.app.SCRIPT), default_timeout=60)
     page.run()
     page.sidebar.radio(key="mode").set_value("catalog")
     page.run()

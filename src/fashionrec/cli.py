@@ -6,12 +6,15 @@ with code 2; no traceback.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, get_args
 
@@ -19,13 +22,16 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from tqdm import tqdm
 
 from fashionrec.build import BuildInterrupted, BuildReport, build_index
 from fashionrec.catalog import CatalogError, load_catalog
 from fashionrec.encoder import BACKBONES, DEFAULT_ENCODER, DEFAULT_FIT, WEIGHTS_ENV, EncoderError, load_encoder
+from fashionrec.explore import write_map
+from fashionrec.filters import parse_filters
 from fashionrec.garment import Method
 from fashionrec.images import MAX_BYTES, Fit, ImageError, parse_box
-from fashionrec.index import IndexStore, IndexStoreError
+from fashionrec.index import IndexStore, IndexStoreError, write_bytes_atomic
 from fashionrec.search import Match, Recommender, UnknownItemError
 from fashionrec.trained import TrainConfig
 
@@ -39,6 +45,7 @@ errors = Console(stderr=True, soft_wrap=True)
 
 USER_ERRORS = (ImageError, CatalogError, IndexStoreError, EncoderError, UnknownItemError, ValueError, FileNotFoundError)
 SHOWN_COLUMNS = ("productDisplayName", "articleType", "baseColour", "gender")
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")  # what --folder searches
 
 IndexDir = Annotated[Path, typer.Argument(help="Index directory (made by `fashionrec index`).")]
 TopK = Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="How many products to return.")]
@@ -86,16 +93,6 @@ def printable(text: str) -> str:
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
-def parse_filters(raw: list[str] | None) -> dict[str, list[str]]:
-    filters: dict[str, list[str]] = {}
-    for entry in raw or []:
-        column, sep, value = entry.partition("=")
-        if not sep or not column:
-            raise ValueError(f"filter {entry!r} is not COLUMN=VALUE")
-        filters.setdefault(column.strip(), []).append(value.strip())
-    return filters
-
-
 @app.command()
 def index(
     catalog: Annotated[Path, typer.Argument(help="Catalog: a folder or .zip (Kaggle layout), or a CSV/Parquet.")],
@@ -141,6 +138,7 @@ def index(
         except BuildInterrupted as stop:
             errors.print(f"[yellow]{stop}[/yellow]")
             raise typer.Exit(130) from None
+        write_map(out, log=console.print)  # the app's explore page opens at once
     print_report(report)
 
 
@@ -190,7 +188,17 @@ def _query(
 @app.command()
 def search(
     index_dir: IndexDir,
-    image: Annotated[Path, typer.Argument(help="Any image file: a photo, a screenshot, a product shot.")],
+    image: Annotated[
+        Path | None, typer.Argument(help="Any image file: a photo, a screenshot, a product shot.", show_default=False)
+    ] = None,
+    folder: Annotated[
+        Path | None,
+        typer.Option(help="Search every photo in this folder (and its subfolders) instead of one IMAGE."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="With --folder: write the results to this .csv (a row per match) or .json."),
+    ] = None,
     k: TopK = 5,
     filter: FilterOption = None,
     as_json: AsJson = False,
@@ -208,26 +216,97 @@ def search(
     collapse: Collapse = True,
     diversity: Diversity = 0.0,
 ) -> None:
-    """Similar products for an image file (or the --crop part of it)."""
+    """Similar products for an image file (or the --crop part of it), or for every photo of a --folder."""
     if isolate not in get_args(Method):
         raise typer.BadParameter(f"{isolate!r} is not one of {', '.join(get_args(Method))}", param_hint="--isolate")
-    _query(
-        index_dir,
-        lambda r: r.similar_to_image(
-            image,
-            k,
-            parse_filters(filter),
-            colour_weight,
-            crop and parse_box(crop),
-            isolate,  # type: ignore[arg-type]
-            collapse,
-            diversity,
-        ),
-        as_json,
-        f"Products similar to {image}",
-        search,
-        precision,
-    )
+    if (image is None) == (folder is None):
+        raise typer.BadParameter("give one IMAGE, or --folder PHOTOS", param_hint="IMAGE")
+    if out is not None and (folder is None or out.suffix.lower() not in (".csv", ".json")):
+        raise typer.BadParameter("a .csv or .json file, with --folder", param_hint="--out")
+
+    def search_photo(recommender: Recommender, photo: Path) -> list[Match]:
+        box = crop and parse_box(crop)
+        filters = recommender.resolve_filters(parse_filters(filter or []))  # wrong: fails before any embedding
+        return recommender.similar_to_image(photo, k, filters, colour_weight, box, isolate, collapse, diversity)  # type: ignore[arg-type]
+
+    if folder is not None:
+        with user_errors():
+            recommender = Recommender.open(index_dir, kind=search, precision=precision)  # type: ignore[arg-type]
+            results = search_folder(recommender, folder, search_photo)
+            if out is not None:
+                write_bytes_atomic(out, batch_file(results, out.suffix.lower()))
+        print_batch(results, as_json, out)
+        return
+    assert image is not None
+    _query(index_dir, lambda r: search_photo(r, image), as_json, f"Products similar to {image}", search, precision)
+
+
+@dataclass(frozen=True)
+class PhotoResult:
+    """One photo of a batch: its matches, or why it could not be searched."""
+
+    photo: str  # relative to the folder
+    matches: list[Match]
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"photo": self.photo, "error": self.error, "matches": [m.to_dict() for m in self.matches]}
+
+
+def search_folder(
+    recommender: Recommender, folder: Path, search_photo: Callable[[Recommender, Path], list[Match]]
+) -> list[PhotoResult]:
+    """Every photo of the folder searched in turn, with a progress bar (rate, ETA); a photo that cannot be read
+    is a result with its error, never the end of the batch."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    found = folder.rglob("*")
+    photos = sorted(p for p in found if p.suffix.lower() in PHOTO_SUFFIXES and p.is_file() and p.name[0] != ".")
+    if not photos:
+        raise ValueError(f"{folder}: no photos ({', '.join(PHOTO_SUFFIXES)}) in it")
+    results = []
+    for photo in tqdm(photos, unit="photo", desc="Searching", dynamic_ncols=True):
+        name = photo.relative_to(folder).as_posix()
+        try:
+            results.append(PhotoResult(name, search_photo(recommender, photo)))
+        except (ImageError, OSError) as error:
+            results.append(PhotoResult(name, [], str(error)))
+    return results
+
+
+def batch_file(results: list[PhotoResult], suffix: str) -> bytes:
+    """The results as JSON (a list of photos with their matches), or CSV (a row per match; a failed photo is one
+    row with its error)."""
+    if suffix == ".json":
+        return json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False).encode()
+    columns = list(dict.fromkeys(c for r in results for m in r.matches for c in m.metadata))
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["photo", "rank", "id", "score", "variants", *columns, "error"])
+    for result in results:
+        for m in result.matches:
+            row = [m.rank, m.id, m.score, " ".join(m.variants), *(m.metadata.get(c, "") for c in columns)]
+            writer.writerow([result.photo, *row, ""])
+        if result.error is not None or not result.matches:
+            writer.writerow([result.photo, "", "", "", "", *([""] * len(columns)), result.error or "no match"])
+    return text.getvalue().encode()
+
+
+def print_batch(results: list[PhotoResult], as_json: bool, out: Path | None) -> None:
+    failed = sum(r.error is not None for r in results)
+    if as_json and out is None:
+        print(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False))
+    elif out is None:
+        table = Table(title="Best match of each photo")
+        for name in ("photo", "id", "score", "name", "error"):
+            table.add_column(name, justify="right" if name == "score" else "left")
+        for r in results:
+            best = r.matches[0] if r.matches else None
+            cells = (best.id, f"{best.score:.3f}", best.metadata.get(SHOWN_COLUMNS[0], "")) if best else ("", "", "")
+            table.add_row(printable(r.photo), *cells, r.error or "")
+        console.print(table)
+    summary = f"{len(results)} photos searched, {failed} could not be read" + (f"; results in {out}" if out else "")
+    errors.print(summary, highlight=False)
 
 
 @app.command()
@@ -246,7 +325,7 @@ def similar(
     """Similar products for a catalog item (the item itself is never returned)."""
     _query(
         index_dir,
-        lambda r: r.similar_to_item(item_id, k, parse_filters(filter), colour_weight, collapse, diversity),
+        lambda r: r.similar_to_item(item_id, k, parse_filters(filter or []), colour_weight, collapse, diversity),
         as_json,
         f"Products similar to item {item_id}",
         search,
@@ -419,9 +498,10 @@ def web_app(
     """Open the web app over an index: look-alikes of an upload, a camera shot or a catalog product."""
     with user_errors():
         IndexStore.open(index_dir).close()  # a wrong path fails here in one line, not in the browser
-    page = Path(__file__).with_name("app.py")
+    from fashionrec.app import SCRIPT
+
     command = [
-        sys.executable, "-m", "streamlit", "run", str(page),
+        sys.executable, "-m", "streamlit", "run", str(SCRIPT),
         "--server.headless=true",
         f"--server.port={port}",
         f"--server.address={address}",
@@ -450,14 +530,20 @@ def serve(
     """Run the REST API over an index (docs at http://HOST:PORT/docs); writes need FASHIONREC_API_KEY."""
     import uvicorn  # only this command needs the server
 
-    from fashionrec.api import INDEX_ENV, WRITE_KEY_ENV, Keys
+    from fashionrec.api import CORS_ENV, INDEX_ENV, WRITE_KEY_ENV, Keys, cors_origins_from_env
 
     with user_errors():  # one clear line now rather than a traceback in every worker
         IndexStore.open(index_dir).close()
         keys = Keys.from_env()
     console.print(
-        "Catalog updates (POST/DELETE /v1/items): "
+        "Catalog updates (POST/PATCH/DELETE /v1/items): "
         + ("enabled, with the API key" if keys.write else f"disabled; set {WRITE_KEY_ENV} to enable them"),
+        highlight=False,
+    )
+    origins = cors_origins_from_env()
+    console.print(
+        "Calls from web pages of other sites (CORS): "
+        + (f"allowed for {', '.join(origins)}" if origins else f"off; set {CORS_ENV} to allow some"),
         highlight=False,
     )
     os.environ[INDEX_ENV] = str(index_dir.resolve())

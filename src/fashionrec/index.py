@@ -60,6 +60,12 @@ CREATE TABLE IF NOT EXISTS items (
     image_hash TEXT NOT NULL,
     metadata TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS generation (value INTEGER NOT NULL);
+INSERT INTO generation SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM generation);
+CREATE TRIGGER IF NOT EXISTS item_added AFTER INSERT ON items BEGIN UPDATE generation SET value = value + 1; END;
+CREATE TRIGGER IF NOT EXISTS item_removed AFTER DELETE ON items BEGIN UPDATE generation SET value = value + 1; END;
+CREATE TRIGGER IF NOT EXISTS item_changed AFTER UPDATE OF image_hash ON items
+    BEGIN UPDATE generation SET value = value + 1; END;
 CREATE TABLE IF NOT EXISTS problems (
     item TEXT NOT NULL,
     message TEXT NOT NULL,
@@ -393,6 +399,11 @@ class IndexStore:
                     f"no space left on the disk that holds the index {self.directory.name!r}: nothing was saved"
                 ) from None
             raise
+
+    def generation(self) -> int:
+        """A number that changes, durably, whenever an item is added, re-embedded (new image) or removed."""
+        with self._lock:
+            return self._db.execute("SELECT value FROM generation").fetchone()[0]
 
     def data_version(self) -> int:
         """Changes whenever another connection (another process) commits to the database: cheap to poll."""

@@ -9,9 +9,11 @@ by default, its other ids its `variants` (`collapse`, bench/variety.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -21,9 +23,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from fashionrec.catalog import ImageSource, Problem
+from fashionrec.catalog import ImageSource, Item, Problem
 from fashionrec.colour import colour_vector
+from fashionrec.columns import Column, columns_of
 from fashionrec.encoder import Encoder, encoder_for_index
+from fashionrec.filters import FilterError, Filters, resolve_filters
 from fashionrec.garment import Method
 from fashionrec.garment import isolate as isolate_garment
 from fashionrec.images import Box, Detail, crop, decode, match_detail, open_image
@@ -33,7 +37,6 @@ from fashionrec.stores import Hit, SearchSettings, StoreError, VectorStore
 if TYPE_CHECKING:
     import pandas as pd
 
-Filters = Mapping[str, str | Sequence[str]]
 Group = tuple[float, int, tuple[str, ...]]  # a result before it is a Match: score, position, variant ids
 TIE_MARGIN = 8  # extra candidates fetched so equal scores can be ordered by id
 RERANK_POOL = 100  # candidates by shape that a colour-weighted query ranks again
@@ -42,6 +45,7 @@ SEARCH_ATTEMPTS = 3  # a search that meets an item removed meanwhile runs again 
 DIVERSITY_POOL = 50  # candidates that maximal marginal relevance picks from (at least 4k)
 MAX_COLUMNS = 64  # metadata columns in a whole index that an added item may bring: each widens every row
 MAX_METADATA_BYTES = 8 * 1024  # an added item's metadata, as JSON
+QUERY_CACHE = 16  # photos kept embedded: the app searches the same photo again on every change of a setting
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +68,16 @@ class Match:
     metadata: dict[str, str]
     variants: tuple[str, ...] = ()  # ids of the same product under other ids (same image, near-identical vector)
 
+    def __post_init__(self) -> None:
+        # Rounded, and clipped to the documented [-1, 1]: float16 vectors can add a few 1e-4 to a cosine of 1.
+        object.__setattr__(self, "score", round(min(max(float(self.score), -1.0), 1.0), 6))
+
     def to_dict(self) -> dict[str, object]:
+        """The one serialised form of a match: CLI JSON, the API (which adds an image URL), batch files."""
         return {
             "rank": self.rank,
             "id": self.id,
-            "score": round(self.score, 6),
+            "score": self.score,
             "image": self.image,
             "metadata": self.metadata,
             "variants": list(self.variants),
@@ -102,7 +111,7 @@ class Snapshot:
 
     items: list[StoredItem]
     positions: dict[str, int]  # id -> row in `items`
-    columns: tuple[str, ...]  # every metadata column of the items: what filters may name
+    columns: dict[str, Column]  # per metadata column: what filters name and the values they may ask for
     store: VectorStore
 
     @classmethod
@@ -110,7 +119,7 @@ class Snapshot:
         return cls(
             items=items,
             positions={item.id: n for n, item in enumerate(items)},
-            columns=tuple(dict.fromkeys(name for item in items for name in item.metadata)),
+            columns=columns_of([item.metadata for item in items]),
             store=store,
         )
 
@@ -142,7 +151,7 @@ class Snapshot:
             raise ValueError(f"k must be at least 1, got {k}")
         if not 0.0 <= diversity <= 1.0:
             raise ValueError(f"diversity must be between 0 and 1, got {diversity}")
-        wanted_values = self.checked(filters) if filters else None
+        wanted_values = self.resolve(filters) if filters else None
         pool = k + 1 + TIE_MARGIN if query.colour_weight == 0 else max(RERANK_POOL, 4 * k)
         if collapse:
             pool = max(pool, 2 * k + 1 + TIE_MARGIN)  # room for a few duplicates
@@ -253,12 +262,19 @@ class Snapshot:
             closest = np.maximum(closest, vectors @ vectors[pick])
         return [groups[i] for i in order]
 
-    def checked(self, filters: Filters) -> dict[str, list[str]]:
-        """Filters as the store takes them (column -> accepted values); ValueError for an unknown column."""
-        for column in filters:
-            if column not in self.columns:
-                raise ValueError(f"unknown filter column {column!r}; columns are {', '.join(self.columns)}")
-        return {column: [wanted] if isinstance(wanted, str) else list(wanted) for column, wanted in filters.items()}
+    def resolve(self, filters: Filters) -> dict[str, list[str]]:
+        """The filters as this snapshot spells its columns and values (filters.resolve_filters)."""
+        return resolve_filters(filters, {name: column.values for name, column in self.columns.items()})
+
+    def matching_positions(self, filters: Filters) -> np.ndarray:
+        """Positions of the items whose metadata match every filter (any of its values).
+
+        Names and values match case-insensitively; one the index does not hold raises FilterError with a hint.
+        """
+        mask = np.ones(len(self.items), dtype=bool)
+        for column, wanted in self.resolve(filters).items():
+            mask &= self.columns[column].matches(wanted)
+        return np.flatnonzero(mask).astype(np.int64)
 
 
 class Recommender:
@@ -279,6 +295,8 @@ class Recommender:
         self._encoder: Encoder | None = None
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._queries: OrderedDict[tuple[bytes, Box | None, str], Query] = OrderedDict()  # by photo digest
+        self._queries_lock = threading.Lock()
         catalog = records.manifest.get("catalog", {})
         self.images = ImageSource(Path(catalog["images_root"])) if catalog.get("images_root") else None
         self.detail = Detail.from_dict(records.manifest.get("detail"))
@@ -299,9 +317,9 @@ class Recommender:
         """Open an index directory; the encoder is loaded on the first image query.
 
         `kind` picks exact or approximate (ivf) search, `auto` by catalog size; `precision` float16
-        halves the memory the vectors take; `threads` is the cores one image embedding (and one search)
-        uses (0: all; 1 for a server that answers several requests side by side); `isolation` how a query
-        photo's garment is cut out of its scene before embedding (garment.py).
+        halves the memory the vectors take; `threads` is the cores one image embedding or one search uses
+        (0: all; 1 for a server that serves requests side by side; sets FAISS's for the whole process);
+        `isolation` how a query photo's garment is cut out of its scene before embedding (garment.py).
         """
         records = IndexStore.open(directory, SearchSettings(kind, precision, threads))
         return cls(records, backend, threads, isolation)
@@ -380,6 +398,29 @@ class Recommender:
                 "Use the index's existing columns (GET /v1/info lists them)"
             )
 
+    def update_item(self, item_id: str, changes: Mapping[str, str | None]) -> StoredItem:
+        """Change a product's metadata (its image and vectors stay): each column given is set, or removed when
+        None; the next search filters on the new values. UnknownItemError if absent."""
+        with self._write_lock:
+            old = self.snapshot
+            position = old.positions.get(item_id)
+            if position is None:
+                raise UnknownItemError(item_id)
+            current = old.items[position]
+            metadata = {k: v for k, v in {**current.metadata, **changes}.items() if v is not None}
+            self.check_metadata(metadata)
+            updated = replace(current, metadata=metadata)
+            self.records.update_metadata([Item(updated.id, updated.image, updated.metadata)])
+            if self._refresh_locked():  # another process wrote too: reloaded all, this change included
+                return self.item(item_id)
+            self.snapshot = Snapshot.of([*old.items[:position], updated, *old.items[position + 1 :]], self.store)
+        return updated
+
+    def items_page(self, offset: int, limit: int) -> tuple[int, list[StoredItem]]:
+        """The number of products and `limit` of them from `offset`, in index order (from one snapshot)."""
+        items = self.snapshot.items
+        return len(items), items[offset : offset + limit]
+
     def remove_item(self, item_id: str) -> None:
         """Delete a product from the index (and its image, if it was uploaded); UnknownItemError if absent."""
         with self._write_lock:
@@ -414,9 +455,23 @@ class Recommender:
 
         `crop_box` (fractions of the photo: left, top, right, bottom) searches for that part only; `isolate`
         (default: the recommender's `isolation`) cuts the garment out of a shopper's photo. The photo, or the
-        garment cut out of it, is then brought down to the catalog's level of detail.
+        garment cut out of it, is then brought down to the catalog's level of detail. The queries of the last
+        QUERY_CACHE photos given as bytes are kept, so searching one again with other settings is instant.
         """
-        return self._embed(image, as_query=True, crop_box=crop_box, isolate=isolate)
+        method = isolate or self.isolation
+        if not isinstance(image, bytes):
+            return self._embed(image, as_query=True, crop_box=crop_box, isolate=method)
+        key = (hashlib.sha256(image).digest(), crop_box, method)
+        with self._queries_lock:
+            if (known := self._queries.get(key)) is not None:
+                self._queries.move_to_end(key)
+                return known
+        query = self._embed(image, as_query=True, crop_box=crop_box, isolate=method)
+        with self._queries_lock:
+            self._queries[key] = query
+            while len(self._queries) > QUERY_CACHE:
+                self._queries.popitem(last=False)
+        return query
 
     def _embed(
         self,
@@ -495,6 +550,32 @@ class Recommender:
         """
         return self.snapshot.search(query, k, filters, exclude, collapse, diversity)
 
+    def matching_positions(self, filters: Filters) -> np.ndarray:
+        """Positions of the items whose metadata match every filter (any of its values)."""
+        return self.snapshot.matching_positions(filters)
+
+    def resolve_filters(self, filters: Filters) -> dict[str, list[str]]:
+        """Filters spelled as the index spells them (any case given); FilterError, with the closest known names,
+        for a column or value the index does not hold. Every search does this itself."""
+        return self.snapshot.resolve(filters)
+
+    @property
+    def metadata_columns(self) -> list[str]:
+        """The metadata columns of the index's items, in first-seen order."""
+        return list(self.snapshot.columns)
+
+    def column_values(self, column: str, filters: Filters | None = None) -> list[str]:
+        """The values a metadata column holds among the items that match `filters` (every item without),
+        sorted: the choices a filter on that column has left once the others are set."""
+        snapshot = self.snapshot
+        if column not in snapshot.columns:
+            raise FilterError(f"unknown filter column {column!r}; columns are {', '.join(snapshot.columns)}")
+        codes = snapshot.columns[column].codes
+        if filters:
+            codes = codes[snapshot.matching_positions(filters)]
+        names = list(snapshot.columns[column].values)  # in code order
+        return sorted(value for value in (names[code] for code in np.unique(codes)) if value)
+
     def problems(self) -> list[Problem]:
         return self.records.problems()
 
@@ -513,5 +594,5 @@ class Recommender:
             "catalog": manifest.get("catalog", {}).get("path"),  # type: ignore[union-attr]
             "complete": manifest.get("complete", False),
             "updated": manifest.get("updated"),
-            "metadata_columns": list(self.snapshot.columns),
+            "metadata_columns": self.metadata_columns,
         }

@@ -19,30 +19,30 @@ import json
 import logging
 import os
 import sqlite3
-import sys
 import threading
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from fashionrec.colour import COLOUR_DIM
+from fashionrec.columns import Column, columns_of, extended_columns
 from fashionrec.stores.base import Filters, Hit, SearchSettings, StoreError
-from fashionrec.stores.faiss_index import FaissIndex
+from fashionrec.stores.faiss_index import FaissIndex, search_threads
 
 DATABASE = "vectors.sqlite"
 STORED = np.float16  # on disk: float16 keeps a unit vector's cosines to ~1e-3, at half of float32's size
 PAGE_SIZE = 65_536  # large pages hold a 2.5 KB row without wasting most of a 4 KB page
 PATCH_LIMIT = 256  # a bigger write to a loaded store drops the snapshot (reloaded on next read) instead of patching
 RETRAIN_FACTOR = 2  # IVF cells trained on N items serve from N / 2 to 2 N items
+WAL_PAGES = 64  # the write-ahead log is folded into the file every 4 MB (SQLite's 1000 pages: 64 MB here)
 READ_BATCH = 900  # ids per `IN (...)` query (SQLite allows 999 parameters on old builds)
 FILE_MODE = 0o640  # as every file of the index (index.FILE_MODE)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS vectors (
-    row INTEGER PRIMARY KEY,
+    row INTEGER PRIMARY KEY AUTOINCREMENT,  -- a new row for each write: IVF lists cached by row stay true
     id TEXT NOT NULL UNIQUE,
     vector BLOB NOT NULL,
     colour BLOB NOT NULL,
@@ -51,28 +51,6 @@ CREATE TABLE IF NOT EXISTS vectors (
 """
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Column:
-    """One metadata column as small integer codes: a filter compares integers, not strings."""
-
-    codes: np.ndarray  # [N] int32, an index into `values`
-    values: dict[str, int]
-
-    @classmethod
-    def of(cls, cells: Sequence[str]) -> Column:
-        return cls(np.zeros(0, np.int32), {}).extended(cells)
-
-    def extended(self, cells: Sequence[str]) -> Column:
-        """A copy with rows appended; this one is left as it is."""
-        values = dict(self.values)
-        codes = np.fromiter((values.setdefault(cell, len(values)) for cell in cells), np.int32, len(cells))
-        return Column(np.concatenate([self.codes, codes]), values)
-
-    def matches(self, wanted: Sequence[str]) -> np.ndarray:
-        """[N] bool: which items hold any of the wanted values."""
-        return np.isin(self.codes, [self.values[v] for v in wanted if v in self.values])
 
 
 @dataclass(frozen=True)
@@ -89,19 +67,13 @@ class FilesSnapshot:
     def of(
         cls, ids: list[str], index: FaissIndex, colours: np.ndarray, metadata: Sequence[Mapping[str, str]]
     ) -> FilesSnapshot:
-        names = dict.fromkeys(name for meta in metadata for name in meta)
-        columns = {name: Column.of([meta.get(name, "") for meta in metadata]) for name in names}
-        return cls(ids, {i: n for n, i in enumerate(ids)}, index, colours, columns)
+        return cls(ids, {i: n for n, i in enumerate(ids)}, index, colours, columns_of(metadata))
 
     def with_items(
         self, ids: list[str], vectors: np.ndarray, colours: np.ndarray, metadata: Sequence[Mapping[str, str]]
     ) -> FilesSnapshot:
         """A copy with these items appended (new ids: see `without` for replaced ones)."""
-        names = dict.fromkeys([*self.columns, *(name for meta in metadata for name in meta)])
-        empty = Column.of([""] * len(self.ids))
-        columns = {
-            name: self.columns.get(name, empty).extended([meta.get(name, "") for meta in metadata]) for name in names
-        }
+        columns = extended_columns(self.columns, len(self.ids), metadata)
         all_ids = self.ids + ids
         return FilesSnapshot(
             all_ids,
@@ -110,6 +82,24 @@ class FilesSnapshot:
             np.concatenate([self.colours, colours]),
             columns,
         )
+
+    def with_metadata(self, ids: list[str], metadata: Sequence[Mapping[str, str]]) -> FilesSnapshot:
+        """A copy where these items (all held) have new metadata: the FAISS structure is shared, not rebuilt."""
+        rows = self.rows(ids)
+        names = dict.fromkeys([*self.columns, *(name for meta in metadata for name in meta)])
+        empty = Column.of([""] * len(self.ids))
+        columns = {
+            name: self.columns.get(name, empty).replaced(rows, [meta.get(name, "") for meta in metadata])
+            for name in names
+        }
+        return FilesSnapshot(self.ids, self.positions, self.index, self.colours, columns)
+
+    def holds(self, ids: list[str], vectors: np.ndarray, colours: np.ndarray) -> bool:
+        """Whether every id is here with exactly these vectors and colours (a metadata-only change)."""
+        if not all(i in self.positions for i in ids):
+            return False
+        rows = self.rows(ids)
+        return np.array_equal(self.index.vectors(rows), vectors) and np.array_equal(self.colours[rows], colours)
 
     def without(self, ids: Iterable[str]) -> FilesSnapshot:
         """A copy without these items (unknown ids are ignored)."""
@@ -168,7 +158,7 @@ class FilesStore:
         self.dim = dim
         self.settings = settings
         if settings.threads > 0:
-            faiss.omp_set_num_threads(settings.threads)  # FAISS's threads are one setting per process
+            search_threads(settings.threads)
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
         self._seen_version = 0
@@ -209,8 +199,7 @@ class FilesStore:
                 with self._db:
                     self._db.execute("BEGIN")
                     self._db.executemany(
-                        "INSERT INTO vectors (id, vector, colour, metadata) VALUES (?, ?, ?, ?) ON CONFLICT(id) DO "
-                        "UPDATE SET vector=excluded.vector, colour=excluded.colour, metadata=excluded.metadata",
+                        "INSERT OR REPLACE INTO vectors (id, vector, colour, metadata) VALUES (?, ?, ?, ?)",
                         [
                             (
                                 i,
@@ -227,7 +216,10 @@ class FilesStore:
                     return
                 if self._db is not None:  # what a reload would read
                     vectors, colours = _as_stored(vectors), _as_stored(colours)
-                self._snapshot = self._snapshot.without(ids).with_items(ids, vectors, colours, metadata)
+                if self._snapshot.holds(ids, vectors, colours):  # metadata only: an IVF is not rebuilt
+                    self._snapshot = self._snapshot.with_metadata(ids, metadata)
+                else:
+                    self._snapshot = self._snapshot.without(ids).with_items(ids, vectors, colours, metadata)
 
     def delete(self, ids: Iterable[str]) -> int:
         ids = list(dict.fromkeys(ids))
@@ -251,7 +243,7 @@ class FilesStore:
         return self.snapshot().search(queries, k, filters, exclude)
 
     def vectors(self, ids: Sequence[str]) -> np.ndarray:
-        snapshot = self._loaded()
+        snapshot = self._holding(ids)
         if snapshot is None:
             return self._read(ids)[0]
         if not ids:
@@ -259,10 +251,18 @@ class FilesStore:
         return snapshot.index.vectors(snapshot.rows(ids))
 
     def colours(self, ids: Sequence[str]) -> np.ndarray:
-        snapshot = self._loaded()
+        snapshot = self._holding(ids)
         if snapshot is None:
             return self._read(ids)[1]
         return snapshot.colours[snapshot.rows(ids)]
+
+    def _holding(self, ids: Sequence[str]) -> FilesSnapshot | None:
+        """The loaded snapshot when it holds every id, unchecked (each search checks for other processes'
+        writes: a query's own reads stay on the state it searched); else the current one; None if not loaded."""
+        snapshot = self._snapshot
+        if snapshot is not None and all(i in snapshot.positions for i in ids):
+            return snapshot
+        return self._loaded()
 
     def count(self) -> int:
         snapshot = self._loaded()
@@ -319,31 +319,45 @@ class FilesStore:
         db = self._db
         self._seen_version = db.execute("PRAGMA data_version").fetchone()[0]  # before: a write now loads again
         ids: list[str] = []
+        rows: list[int] = []
         colours: list[np.ndarray] = []
-        metadata: list[dict[str, str]] = []
+        columns: dict[str, Column] = {}
 
         def chunks() -> Iterator[np.ndarray]:  # read once, or twice to train an IVF: items kept the first time
             first = not ids
-            cursor = db.execute("SELECT id, vector, colour, metadata FROM vectors ORDER BY row")
-            for rows in iter(lambda: cursor.fetchmany(4096), []):
-                vectors, part_colours = self._decoded(rows)
+            cursor = db.execute("SELECT id, vector, colour, metadata, row FROM vectors ORDER BY row")
+            for part in iter(lambda: cursor.fetchmany(4096), []):
+                vectors, part_colours = self._decoded(part)
                 if first:
-                    ids.extend(r[0] for r in rows)
+                    ids.extend(r[0] for r in part)
+                    rows.extend(r[4] for r in part)
                     colours.append(part_colours)
-                    metadata.extend(_interned(json.loads(r[3])) for r in rows)
+                    metadata = [json.loads(r[3]) for r in part]  # read into filter codes a chunk at a time
+                    columns.update(extended_columns(columns, len(ids) - len(part), metadata))
                 yield vectors
 
         db.execute("BEGIN")  # one read transaction: the count and every pass see the same rows
         try:
             count = db.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
-            kind, precision = self.settings.kind_for(count), self.settings.precision
+            kind = self.settings.kind_for(count)
             trained = self._trained_cells(count) if kind == "ivf" else None
-            index = FaissIndex.build(self.dim, count, chunks, self.settings.kind, precision, trained)
+            lists_changed = True
+            if trained is None:
+                index = FaissIndex.build(self.dim, count, chunks, self.settings.kind, self.settings.precision)
+            else:
+                index, path = trained
+                known = _Lists.read(path)
+                stored_rows = np.array(db.execute("SELECT row FROM vectors ORDER BY row").fetchall(), np.int64)
+                index.fill(chunks(), known.cells_of(stored_rows.reshape(-1)))  # each vector into its last cell
+                lists_changed = not np.array_equal(known.rows, rows)
         finally:
             db.execute("COMMIT")
-        if kind == "ivf" and trained is None:
-            self._save_cells(index, count)
-        return FilesSnapshot.of(ids, index, np.concatenate(colours) if colours else _colours(0), metadata)
+        if kind == "ivf":
+            path = self._save_cells(index, count) if trained is None else trained[1]
+            if path is not None and lists_changed:
+                _Lists(np.array(rows, dtype=np.int64), index.cells()).write(path)
+        colours_all = np.concatenate(colours) if colours else _colours(0)
+        return FilesSnapshot(ids, {i: n for n, i in enumerate(ids)}, index, colours_all, columns)
 
     def _cell_files(self) -> list[tuple[int, Path]]:
         assert self.directory is not None
@@ -354,8 +368,8 @@ class FilesStore:
                 found.append((int(trained_on), path))
         return found
 
-    def _trained_cells(self, count: int) -> FaissIndex | None:
-        """The IVF cells trained before on a catalog of about this size, or None (train them now)."""
+    def _trained_cells(self, count: int) -> tuple[FaissIndex, Path] | None:
+        """The IVF cells trained before on a catalog of about this size (and their file), or None (train now)."""
         for trained_on, path in self._cell_files():
             if trained_on / RETRAIN_FACTOR <= count <= trained_on * RETRAIN_FACTOR:
                 try:
@@ -363,19 +377,23 @@ class FilesStore:
                 except RuntimeError as error:  # a damaged cache: train again
                     log.warning("could not read the IVF cells %s (%s): training them again", path, error)
                     continue
-                if cells.dim == self.dim and len(cells) == 0:
-                    return cells
+                if cells.dim == self.dim and len(cells) == 0 and not cells.index.by_residual:
+                    return cells, path
         return None
 
-    def _save_cells(self, index: FaissIndex, count: int) -> None:
+    def _save_cells(self, index: FaissIndex, count: int) -> Path | None:
         """Keep the trained cells for the next load (a cache: a full disk must not stop serving)."""
         assert self.directory is not None
         for _, stale in self._cell_files():
             stale.unlink(missing_ok=True)
+            _Lists.path(stale).unlink(missing_ok=True)
+        path = self.directory / f"ivf-{self.settings.precision}-{count}.faiss"
         try:
-            index.emptied().write(self.directory / f"ivf-{self.settings.precision}-{count}.faiss")
+            index.emptied().write(path)
         except (OSError, RuntimeError) as error:
             log.warning("could not save the IVF cells in %s: %s", self.directory, error)
+            return None
+        return path
 
     def _read(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Vectors and colours of these ids straight from the file, in the order asked (KeyError if one is missing)."""
@@ -426,6 +444,48 @@ class FilesStore:
             self._snapshot = None
 
 
+@dataclass(frozen=True)
+class _Lists:
+    """Which IVF cell each stored row went into at the last load, kept next to the cells (`ivf-*.lists.npz`):
+    the next load puts each vector back in its cell without searching the cells (seconds at 44k on 2 cores).
+    Rows are never reused (AUTOINCREMENT, a new row on each write), so a cached row's cell is always its own."""
+
+    rows: np.ndarray  # [n] int64, ascending
+    cells: np.ndarray  # [n] int64
+
+    @staticmethod
+    def path(cells_file: Path) -> Path:
+        return cells_file.with_suffix(".lists.npz")
+
+    @classmethod
+    def read(cls, cells_file: Path) -> _Lists:
+        """The lists saved with these cells, or none (every vector is then assigned again)."""
+        try:
+            with np.load(cls.path(cells_file), allow_pickle=False) as saved:
+                return cls(saved["rows"].astype(np.int64), saved["cells"].astype(np.int64))
+        except (OSError, ValueError, KeyError):
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+    def cells_of(self, rows: np.ndarray) -> np.ndarray:
+        """The cached cell of each row, -1 where it has none."""
+        if not len(self.rows):
+            return np.full(len(rows), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.rows, rows), len(self.rows) - 1)
+        return np.where(self.rows[at] == rows, self.cells[at], -1)
+
+    def write(self, cells_file: Path) -> None:
+        """Saved whole under a temp name, then renamed: a reader sees the old lists or the new ones."""
+        path = self.path(cells_file)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+        try:
+            np.savez(tmp, rows=self.rows, cells=self.cells.astype(np.int32))
+            os.chmod(tmp, FILE_MODE)
+            os.replace(tmp, path)
+        except OSError as error:  # a cache only
+            tmp.unlink(missing_ok=True)
+            log.warning("could not save the IVF lists %s: %s", path, error)
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     """The store's database, created with large pages, FILE_MODE and WAL when new."""
     created = not path.exists()
@@ -436,16 +496,12 @@ def _connect(path: Path) -> sqlite3.Connection:
             db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # only before the first table (and WAL) exists
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # durable when a write returns, power loss included
+        db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
         db.executescript(SCHEMA)
     except sqlite3.DatabaseError as error:
         db.close()
         raise StoreError(f"{path}: unreadable vector database ({error}); rebuild the index") from None
     return db
-
-
-def _interned(metadata: dict[str, str]) -> dict[str, str]:
-    """The same metadata with shared strings: 44k items hold only a few hundred distinct keys and values."""
-    return {sys.intern(key): sys.intern(value) for key, value in metadata.items()}
 
 
 def _as_stored(rows: np.ndarray) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""One router per area of the API; `fashionrec.api.create_app` includes each module's `router`."""

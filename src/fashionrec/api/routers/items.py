@@ -1,0 +1,89 @@
+"""Catalog items: read one, its image; add and delete (with the write key)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
+from pydantic import ValidationError
+
+from fashionrec.api.dependencies import ID_PATTERN, READS, WRITES, ItemId, Rec, read_upload, run_image_work
+from fashionrec.api.errors import ERROR_RESPONSES, first_error
+from fashionrec.api.models import ItemOut, ItemPatch, ItemsOut, Metadata, item_out
+from fashionrec.images import ImageError, web_image
+
+MAX_PAGE = 1000
+
+router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
+
+
+@router.get("/items", tags=["items"], dependencies=READS)
+def list_items(
+    recommender: Rec,
+    offset: Annotated[int, Query(ge=0, description="Products to skip.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Products to return.")] = 50,
+) -> ItemsOut:
+    """The catalog, a page at a time: `total` says how many there are."""
+    total, items = recommender.items_page(offset, limit)
+    return ItemsOut(total=total, offset=offset, limit=limit, items=[item_out(item) for item in items])
+
+
+@router.get("/items/{item_id}", tags=["items"], dependencies=READS)
+async def get_item(item_id: ItemId, recommender: Rec) -> ItemOut:
+    """One product's metadata."""
+    return item_out(recommender.item(item_id))
+
+
+@router.get(
+    "/items/{item_id}/image",
+    tags=["items"],
+    dependencies=READS,
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}, "image/png": {}}, "description": "The image bytes."}},
+)
+def get_item_image(item_id: ItemId, recommender: Rec) -> Response:
+    """A product's image, as stored in the catalog (or uploaded); as 8-bit PNG if browsers could not show it."""
+    try:
+        data, media_type = web_image(recommender.image_bytes(item_id), f"item {item_id!r}")
+    except FileNotFoundError:
+        raise HTTPException(404, f"the image of item {item_id!r} is missing from the catalog") from None
+    except ImageError as error:
+        raise HTTPException(404, f"the image of item {item_id!r} cannot be shown: {error.reason}") from None
+    headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "public, max-age=300"}
+    return Response(data, media_type=media_type, headers=headers)
+
+
+@router.post("/items", tags=["catalog updates"], dependencies=WRITES, status_code=201)
+async def add_item(
+    request: Request,
+    response: Response,
+    recommender: Rec,
+    id: Annotated[str, Form(pattern=ID_PATTERN, description="New product id: letters, digits, '.', '_', '-'.")],
+    image: Annotated[UploadFile, File(description="The product's image.")],
+    metadata: Annotated[str, Form(description='JSON object of text columns, e.g. {"gender": "Men"}.')] = "{}",
+) -> ItemOut:
+    """Add a product: its image is embedded and stored in the index; the next search can return it."""
+    try:
+        columns = Metadata.validate_json(metadata)
+    except ValidationError as error:
+        raise HTTPException(400, f"metadata must be a JSON object of text values: {first_error(error)}") from None
+    data = await read_upload(image)
+    item = await run_image_work(request, recommender.add_item, id, data, columns)
+    response.headers["Location"] = f"/v1/items/{quote(item.id, safe='')}"
+    return item_out(item)
+
+
+@router.patch("/items/{item_id}", tags=["catalog updates"], dependencies=WRITES)
+def update_item(item_id: ItemId, change: ItemPatch, recommender: Rec) -> ItemOut:
+    """Change a product's metadata (its image and vectors stay); the next search filters on the new values."""
+    return item_out(recommender.update_item(item_id, change.metadata))
+
+
+@router.delete(
+    "/items/{item_id}", tags=["catalog updates"], dependencies=WRITES, status_code=204, response_class=Response
+)
+def delete_item(item_id: ItemId, recommender: Rec) -> Response:
+    """Remove a product from the index (and its image, if it was uploaded)."""
+    recommender.remove_item(item_id)
+    return Response(status_code=204)
