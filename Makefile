@@ -58,6 +58,8 @@ lint: setup
 
 test: lint browser
 	$(BIN)/pytest -q
+	# The search and API tests again with the session index on embedded Milvus Lite (tests/conftest.py).
+	FASHIONREC_TEST_STORE=milvus $(BIN)/pytest -q tests/test_search.py tests/test_api.py
 
 # The fast core while working: lint and every test not marked `slow` or `browser` (no chromium needed).
 test-fast: lint

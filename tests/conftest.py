@@ -30,6 +30,10 @@ SHARED_ZIP = Path(
     os.environ.get("FASHIONREC_DATA", REPO.parent / "shared" / "data" / "fashion-product-images-small.zip")
 )
 SAMPLE_SIZE = 300
+# FASHIONREC_TEST_STORE=milvus: the session index keeps its vectors in embedded Milvus Lite (`make test` reruns
+# the search and API tests that way); unset, in files (the default store).
+TEST_STORES = {"": "files", "files": "files", "milvus": "milvus://milvus.db"}
+TEST_STORE = TEST_STORES[os.environ.get("FASHIONREC_TEST_STORE", "")]
 
 
 def read_styles() -> tuple[list[str], list[list[str]]]:
@@ -128,7 +132,7 @@ def built_index(
     tmp_path_factory: pytest.TempPathFactory, sample_catalog: Path, encoder: Encoder
 ) -> tuple[Path, BuildReport]:
     out = tmp_path_factory.mktemp("index") / "idx"
-    report = build_index(load_catalog(sample_catalog), out, encoder, workers=2, progress=False)
+    report = build_index(load_catalog(sample_catalog), out, encoder, workers=2, progress=False, store=TEST_STORE)
     return out, report
 
 

@@ -31,7 +31,7 @@ from fashionrec.api import Keys, create_app
 from fashionrec.build import BuildReport
 from fashionrec.index import FORMAT_VERSION
 
-from conftest import copy_index, side_by_side
+from conftest import TEST_STORE, copy_index, side_by_side
 
 KEY = "test-write-key-0123456789"
 READ_KEY = "test-read-key-0123456789"
@@ -365,7 +365,8 @@ def test_read_key_and_disabled_writes(
         "FASHIONREC_READ_KEY_FILE": str(key_file),
         "FASHIONREC_CORS_ORIGINS": "https://shop.example, https://b.example",
     }
-    with serve(built_index[0], tmp_path / "log", **env) as api:
+    index = copy_index(built_index, tmp_path)  # a copy: a Milvus Lite index opens in one process at a time
+    with serve(index, tmp_path / "log", **env) as api:
         allowed = api.get("/v1/health", headers={"Origin": "https://b.example"})  # CORS from the environment
         assert allowed.headers["access-control-allow-origin"] == "https://b.example"
         item = photos[0].stem
@@ -378,6 +379,7 @@ def test_read_key_and_disabled_writes(
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(TEST_STORE.endswith(".db"), reason="Milvus Lite opens in one process: workers need a server")
 def test_workers_see_each_others_writes(
     tmp_path: Path, built_index: tuple[Path, BuildReport], photos: list[Path]
 ) -> None:
@@ -398,9 +400,10 @@ def test_workers_see_each_others_writes(
 @pytest.mark.slow
 def test_serve_refuses_a_bad_setup_in_one_line(tmp_path: Path, built_index: tuple[Path, BuildReport]) -> None:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    index = copy_index(built_index, tmp_path / "copy")  # a copy: a Milvus Lite index opens in one process at a time
     cases = [
         ((str(tmp_path),), {}, "not a fashionrec index"),
-        ((str(built_index[0]),), {"FASHIONREC_API_KEY_FILE": str(tmp_path / "missing.key")}, "missing.key"),
+        ((str(index),), {"FASHIONREC_API_KEY_FILE": str(tmp_path / "missing.key")}, "missing.key"),
     ]
     for args, extra, words in cases:
         result = subprocess.run(

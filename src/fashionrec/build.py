@@ -101,19 +101,21 @@ def build_index(
     progress: bool = True,
     runner: str = "local",
     ray_address: str | None = None,
+    store: str = "files",
 ) -> BuildReport:
     """Index `catalog` into directory `out` with `encoder`, resuming or updating what is there.
 
     `runner` is "local" (`workers` decoding processes) or "ray" (`workers` actors, default one per CPU;
-    `ray_address` joins a cluster). The problems stored in the index are replaced, in one transaction,
-    only when the run completes: until then (and after a run that was killed) the previous run's list
-    stays visible. A full disk or another write error raises IndexStoreError; every batch committed
-    before it is kept.
+    `ray_address` joins a cluster); `store` is where a new index keeps its vectors ("files", or a
+    "milvus://" URI: see fashionrec.stores). The problems stored in the index are replaced, in one
+    transaction, only when the run completes: until then (and after a run that was killed) the previous
+    run's list stays visible. A full disk or another write error raises IndexStoreError; every batch
+    committed before it is kept.
     """
     chosen = make_runner(runner, workers=workers, ray_address=ray_address)
-    store = IndexStore.create_or_open(out, encoder.spec.to_dict(), catalog.describe())
+    records = IndexStore.create_or_open(out, encoder.spec.to_dict(), catalog.describe(), store)
     try:
-        return _build(catalog, store, encoder, chosen, progress)
+        return _build(catalog, records, encoder, chosen, progress)
     except (OSError, sqlite3.Error) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise IndexStoreError(
@@ -121,7 +123,7 @@ def build_index(
             "free some space and run the same command to resume"
         ) from None
     finally:
-        store.close()
+        records.close()
 
 
 def _build(catalog: Catalog, store: IndexStore, encoder: Encoder, runner: Runner, progress: bool) -> BuildReport:

@@ -127,6 +127,14 @@ def index(
     ray_address: Annotated[
         str | None, typer.Option(help="Ray cluster to join with --runner ray: auto, or ray://HOST:10001.")
     ] = None,
+    store: Annotated[
+        str,
+        typer.Option(
+            help="Where a new index keeps its vectors: files (FAISS in the index directory), milvus://PATH.db "
+            "(embedded Milvus Lite; a relative path is inside the index directory) or milvus://HOST:PORT "
+            "(a Milvus server; token from $FASHIONREC_MILVUS_TOKEN). See docs/scaling.md."
+        ),
+    ] = "files",
 ) -> None:
     """Build or update the index of a catalog; rerun to resume or to pick up catalog changes."""
     with user_errors():
@@ -136,7 +144,9 @@ def index(
         model = load_encoder(encoder, size=size, fit=fit, backend=backend, calibration=loaded)  # type: ignore[arg-type]
         console.print(f"Catalog {catalog}: {len(loaded.items)} items, {len(loaded.problems)} problems")
         try:
-            report = build_index(loaded, out, model, workers=workers, runner=runner, ray_address=ray_address)
+            report = build_index(
+                loaded, out, model, workers=workers, runner=runner, ray_address=ray_address, store=store
+            )
         except BuildInterrupted as stop:
             errors.print(f"[yellow]{stop}[/yellow]")
             raise typer.Exit(130) from None

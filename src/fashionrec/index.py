@@ -239,8 +239,8 @@ class IndexStore:
                     f"{directory / MANIFEST}: dimension {index.dim}, but encoder {built_with} gives {encoder['dim']}; "
                     "the manifest is damaged: rebuild the index in another --out directory"
                 )
-            kept = index.manifest.get("store", "files")
-            if kept != store:
+            kept = str(index.manifest.get("store", "files"))
+            if kept != store and not kept.startswith(f"{store}?"):  # milvus://x.db is the kept ...x.db?collection=
                 index.close()
                 raise IndexStoreError(
                     f"{directory} keeps its vectors in store {kept!r}, not {store!r}; "
@@ -258,7 +258,10 @@ class IndexStore:
             "complete": False,
         }
         write_json_atomic(directory / MANIFEST, manifest)
-        return cls(directory, manifest)
+        index = cls(directory, manifest)
+        if index.store.uri != store:  # the store completed the URI (a Milvus collection it named): keep that one
+            index.update_manifest(store=index.store.uri)
+        return index
 
     def update_manifest(self, **fields: object) -> None:
         with self._lock:
