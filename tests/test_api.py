@@ -365,7 +365,7 @@ def test_read_key_and_disabled_writes(
         "FASHIONREC_READ_KEY_FILE": str(key_file),
         "FASHIONREC_CORS_ORIGINS": "https://shop.example, https://b.example",
     }
-    index = copy_index(built_index, tmp_path)  # a copy: a Milvus Lite index opens in one process at a time
+    index = index_copy(built_index, tmp_path)  # a copy: a Milvus Lite index opens in one process at a time
     with serve(index, tmp_path / "log", **env) as api:
         allowed = api.get("/v1/health", headers={"Origin": "https://b.example"})  # CORS from the environment
         assert allowed.headers["access-control-allow-origin"] == "https://b.example"
@@ -400,7 +400,7 @@ def test_workers_see_each_others_writes(
 @pytest.mark.slow
 def test_serve_refuses_a_bad_setup_in_one_line(tmp_path: Path, built_index: tuple[Path, BuildReport]) -> None:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
-    index = copy_index(built_index, tmp_path / "copy")  # a copy: a Milvus Lite index opens in one process at a time
+    index = index_copy(built_index, tmp_path / "copy")  # a copy: a Milvus Lite index opens in one process at a time
     cases = [
         ((str(tmp_path),), {}, "not a fashionrec index"),
         ((str(index),), {"FASHIONREC_API_KEY_FILE": str(tmp_path / "missing.key")}, "missing.key"),
