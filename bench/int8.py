@@ -60,7 +60,7 @@ def speed_batch(encoder: Encoder, catalog: Catalog) -> np.ndarray:
 
 def view_recall(recommender: Recommender, catalog: Catalog, queries: list[str]) -> float:
     """Exact-product R@1 of one shopper-like view of each query item."""
-    detail = Detail.from_dict(recommender.store.manifest.get("detail"))
+    detail = Detail.from_dict(recommender.records.manifest.get("detail"))
     images = {item.id: item.image for item in catalog.items}
     hits = []
     for start in range(0, len(queries), 256):

@@ -138,7 +138,7 @@ def test_an_image_term_and_a_photo_search_agree(recommender: Recommender, catalo
 
 @pytest.mark.slow  # starts a server or CLI processes
 def test_cli_search_with_terms(recommender: Recommender) -> None:
-    index = str(recommender.store.directory)
+    index = str(recommender.records.directory)
     item = recommender.items[3].id
     done = run_cli("search", index, "--term", f"item:{item}", "--term", "colour:black:0.5", "--json", "-k", "4")
     assert done.returncode == 0, done.stderr

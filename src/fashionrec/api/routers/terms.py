@@ -93,7 +93,7 @@ class LikesOut(LikesIn):
 def feedback_store(recommender: Recommender) -> FeedbackStore:
     """The likes beside the index; a 503 saying why when the index directory cannot hold them."""
     try:
-        return FeedbackStore.for_index(recommender.store.directory)
+        return FeedbackStore.for_index(recommender.records.directory)
     except sqlite3.Error as error:
         raise HTTPException(503, f"likes cannot be stored beside this index: {error}") from None
 
