@@ -71,6 +71,7 @@ def copy_index(index: Path, to: Path) -> Path:
     """A copy of an index directory, made by another process. Reading an SQLite file in this process while its
     connections are open would drop their POSIX locks (closing any descriptor of a file does), and SQLite would
     then delete the shared -shm file under them: later opens fail with SQLITE_IOERR_SHORT_READ."""
+    to.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["cp", "-a", str(index), str(to)], check=True)
     return to
 

@@ -217,7 +217,6 @@ TermOption = Annotated[
     list[str] | None,
     typer.Option(
         "--term",
-        "-t",
         help="A weighted query term KIND:VALUE[:WEIGHT], KIND one of item, image, text, colour; repeat it. "
         "E.g. --term item:15970 --term colour:red:0.5 --term item:123:-0.5 (negative: steer away).",
     ),
