@@ -56,6 +56,16 @@ def write_catalog(folder: Path, header: list[str], rows: list[list[str]]) -> Pat
     return folder
 
 
+def damage_images(images: Path, rows: list[list[str]]) -> None:
+    """Rows 1 to 4 of a written catalog get the bad files a build must report per item: an empty file, a
+    truncated JPEG, text named .jpg, and a missing image."""
+    good = (images / f"{rows[0][0]}.jpg").read_bytes()
+    (images / f"{rows[1][0]}.jpg").write_bytes(b"")
+    (images / f"{rows[2][0]}.jpg").write_bytes(good[: len(good) // 3])
+    (images / f"{rows[3][0]}.jpg").write_text("this is not a picture")
+    (images / f"{rows[4][0]}.jpg").unlink()
+
+
 def side_by_side(left: Path, right: Path) -> bytes:
     """One photo holding two products, as a shopper's shot of two garments would."""
     images = [decode(path.read_bytes(), path.name) for path in (left, right)]

@@ -21,7 +21,7 @@ from fashionrec.encoders import Encoder, load_encoder
 from fashionrec.index import FORMAT_VERSION, IndexStore, IndexStoreError
 from fashionrec.search import Recommender
 
-from conftest import sample_rows, write_catalog
+from conftest import damage_images, sample_rows, write_catalog
 
 
 def stored_count(index: Path) -> int:
@@ -56,11 +56,7 @@ def test_bad_files_are_reported_per_item_and_the_rest_is_indexed(tmp_path: Path,
     header, rows = sample_rows(12, seed=4)
     folder = write_catalog(tmp_path / "catalog", header, rows)
     images = folder / "images"
-    good = (images / f"{rows[0][0]}.jpg").read_bytes()
-    (images / f"{rows[1][0]}.jpg").write_bytes(b"")
-    (images / f"{rows[2][0]}.jpg").write_bytes(good[: len(good) // 3])
-    (images / f"{rows[3][0]}.jpg").write_text("this is not a picture")
-    (images / f"{rows[4][0]}.jpg").unlink()
+    damage_images(images, rows)
     with open(folder / "styles.csv", "a", newline="") as file:
         csv.writer(file).writerows([rows[5], rows[6][:3]])  # a duplicate id and a short row
     report = build_index(load_catalog(folder), tmp_path / "idx", encoder, workers=0, progress=False)

@@ -21,7 +21,7 @@ from fashionrec.catalog import load_catalog
 from fashionrec.encoders import Encoder
 from fashionrec.index import IndexStore
 
-from conftest import sample_rows, write_catalog
+from conftest import damage_images, sample_rows, write_catalog
 
 
 def vectors_by_id(index: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -97,11 +97,7 @@ def test_bad_images_are_problems_of_their_own_items_on_ray(
     header, rows = sample_rows(10, seed=32)
     folder = write_catalog(tmp_path / "catalog", header, rows)
     images = folder / "images"
-    good = (images / f"{rows[0][0]}.jpg").read_bytes()
-    (images / f"{rows[1][0]}.jpg").write_bytes(b"")
-    (images / f"{rows[2][0]}.jpg").write_bytes(good[: len(good) // 3])
-    (images / f"{rows[3][0]}.jpg").write_text("this is not a picture")
-    (images / f"{rows[4][0]}.jpg").unlink()
+    damage_images(images, rows)
     ray = build_index(load_catalog(folder), tmp_path / "ray", encoder, runner="ray", progress=False)
     local = build_index(load_catalog(folder), tmp_path / "local", encoder, workers=0, progress=False)
     assert ray.total == local.total == 6
