@@ -125,15 +125,18 @@ def test_an_incremental_ray_rebuild_embeds_only_what_changed(
     assert float(stored[rows[8][0]][0] @ stored[rows[15][0]][0]) > 0.999  # the changed image was embedded again
 
 
-def ray_cli_build(folder: Path, index: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "fashionrec.cli", "index", str(folder), "--out", str(index), "--runner", "ray"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
-    )
+def ray_cli_build(folder: Path, index: Path, log: Path) -> subprocess.Popen:
+    """`fashionrec index --runner ray` in its own session, its output in a file: a pipe nobody reads would
+    fill up with Ray's logs and stall the build."""
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fashionrec.cli", "index", str(folder), "--out", str(index), "--runner", "ray"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        )
 
 
 @pytest.mark.ray
@@ -142,13 +145,14 @@ def test_a_killed_ray_build_resumes_without_re_embedding(ray_instance: None, tmp
     header, rows = sample_rows(600, seed=34)
     folder = write_catalog(tmp_path / "catalog", header, rows)
     index = tmp_path / "idx"
-    process = ray_cli_build(folder, index)
+    log = tmp_path / "build.log"
+    process = ray_cli_build(folder, index, log)
     deadline = time.monotonic() + 300
     while stored_count(index) == 0 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)  # the driver and everything it started, at once
-    process.communicate(timeout=60)
+    process.wait(timeout=60)
     before = stored_count(index)
-    assert 0 < before < 600, "the build must be stopped part-way"
+    assert 0 < before < 600, f"the build must be stopped part-way; its output:\n{log.read_text()[-3000:]}"
     report = build_index(load_catalog(folder), index, encoder, runner="ray", progress=False)
     assert (report.unchanged, report.embedded, report.total) == (before, 600 - before, 600)
