@@ -389,12 +389,31 @@ def test_a_killed_rerun_keeps_the_previous_problems(tmp_path: Path) -> None:
     deadline = time.monotonic() + 240
     while count(index) <= 100 and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.05)
-    process.kill()
+    workers = children_of(process.pid)
+    process.kill()  # the main process alone, as `kill -9 PID` does: its decoding workers must not live on
     process.wait()
     assert 99 < count(index) < 699, "the rerun must be killed part-way"
+    deadline = time.monotonic() + 30
+    while workers and time.monotonic() < deadline:
+        workers = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+        time.sleep(0.2)
+    assert not workers, f"worker processes {workers} outlived the killed build"
     assert problems_of(index) == first  # the killed run's problems are not half-written over the old
     assert run_cli("index", str(folder), "--out", str(index)).returncode == 0
     assert set(problems_of(index)) == {rows[1][0]}
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = status.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(status.parent.name))
+    return found
 
 
 def count(index: Path) -> int:

@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,9 +60,17 @@ class DecodeWorker:
             return position, content_hash(data), None, None, problem_of(item_id, name, error)
         return position, content_hash(data), pixels, colour, None
 
-    def serve(self, inbox: queue.Queue, outbox: queue.Queue) -> None:
-        """Decode chunks of tasks from `inbox` into `outbox` until a None arrives."""
-        while (chunk := inbox.get()) is not None:
+    def serve(self, inbox: queue.Queue, outbox: queue.Queue, parent_alive: Callable[[], bool] | None = None) -> None:
+        """Decode chunks of tasks from `inbox` into `outbox` until a None arrives, or the main process is gone."""
+        while True:
+            try:
+                chunk = inbox.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                if parent_alive is None or parent_alive():  # a thread's parent is this process: alive
+                    continue
+                return
+            if chunk is None:
+                return
             try:
                 outbox.put([self.decode(task) for task in chunk])
             except Exception:  # a bug, not a bad image: the main process stops the build with its traceback
@@ -70,9 +78,12 @@ class DecodeWorker:
                 return
 
     def serve_process(self, inbox: queue.Queue, outbox: queue.Queue) -> None:
-        """`serve` in a worker process: Ctrl-C reaches the whole process group, and the main process stops it."""
+        """`serve` in a worker process: Ctrl-C reaches the whole process group, and the main process stops it.
+        A main process killed alone (`kill -9 PID`) sends no None: the worker sees its parent gone and exits
+        (it holds the inbox's writing end too, so it would never see the pipe close)."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        self.serve(inbox, outbox)
+        parent = multiprocessing.parent_process()
+        self.serve(inbox, outbox, parent.is_alive if parent is not None else None)
 
 
 @dataclass
