@@ -174,7 +174,7 @@ def test_explore_map_opens_a_product(server: str, browser: Browser) -> None:
     page.get_by_role("button", name="More like this").click()
     expect(page.get_by_role("heading", name="Similar products")).to_be_visible()
     # The product searched is in the address (the shared-URL state); a dot drawn over another can take the
-    # click, so it is read back rather than assumed to be `item_id`.
+    # click, so it is read back rather than assumed.
     page.wait_for_url(re.compile(r"[?&]item=[^&]+"))
     opened = re.search(r"[?&]item=([^&]+)", page.url).group(1)
     assert opened not in wait_for_results(page, lambda ids: len(ids) == 5)
