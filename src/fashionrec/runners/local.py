@@ -84,6 +84,8 @@ class DecodeWorker:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         parent = multiprocessing.parent_process()
         self.serve(inbox, outbox, parent.is_alive if parent is not None else None)
+        if parent is not None and not parent.is_alive():
+            outbox.cancel_join_thread()  # nobody reads the results any more: exit without flushing them
 
 
 @dataclass
