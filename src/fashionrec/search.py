@@ -227,13 +227,12 @@ class Snapshot:
             pool = max(pool, 2 * k + 1 + TIE_MARGIN)  # room for a few duplicates
         if diversity > 0:
             pool = max(pool, DIVERSITY_POOL, 4 * k)
-        for attempt in range(1, SEARCH_ATTEMPTS + 1):
+        for _ in range(SEARCH_ATTEMPTS - 1):
             try:
                 return self._matches(self._groups(query, k, pool, wanted_values, exclude, collapse), k, diversity)
             except KeyError:  # an item was removed between two reads of the store: search its new state
-                if attempt == SEARCH_ATTEMPTS:
-                    raise
-        raise AssertionError("unreachable")
+                continue
+        return self._matches(self._groups(query, k, pool, wanted_values, exclude, collapse), k, diversity)
 
     def _matches(self, groups: list[Group], k: int, diversity: float) -> list[Match]:
         """The first k groups as Matches, after the maximal marginal relevance re-ranking if `diversity` > 0."""
