@@ -19,16 +19,17 @@ from pathlib import Path
 
 import pytest
 from image_server import ImageServer
+from test_encoder_int8 import int8_cache  # noqa: F401  # a fixture: an int8 cache of this module's own
 
 from fashionrec.build import BuildReport, build_index
 from fashionrec.catalog import ImageSource, load_catalog
 from fashionrec.encoders import Encoder, EncoderError
-from fashionrec.encoders.int8 import calibration_pixels
+from fashionrec.encoders.int8 import calibration_pixels, int8_path
 from fashionrec.images import ImageError
 from fashionrec.remote import URL_CACHE, CachedSource, FetchSettings, cache_name, fetch_images
 from fashionrec.search import Recommender
 
-from conftest import SHARED_ZIP, sample_rows
+from conftest import SHARED_ZIP, run_cli, sample_rows
 
 FAST = FetchSettings(concurrency=8, timeout=0.5, retries=1, backoff=0.01, max_bytes=1_000_000)
 
@@ -177,6 +178,22 @@ def test_an_int8_encoder_calibrates_on_fetched_urls(
         160,
         3,
     )
+
+
+@pytest.mark.slow
+def test_an_int8_index_of_an_all_url_catalog_is_calibrated_on_its_fetched_photos(
+    tmp_path: Path,
+    server: ImageServer,
+    photos: dict[str, bytes],
+    int8_cache: Path,  # noqa: F811  # the fixture imported above
+    encoder: Encoder,
+) -> None:
+    table = write_table(tmp_path, url_rows(server, sorted(photos)))
+    command = ["index", str(table), "--out", str(tmp_path / "idx"), "--image-column", "image"]
+    result = run_cli(*command, "--encoder", "efficientnet-lite0:int8")
+    assert result.returncode == 0, result.stderr
+    assert int8_path(int8_cache, encoder.spec).is_file()  # quantised now, from the fetched photos
+    assert len(Recommender.open(tmp_path / "idx")) == len(photos)
 
 
 @pytest.mark.slow
