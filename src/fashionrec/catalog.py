@@ -237,8 +237,9 @@ class Catalog:
 def load_catalog(path: str | Path, *, id_column: str = "id", image_column: str | None = None) -> Catalog:
     """Read a catalog from a Kaggle-layout folder or zip, or from a CSV/Parquet table.
 
-    `image_column` names a column of image paths relative to the table's folder; without it, images
-    are looked up as `images/<id>.jpg` beside the table (the Kaggle layout).
+    `image_column` names a column of image paths relative to the table's folder, or of http(s) URLs (the
+    build fetches them: remote.py); without it, images are looked up as `images/<id>.jpg` beside the
+    table (the Kaggle layout).
     """
     path = Path(path).expanduser().resolve()
     if not path.exists():
