@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from image_server import ImageServer
 from test_encoder_int8 import int8_cache  # noqa: F401  # a fixture: an int8 cache of this module's own
+from test_runners import ray_instance  # noqa: F401  # a fixture: one Ray for this module
 
 from fashionrec.build import BuildReport, build_index
 from fashionrec.catalog import ImageSource, load_catalog
@@ -178,6 +179,24 @@ def test_an_int8_encoder_calibrates_on_fetched_urls(
         160,
         3,
     )
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_ray_runner_reads_fetched_urls(
+    tmp_path: Path,
+    server: ImageServer,
+    photos: dict[str, bytes],
+    encoder: Encoder,
+    ray_instance: None,  # noqa: F811  # the fixture imported above
+) -> None:
+    rows = [*url_rows(server, sorted(photos)[:20]), ("gone", server.url("/missing"))]
+    catalog = load_catalog(write_table(tmp_path, rows), image_column="image")
+    report = build_index(catalog, tmp_path / "idx", encoder, runner="ray", progress=False, fetch=FAST)
+    assert report.total == 20 and [str(p) for p in report.problems] == [
+        f"gone: image {server.url('/missing')}: HTTP 404 Not Found (skipped)"
+    ]
+    assert Recommender.open(tmp_path / "idx").image_bytes(rows[3][0]) == photos[f"{rows[3][0]}.jpg"]
 
 
 @pytest.mark.slow

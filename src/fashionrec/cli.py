@@ -119,12 +119,14 @@ def index(
         str | None,
         typer.Option(help="Image column of a CSV/Parquet catalog: paths relative to it, or http(s) URLs."),
     ] = None,
-    fetch_concurrency: Annotated[int, typer.Option(help="Image URLs fetched at once.")] = FetchSettings.concurrency,
+    fetch_concurrency: Annotated[
+        int, typer.Option(min=1, help="Image URLs fetched at once.")
+    ] = FetchSettings.concurrency,
     fetch_timeout: Annotated[
-        float, typer.Option(help="Seconds one try at an image URL may take.")
+        float, typer.Option(min=0.1, help="Seconds one try at an image URL may take.")
     ] = FetchSettings.timeout,
     fetch_retries: Annotated[
-        int, typer.Option(help="Tries after the first for a URL that timed out or answered 5xx or 429.")
+        int, typer.Option(min=0, help="Tries after the first for a URL that timed out or answered 5xx or 429.")
     ] = FetchSettings.retries,
     refetch: Annotated[
         bool, typer.Option("--refetch", help="Fetch every image URL again, even those cached in the index.")
@@ -152,8 +154,6 @@ def index(
     with user_errors():
         if fit not in get_args(Fit):
             raise ValueError(f"--fit must be one of {', '.join(get_args(Fit))}, not {fit!r}")
-        if min(fetch_concurrency, fetch_retries + 1) < 1 or fetch_timeout <= 0:
-            raise ValueError("--fetch-concurrency and --fetch-timeout must be positive, --fetch-retries at least 0")
         settings = FetchSettings(fetch_concurrency, fetch_timeout, fetch_retries, refetch=refetch)
         loaded = load_catalog(catalog, id_column=id_column, image_column=image_column)
         console.print(f"Catalog {catalog}: {len(loaded.items)} items, {len(loaded.problems)} problems")

@@ -157,7 +157,9 @@ class Fetcher:
         if not urls:
             return failures
         stop = threading.Event()
-        limits = httpx.Limits(max_connections=self.settings.concurrency)
+        limits = httpx.Limits(
+            max_connections=self.settings.concurrency, max_keepalive_connections=self.settings.concurrency
+        )
         bar = tqdm(total=len(urls), unit="img", desc="Fetching", disable=not progress, dynamic_ncols=True)
         with (
             httpx.Client(timeout=self.settings.timeout, limits=limits, headers=HEADERS) as client,
@@ -178,20 +180,20 @@ class Fetcher:
 
     def fetch(self, client: httpx.Client, url: str, *, cache: Path, stop: threading.Event) -> str | None:
         """Fetch one URL into the cache, trying again as the settings say; None, or why it failed."""
-        tries = self.settings.retries + 1
-        for attempt in range(tries):
+        tries = 1
+        while True:
             try:
                 data = self.get(client, url, stop)
             except FetchError as error:
-                if not error.retry or attempt == tries - 1:
-                    return error.reason if attempt == 0 else f"{error.reason} ({attempt + 1} tries)"
-                pause = max(self.settings.backoff * 2**attempt, min(error.wait, MAX_RETRY_AFTER))
+                if not error.retry or tries > self.settings.retries:
+                    return error.reason if tries == 1 else f"{error.reason} ({tries} tries)"
+                pause = max(self.settings.backoff * 2 ** (tries - 1), min(error.wait, MAX_RETRY_AFTER))
                 if stop.wait(pause):
                     return "stopped"
+                tries += 1
                 continue
             write_bytes_atomic(cache / cache_name(url), data)
             return None
-        return None  # not reached: the last try returns
 
     def get(self, client: httpx.Client, url: str, stop: threading.Event) -> bytes:
         """One try: the body of `url`, redirects followed; FetchError says why not."""
