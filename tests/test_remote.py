@@ -136,6 +136,24 @@ def test_a_rebuild_fetches_only_what_is_new_and_keeps_what_fails(
     assert all(server.requests[f"/img/{name}"] == 2 for name in names[:12])
 
 
+def test_a_killed_fetchs_temp_files_are_removed_and_never_read(
+    tmp_path: Path, server: ImageServer, photos: dict[str, bytes]
+) -> None:
+    name = sorted(photos)[0]
+    url = server.url(f"/img/{name}")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process that has exited: its temp files are leftovers
+    cache = tmp_path / "idx" / URL_CACHE
+    cache.mkdir(parents=True)
+    half = cache / f".{cache_name(url)}.{gone.pid}.1.tmp"
+    half.write_bytes(photos[name][:100])  # what kill -9 leaves in the middle of a write
+    live = cache / f".{cache_name(url)}.{os.getpid()}.2.tmp"  # a write of a running process: not touched
+    live.write_bytes(b"")
+    catalog = fetch_images(load_catalog(write_table(tmp_path, [("a", url)]), image_column="image"), tmp_path / "idx")
+    assert not half.exists() and live.exists() and server.requests[f"/img/{name}"] == 1
+    assert catalog.source.read(url) == photos[name]
+
+
 def test_the_catalog_refuses_what_it_will_not_fetch(tmp_path: Path) -> None:
     refused = {
         "ftp": ("ftp://127.0.0.1/a.jpg", "a ftp: URL; only http and https image URLs are fetched"),
