@@ -204,6 +204,8 @@ class Fetcher:
                     if not response.is_redirect:
                         return self.body(response, deadline, stop)
                     url = redirect_target(url, response.headers["location"])
+                if time.monotonic() > deadline:  # the time limit is the whole try's, redirects included
+                    raise httpx.ReadTimeout("redirects")
             except httpx.TimeoutException:
                 raise FetchError(f"timed out (limit {self.settings.timeout:g} s a try)", retry=True) from None
             except (httpx.InvalidURL, httpx.UnsupportedProtocol) as error:
