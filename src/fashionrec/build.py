@@ -21,6 +21,7 @@ from fashionrec.catalog import Catalog, Item, Problem
 from fashionrec.encoders import Encoder
 from fashionrec.images import DETAIL_SAMPLE, Detail, ImageError, sides_of
 from fashionrec.index import IndexStore, IndexStoreError
+from fashionrec.remote import FetchSettings, fetch_images
 from fashionrec.runners import Runner, make_runner
 from fashionrec.runners.stages import ToEmbed, content_hash, problem_of
 
@@ -102,20 +103,22 @@ def build_index(
     runner: str = "local",
     ray_address: str | None = None,
     store: str = "files",
+    fetch: FetchSettings = FetchSettings(),
 ) -> BuildReport:
     """Index `catalog` into directory `out` with `encoder`, resuming or updating what is there.
 
     `runner` is "local" (`workers` decoding processes) or "ray" (`workers` actors, default one per CPU;
     `ray_address` joins a cluster); `store` is where a new index keeps its vectors ("files", or a
-    "milvus://" URI: see fashionrec.stores). The problems stored in the index are replaced, in one
-    transaction, only when the run completes: until then (and after a run that was killed) the previous
-    run's list stays visible. A full disk or another write error raises IndexStoreError; every batch
-    committed before it is kept.
+    "milvus://" URI: see fashionrec.stores). Image URLs are fetched first into `out`/images (`fetch` says
+    how; fashionrec.remote), unless the catalog comes from `fetch_images` already. The problems stored in
+    the index are replaced, in one transaction, only when the run completes: until then (and after a run
+    that was killed) the previous run's list stays visible. A full disk or another write error raises
+    IndexStoreError; every batch committed before it is kept.
     """
     chosen = make_runner(runner, workers=workers, ray_address=ray_address)
     records = IndexStore.create_or_open(out, encoder.spec.to_dict(), catalog.describe(), store)
     try:
-        return _build(catalog, records, encoder, chosen, progress)
+        return _build(fetch_images(catalog, out, fetch, progress), records, encoder, chosen, progress)
     except (OSError, sqlite3.Error) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         raise IndexStoreError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import os
 import posixpath
+import re
 import stat
 import threading
 import unicodedata
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 from fashionrec.images import MAX_BYTES, ImageError, ImageTooLarge, read_regular_file, too_large
 
@@ -28,6 +30,9 @@ READ_CHUNK = 2**20  # zip members are inflated this much at a time
 MAX_ID_CHARS = 256  # ids name files and URL path segments: longer ones fit neither
 ID_FORBIDDEN = set("/\\?#%")  # path separators and the characters a URL path segment cannot hold as is
 ID_FORBIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}  # control, format, unassigned, line breaks
+URL_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://|(?i:data|file):")  # an image column value meant as a URL
+URL_SCHEMES = ("http", "https")  # the only URLs fetched (remote.py): never file:, which would read local files
+MAX_URL_CHARS = 2048
 
 
 class CatalogError(ValueError):
@@ -100,6 +105,8 @@ class ImageSource:
 
     def problem(self, name: str) -> str | None:
         """Why `name` (normalised, relative) cannot be read as an image file here, or None if it can."""
+        if is_url(name):
+            return None  # checked when the build fetches it (remote.py)
         if self.is_zip:
             try:
                 info = self._archive().getinfo(name)
@@ -128,6 +135,8 @@ class ImageSource:
 
     def read(self, name: str, limit: int = MAX_BYTES) -> bytes:
         """The raw bytes of one file: FileNotFoundError if it is not there, ImageError if not a usable file."""
+        if is_url(name):  # never a path: a URL is read from the index's cache (remote.CachedSource)
+            raise ImageError(name, "an image URL, not fetched yet (remote.fetch_images fetches it)")
         if not self.is_zip:
             return read_regular_file(self._path(name), name, limit)
         try:
@@ -189,6 +198,27 @@ def image_name_problem(value: str) -> str | None:
     return None
 
 
+def is_url(value: str) -> bool:
+    """Whether an image column value is an http(s) URL, fetched into the index by the build (remote.py)."""
+    return value[:8].lower().startswith(("http://", "https://"))
+
+
+def url_problem(url: str) -> str | None:
+    """Why an image column value written as a URL cannot be fetched, or None: only http(s) URLs with a host."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme not in URL_SCHEMES:
+        return f"a {scheme}: URL; only http and https image URLs are fetched"
+    if len(url) > MAX_URL_CHARS:
+        return f"URL longer than {MAX_URL_CHARS} characters"
+    if any(char.isspace() or not char.isprintable() for char in url):
+        return "URL contains spaces or control characters"
+    try:
+        host, _ = urlsplit(url).hostname, urlsplit(url).port
+    except ValueError as error:
+        return f"unusable URL ({error})"
+    return None if host else "URL has no host"
+
+
 @dataclass
 class Catalog:
     """The items of one catalog, the source their images are read from, and what was wrong."""
@@ -207,8 +237,9 @@ class Catalog:
 def load_catalog(path: str | Path, *, id_column: str = "id", image_column: str | None = None) -> Catalog:
     """Read a catalog from a Kaggle-layout folder or zip, or from a CSV/Parquet table.
 
-    `image_column` names a column of image paths relative to the table's folder; without it, images
-    are looked up as `images/<id>.jpg` beside the table (the Kaggle layout).
+    `image_column` names a column of image paths relative to the table's folder, or of http(s) URLs (the
+    build fetches them: remote.py); without it, images are looked up as `images/<id>.jpg` beside the
+    table (the Kaggle layout).
     """
     path = Path(path).expanduser().resolve()
     if not path.exists():
@@ -354,7 +385,12 @@ def _read_parquet_rows(path: Path) -> Table:
 
 
 def _image_name(value: str, prefix: str) -> tuple[str, str | None]:
-    """The normalised name of an image column value inside the source, or why it cannot name a file there."""
+    """The normalised name of an image column value inside the source, or why it cannot name a file there.
+
+    A URL is kept as it is (the build fetches it into the index, remote.py), or refused if not http(s).
+    """
+    if URL_LIKE.match(value):
+        return value, url_problem(value)
     value = value.replace("\\", "/")
     if not value:
         return value, "no image given"

@@ -33,6 +33,7 @@ from fashionrec.garment import Method, Region
 from fashionrec.images import MAX_BYTES, Fit, ImageError, parse_box
 from fashionrec.index import IndexStore, IndexStoreError, write_bytes_atomic
 from fashionrec.quality.config import BridgeConfig, TrainConfig
+from fashionrec.remote import FetchSettings, fetch_images
 from fashionrec.search import TEXT_MODES, Match, Recommender, UnknownItemError
 from fashionrec.terms import COLOUR_STRATEGIES, Term
 
@@ -115,8 +116,21 @@ def index(
     ),
     id_column: Annotated[str, typer.Option(help="Id column of a CSV/Parquet catalog.")] = "id",
     image_column: Annotated[
-        str | None, typer.Option(help="Image path column of a CSV/Parquet catalog (relative to it).")
+        str | None,
+        typer.Option(help="Image column of a CSV/Parquet catalog: paths relative to it, or http(s) URLs."),
     ] = None,
+    fetch_concurrency: Annotated[
+        int, typer.Option(min=1, help="Image URLs fetched at once.")
+    ] = FetchSettings.concurrency,
+    fetch_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds one try at an image URL may take.")
+    ] = FetchSettings.timeout,
+    fetch_retries: Annotated[
+        int, typer.Option(min=0, help="Tries after the first for a URL that timed out or answered 5xx or 429.")
+    ] = FetchSettings.retries,
+    refetch: Annotated[
+        bool, typer.Option("--refetch", help="Fetch every image URL again, even those cached in the index.")
+    ] = False,
     workers: Annotated[
         int | None, typer.Option(help="Image decoding processes (0: none); with --runner ray, actors.")
     ] = None,
@@ -140,13 +154,18 @@ def index(
     with user_errors():
         if fit not in get_args(Fit):
             raise ValueError(f"--fit must be one of {', '.join(get_args(Fit))}, not {fit!r}")
+        settings = FetchSettings(fetch_concurrency, fetch_timeout, fetch_retries, refetch=refetch)
         loaded = load_catalog(catalog, id_column=id_column, image_column=image_column)
-        model = load_encoder(encoder, size=size, fit=fit, backend=backend, calibration=loaded)  # type: ignore[arg-type]
         console.print(f"Catalog {catalog}: {len(loaded.items)} items, {len(loaded.problems)} problems")
         try:
+            loaded = fetch_images(loaded, out, settings)  # first: an int8 encoder calibrates on these photos
+            model = load_encoder(encoder, size=size, fit=fit, backend=backend, calibration=loaded)  # type: ignore[arg-type]
             report = build_index(
                 loaded, out, model, workers=workers, runner=runner, ray_address=ray_address, store=store
             )
+        except KeyboardInterrupt:
+            errors.print("[yellow]interrupted: the images fetched so far are kept; run the same command to resume[/]")
+            raise typer.Exit(130) from None
         except BuildInterrupted as stop:
             errors.print(f"[yellow]{stop}[/yellow]")
             raise typer.Exit(130) from None

@@ -106,6 +106,12 @@ def make_dir(path: Path) -> None:
         os.chmod(path, DIR_MODE)
 
 
+def check_directory(directory: Path) -> None:
+    """An index is a directory: a path that is something else (a file) is refused before anything is written."""
+    if directory.exists() and not directory.is_dir():
+        raise IndexStoreError(f"{directory}: not a directory (the index is a directory)")
+
+
 def write_json_atomic(path: Path, data: object) -> None:
     """Write JSON to a temp file and rename it over the target, so readers see old or new, never half."""
     write_bytes_atomic(path, json.dumps(data, indent=2, ensure_ascii=False).encode())
@@ -224,8 +230,7 @@ class IndexStore:
         an existing index keeps the store it was created with.
         """
         directory = Path(directory).expanduser()
-        if directory.exists() and not directory.is_dir():
-            raise IndexStoreError(f"{directory}: not a directory (the index is a directory)")
+        check_directory(directory)
         if (directory / MANIFEST).is_file():
             index = cls.open(directory)
             built_with = index.manifest["encoder"]["id"]  # type: ignore[index]

@@ -34,6 +34,7 @@ from fashionrec.garment import isolate as isolate_garment
 from fashionrec.garment import regions as find_regions
 from fashionrec.images import Box, Detail, crop, decode, match_detail, open_image
 from fashionrec.index import UPLOADED, UPLOADS, DuplicateItemError, IndexStore, IndexStoreError, StoredItem
+from fashionrec.remote import index_images
 from fashionrec.stores import Hit, SearchSettings, StoreError, VectorStore
 from fashionrec.terms import (
     COLOUR_COLUMN,
@@ -420,7 +421,7 @@ class Recommender:
         self._queries: OrderedDict[tuple[bytes, Box | None, str], Query] = OrderedDict()  # by photo digest
         self._queries_lock = threading.Lock()
         catalog = records.manifest.get("catalog", {})
-        self.images = ImageSource(Path(catalog["images_root"])) if catalog.get("images_root") else None
+        self.images = index_images(records.directory, catalog)  # catalog files, and image URLs from the cache
         self.detail = Detail.from_dict(records.manifest.get("detail"))
         self.uploads = ImageSource(records.directory / UPLOADS)  # never the index directory: it holds the database
         self._load()
@@ -494,7 +495,8 @@ class Recommender:
             raise UnknownItemError(str(item_id)) from None
 
     def image_bytes(self, item_id: str | int) -> bytes:
-        """The image of an item, read from the catalog folder or zip, or from the index if it was uploaded."""
+        """The image of an item, read from the catalog folder or zip, or from the index if it was uploaded or
+        fetched from a URL (never fetched here)."""
         item = self.item(item_id)
         if item.image.startswith(UPLOADED):
             path = self.records.upload_path(item.image)  # proven to be one of uploads/' own files, or None

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fashionrec.build import build_index
-from fashionrec.catalog import ImageSource, load_catalog
+from fashionrec.catalog import load_catalog
 from fashionrec.colour import COLOUR_DIM, colour_vector
 from fashionrec.encoders import BACKBONES, TRAINED_MANIFEST, EncoderSpec, load_encoder
 from fashionrec.encoders.adapter import ADAPTER_SETTINGS, Adapter, TrainedNet
@@ -52,9 +52,18 @@ from fashionrec.encoders.trained import (
 )
 from fashionrec.encoders.weights import file_sha256
 from fashionrec.images import Detail, ImageError, decode
-from fashionrec.index import MANIFEST, UPLOADED, IndexStore, StoredItem, write_bytes_atomic, write_json_atomic
+from fashionrec.index import (
+    MANIFEST,
+    UPLOADED,
+    IndexStore,
+    IndexStoreError,
+    StoredItem,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from fashionrec.quality.config import TrainConfig
 from fashionrec.quality.evaluate import label_values, nearest, score
+from fashionrec.remote import index_images
 from fashionrec.search import Snapshot
 from fashionrec.stores import SearchSettings
 from fashionrec.stores.files import FilesStore
@@ -152,7 +161,9 @@ def _view_vectors(
                 return kept["vectors"], kept["colours"]
     encoder = load_encoder(base.name, size=base.size, fit=base.fit)
     detail = Detail.from_dict(store.manifest.get("detail"))
-    source = ImageSource(Path(store.manifest["catalog"]["images_root"]))  # type: ignore[index]
+    source = index_images(store.directory, store.manifest["catalog"])  # type: ignore[arg-type]
+    if source is None:
+        raise IndexStoreError(f"{store.directory}: the index does not record where its catalog images are")
     view_vectors, view_colours = vectors.copy(), colours.copy()
     bar = tqdm(total=len(rows), unit="view", desc="Shopper-like views", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(rows), VIEW_BATCH):
