@@ -18,9 +18,9 @@ from test_app import choose_mode, query_id, result_ids, run
 
 from fashionrec.build import BuildReport, build_index
 from fashionrec.catalog import load_catalog
-from fashionrec.encoders import Encoder
+from fashionrec.encoders import TRAINED_MANIFEST, Encoder
 from fashionrec.search import Match, Recommender, UnknownItemError
-from fashionrec.terms import MAX_TERMS, Term, TermError, WantedLabels, wanted_labels
+from fashionrec.terms import DEFAULT_LABELS, MAX_TERMS, Term, TermError, WantedLabels, trained_labels, wanted_labels
 
 from conftest import run_cli, sample_rows, write_catalog
 
@@ -121,6 +121,13 @@ def test_wanted_labels_weigh_liked_against_disliked_and_asked_colours() -> None:
     assert refused is not None and refused.wants["baseColour"] == {"Red": 1.0, "Black": -1.0}
     assert wanted_labels(examples, [], ["material"]) is None  # columns the examples lack: nothing wanted
     assert wanted_labels([], [], columns) is None
+
+
+def test_label_columns_are_the_trained_encoders_else_type_and_colour(tmp_path: Path) -> None:
+    assert trained_labels({"name": "efficientnet-lite0"}) == DEFAULT_LABELS == ("articleType", "baseColour")
+    (tmp_path / TRAINED_MANIFEST).write_text(json.dumps({"labels": ["articleType", "gender"]}))
+    assert trained_labels({"model_dir": str(tmp_path)}) == ("articleType", "gender")
+    assert trained_labels({"model_dir": str(tmp_path / "gone")}) == DEFAULT_LABELS
 
 
 def test_the_labels_rerank_orders_the_best_candidates_by_similarity_and_agreement(recommender: Recommender) -> None:
