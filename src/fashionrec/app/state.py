@@ -261,7 +261,7 @@ def query_typed_product() -> None:
 
 def search(query: Query, k: int, filters: dict[str, list[str]], colour_weight: float, diversity: float) -> list[Match]:
     """The same Recommender calls as the CLI's `similar` and `search` (a photo's embedding is cached), or, once
-    the shopper rated results or asked for another colour, its `similar_to_terms` (as `search --term`); colour
+    the shopper rated results or asked for another colour, its `recommend` (as POST /v1/recommend); colour
     weight applies to photos and products, not to words."""
     if st.session_state.liked or st.session_state.disliked or st.session_state.other_colour:
         return refined_search(query, k, filters, diversity)
