@@ -16,11 +16,13 @@ from streamlit.testing.v1 import AppTest
 from test_api import KEY, WRITE, index_copy, serve
 from test_app import choose_mode, query_id, result_ids, run
 
-from fashionrec.build import BuildReport
+from fashionrec.build import BuildReport, build_index
+from fashionrec.catalog import load_catalog
+from fashionrec.encoders import TRAINED_MANIFEST, Encoder
 from fashionrec.search import Match, Recommender, UnknownItemError
-from fashionrec.terms import MAX_TERMS, Term, TermError
+from fashionrec.terms import DEFAULT_LABELS, MAX_TERMS, Term, TermError, WantedLabels, trained_labels, wanted_labels
 
-from conftest import run_cli
+from conftest import run_cli, sample_rows, write_catalog
 
 index, page = test_app.index, test_app.page  # the app's fixtures: its index, passed on the command line
 
@@ -99,6 +101,86 @@ def test_recommend_with_liked_and_disliked_items(recommender: Recommender) -> No
     assert [m.id for m in by_shape] != [m.id for m in refined]
 
 
+def test_wanted_labels_weigh_liked_against_disliked_and_asked_colours() -> None:
+    columns = ["articleType", "baseColour"]
+    examples = [
+        ({"articleType": "Shirts", "baseColour": "Red"}, 1.0),
+        ({"articleType": "Shirts", "baseColour": "Blue"}, 1.0),
+        ({"articleType": "Jeans", "baseColour": "Red"}, -0.5),
+        ({"articleType": "", "baseColour": "Red"}, 1.0),  # unlabelled type: counts for the colour only
+    ]
+    wanted = wanted_labels(examples, [], columns)
+    assert wanted == WantedLabels(
+        {"articleType": {"Shirts": 1.0, "Jeans": -1.0}, "baseColour": {"Red": 2 / 3 - 1, "Blue": 1 / 3}}
+    )
+    assert wanted.score({"articleType": "Shirts", "baseColour": "Blue"}) == pytest.approx((1 + 1 / 3) / 2)
+    assert wanted.score({"articleType": "Jeans", "baseColour": "Green"}) == pytest.approx(-0.5)
+    asked = wanted_labels(examples, [("Green", 1.0)], columns)  # an asked colour replaces the examples' colours
+    assert asked is not None and asked.wants["baseColour"] == {"Green": 1.0}
+    refused = wanted_labels(examples[:1], [("Black", -1.0)], columns)  # a refused one only adds its refusal
+    assert refused is not None and refused.wants["baseColour"] == {"Red": 1.0, "Black": -1.0}
+    assert wanted_labels(examples, [], ["material"]) is None  # columns the examples lack: nothing wanted
+    assert wanted_labels([], [], columns) is None
+
+
+def test_label_columns_are_the_trained_encoders_else_type_and_colour(tmp_path: Path) -> None:
+    assert trained_labels({"name": "efficientnet-lite0"}) == DEFAULT_LABELS == ("articleType", "baseColour")
+    (tmp_path / TRAINED_MANIFEST).write_text(json.dumps({"labels": ["articleType", "gender"]}))
+    assert trained_labels({"model_dir": str(tmp_path)}) == ("articleType", "gender")
+    assert trained_labels({"model_dir": str(tmp_path / "gone")}) == DEFAULT_LABELS
+
+
+def test_the_labels_rerank_orders_the_best_candidates_by_similarity_and_agreement(recommender: Recommender) -> None:
+    query = recommender.items[7]
+    by_look = recommender.similar_to_terms([Term("item", query.id)], k=150, collapse=False, label_weight=0.0)
+    pool = by_look[:99]  # the store's best 100 by look, the query itself left out
+    reranked = recommender.similar_to_terms([Term("item", query.id)], k=10, collapse=False, label_weight=0.2)
+
+    def agreement(match: Match) -> float:
+        return sum(match.metadata.get(c) == query.metadata.get(c) for c in ("articleType", "baseColour")) / 2
+
+    expected = sorted(pool, key=lambda m: (-round(0.8 * m.score + 0.2 * agreement(m), 5), m.id))[:10]
+    assert [m.id for m in reranked] == [m.id for m in expected]
+    assert [m.score for m in reranked] == pytest.approx([0.8 * m.score + 0.2 * agreement(m) for m in expected], 1e-4)
+    assert [m.id for m in reranked] != [m.id for m in pool[:10]]  # the labels did change the order
+
+
+def test_disliked_labels_are_steered_away_from(recommender: Recommender) -> None:
+    """A disliked item of another type pushes its type down, on top of moving the query away from its look."""
+    items, steered = recommender.items, 0
+    for query in items[30:60]:
+        other = next(
+            m
+            for m in recommender.similar_to_item(query.id, k=30)
+            if m.metadata["articleType"] != query.metadata["articleType"]
+        )
+        kind = other.metadata["articleType"]
+        plain = recommender.recommend([query.id], k=10)
+        avoiding = recommender.recommend([query.id], [other.id], k=10)
+        count = sum(m.metadata["articleType"] == kind for m in avoiding)
+        assert count <= sum(m.metadata["articleType"] == kind for m in plain)
+        steered += count < sum(m.metadata["articleType"] == kind for m in plain)
+    assert steered >= 5
+
+
+def test_a_catalog_without_the_label_columns_ranks_as_before(
+    tmp_path: Path, encoder: Encoder, recommender: Recommender
+) -> None:
+    header, rows = sample_rows(40, seed=3)
+    keep = [header.index("id"), header.index("productDisplayName")]
+    folder = write_catalog(tmp_path / "catalog", [header[i] for i in keep], [[row[i] for i in keep] for row in rows])
+    build_index(load_catalog(folder), tmp_path / "idx", encoder, workers=1, progress=False)
+    bare = Recommender.open(tmp_path / "idx")
+    a, b, c = (item.id for item in bare.items[:3])
+    for terms in ([Term("item", a)], [Term("item", a), Term("item", b, 0.5), Term("item", c, -0.5)]):
+        assert bare.similar_to_terms(terms, k=8) == bare.similar_to_terms(terms, k=8, label_weight=0.0)
+    assert bare.recommend([a, b], [c], k=8) == bare.recommend([a, b], [c], k=8, label_weight=0.0)
+    query = recommender.items[7].id  # the same with the columns, but none of them named: as before too
+    unnamed = Recommender(recommender.records, labels=["material"])
+    assert unnamed.recommend([query], k=8) == recommender.recommend([query], k=8, label_weight=0.0)
+    assert recommender.recommend([query], k=8) != recommender.recommend([query], k=8, label_weight=0.0)
+
+
 @pytest.mark.parametrize(
     ("terms", "error", "problem"),
     [
@@ -169,6 +251,11 @@ def test_api_search_terms_and_recommend(api: httpx.Client, recommender: Recommen
     assert api.post("/v1/search/terms", json={"terms": [photo], "k": 2}).status_code == 200
     liked = api.post("/v1/recommend", json={"positive": [item], "negative": [recommender.items[4].id], "k": 3})
     assert liked.status_code == 200 and len(liked.json()["results"]) == 3
+    black = api.post("/v1/recommend", json={"positive": [item], "colour": "black", "k": 4})
+    assert black.status_code == 200, black.text
+    expected = recommender.recommend([item], k=4, colour="black")
+    assert [m["id"] for m in black.json()["results"]] == [m.id for m in expected]
+    assert all(m["metadata"]["baseColour"] == "Black" for m in black.json()["results"])
 
 
 @pytest.mark.slow  # starts a server or CLI processes
@@ -192,10 +279,12 @@ def test_api_bad_terms_are_4xx(api: httpx.Client, body: dict[str, object], statu
 
 
 @pytest.mark.slow  # starts a server or CLI processes
-def test_api_bad_recommend_is_4xx(api: httpx.Client) -> None:
+def test_api_bad_recommend_is_4xx(api: httpx.Client, recommender: Recommender) -> None:
     assert api.post("/v1/recommend", json={"positive": []}).status_code == 400
     assert api.post("/v1/recommend", json={"positive": ["no-such-item"]}).status_code == 404
     assert api.post("/v1/recommend", json={"positive": ["1"], "session": "../etc"}).status_code == 400
+    ultraviolet = api.post("/v1/recommend", json={"positive": [recommender.items[0].id], "colour": "ultraviolet"})
+    assert ultraviolet.status_code == 400 and "unknown colour 'ultraviolet'" in ultraviolet.json()["detail"]
 
 
 @pytest.mark.slow  # starts a server or CLI processes

@@ -182,6 +182,10 @@ def test_a_text_term_of_a_weighted_query_reads_the_bridge(bridged: Path) -> None
     np.testing.assert_allclose(vector, recommender.bridge.embed(["black shirt"])[0], atol=1e-6)
     alone = recommender.similar_to_terms([Term("text", "black shirt")], k=5, colour="direction")
     assert [m.id for m in alone] == [m.id for m in recommender.similar_to_text("black shirt", k=5, mode="bridge")]
+    by_words = recommender.recommend([], text="black shirt", k=5)  # the app's refined search of typed words
+    assert [m.id for m in by_words] == [m.id for m in alone]
+    refined = recommender.recommend([alone[0].id], text="black shirt", k=5)  # a liked result: never shown again
+    assert len(refined) == 5 and alone[0].id not in {m.id for m in refined}
 
 
 @pytest.mark.slow

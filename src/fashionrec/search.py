@@ -41,15 +41,19 @@ from fashionrec.terms import (
     COLOUR_RERANK,
     FEEDBACK_COLOUR,
     LABEL_STEP,
+    LABEL_WEIGHT,
     TYPE_COLUMN,
     ColourModel,
     ColourStrategy,
     Term,
     TermError,
+    WantedLabels,
     check_terms,
     compose,
     example_terms,
     label_filters,
+    trained_labels,
+    wanted_labels,
 )
 from fashionrec.text import TextIndex, check_query
 
@@ -58,7 +62,7 @@ if TYPE_CHECKING:
 
 Group = tuple[float, int, tuple[str, ...]]  # a result before it is a Match: score, position, variant ids
 TIE_MARGIN = 8  # extra candidates fetched so equal scores can be ordered by id
-RERANK_POOL = 100  # candidates by shape that a colour-weighted query ranks again
+RERANK_POOL = 100  # candidates by shape that a colour- or label-weighted query ranks again
 DUPLICATE_COSINE = 0.995  # same image re-saved: >= 0.9999; 0.99-0.995 holds look-alike products (bench/variety.py)
 SEARCH_ATTEMPTS = 3  # a search that meets an item removed meanwhile runs again on the store's new state
 DIVERSITY_POOL = 50  # candidates that maximal marginal relevance picks from (at least 4k)
@@ -110,15 +114,24 @@ class Match:
 
 @dataclass(frozen=True)
 class Query:
-    """What a search looks for: a shape vector, a colour vector, and how much colour counts (0 to 1)."""
+    """What a search looks for: a shape vector, a colour vector, and how much colour counts (0 to 1); a refined
+    query also the catalog labels it wants and how much they count (0 to 1)."""
 
     vector: np.ndarray
     colour: np.ndarray
     colour_weight: float = 0.0
+    labels: WantedLabels | None = None
+    label_weight: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.colour_weight <= 1.0:
-            raise ValueError(f"colour weight must be between 0 and 1, got {self.colour_weight}")
+        for name, weight in (("colour", self.colour_weight), ("label", self.label_weight)):
+            if not 0.0 <= weight <= 1.0:
+                raise ValueError(f"{name} weight must be between 0 and 1, got {weight}")
+
+    @property
+    def reranked(self) -> bool:
+        """Whether the best RERANK_POOL candidates by shape are ranked again (by colour, labels or both)."""
+        return self.colour_weight > 0 or (self.labels is not None and self.label_weight > 0)
 
 
 def blend(scores: np.ndarray, colours: np.ndarray, query_colour: np.ndarray, weight: float) -> np.ndarray:
@@ -214,7 +227,8 @@ class Snapshot:
         """Inner-product search in the store, blended with colour similarity when asked.
 
         With a colour weight w, the best RERANK_POOL candidates by shape are ranked again by
-        (1 - w) * shape similarity + w * colour similarity. Ties are ordered by id. `collapse` shows a
+        (1 - w) * shape similarity + w * colour similarity, then, for a refined query with a label weight l, by
+        (1 - l) * that + l * agreement with its wanted labels. Ties are ordered by id. `collapse` shows a
         product listed under several ids once (the others as its `variants`), so k distinct products come
         back; `diversity` (0 to 1) re-ranks by maximal marginal relevance to spread the results.
         """
@@ -223,7 +237,7 @@ class Snapshot:
         if not 0.0 <= diversity <= 1.0:
             raise ValueError(f"diversity must be between 0 and 1, got {diversity}")
         wanted_values = self.resolve(filters) if filters else None
-        pool = k + 1 + TIE_MARGIN if query.colour_weight == 0 else max(RERANK_POOL, 4 * k)
+        pool = max(RERANK_POOL, 4 * k) if query.reranked else k + 1 + TIE_MARGIN
         if collapse:
             pool = max(pool, 2 * k + 1 + TIE_MARGIN)  # room for a few duplicates
         if diversity > 0:
@@ -261,7 +275,7 @@ class Snapshot:
         if not 0.0 <= diversity <= 1.0:
             raise ValueError(f"diversity must be between 0 and 1, got {diversity}")
         wanted_values = self.resolve(filters) if filters else None
-        allowed = self.matching_positions(wanted_values) if wanted_values else None
+        allowed = self.resolved_positions(wanted_values) if wanted_values else None
         pool = max(TEXT_POOL, 4 * k)
         by_words = top_scores(self.text.scores(text), allowed, pool) if words else []
         by_look: list[tuple[float, int]] = []
@@ -308,6 +322,9 @@ class Snapshot:
         if query.colour_weight and hits:
             colours = self.store.colours([hit.id for hit in hits])
             scores = blend(scores, colours, query.colour, query.colour_weight)
+        if query.labels is not None and query.label_weight and hits:  # the catalog's labels count too
+            agreement = [query.labels.score(self.items[self.positions[hit.id]].metadata) for hit in hits]
+            scores = (1.0 - query.label_weight) * scores + query.label_weight * np.array(agreement, np.float32)
         found = [(float(score), self.positions[hit.id]) for score, hit in zip(scores, hits, strict=True)]
         found.sort(key=lambda pair: (-round(pair[0], 5), self.items[pair[1]].id))
         return found, exhausted
@@ -383,8 +400,12 @@ class Snapshot:
 
         Names and values match case-insensitively; one the index does not hold raises FilterError with a hint.
         """
+        return self.resolved_positions(self.resolve(filters))
+
+    def resolved_positions(self, filters: Mapping[str, list[str]]) -> np.ndarray:
+        """`matching_positions` of filters already spelled as this snapshot spells them (`resolve`)."""
         mask = np.ones(len(self.items), dtype=bool)
-        for column, wanted in self.resolve(filters).items():
+        for column, wanted in filters.items():
             mask &= self.columns[column].matches(wanted)
         return np.flatnonzero(mask).astype(np.int64)
 
@@ -403,6 +424,7 @@ class Recommender:
         threads: int = 0,
         isolation: Method = "none",
         text_model: str | Path | None = None,
+        labels: Sequence[str] | None = None,
     ) -> None:
         self.records = records  # the index's item records; its vectors are in `store`
         self.store = records.store
@@ -412,6 +434,8 @@ class Recommender:
         self._encoder: Encoder | None = None
         self._bridge: TextBridge | None = None
         self.text_model = Path(text_model) if text_model is not None else records.directory / DEFAULT_DIR
+        # the label columns refined queries agree with: given, else the trained encoder's, else type and colour
+        self.labels = tuple(labels) if labels is not None else trained_labels(records.manifest["encoder"])  # type: ignore[arg-type]
         if text_model is not None and not (self.text_model / BRIDGE_MANIFEST).is_file():
             raise BridgeError(
                 f"{self.text_model}: not a text bridge (no {BRIDGE_MANIFEST}); see `fashionrec train-text`"
@@ -437,6 +461,7 @@ class Recommender:
         threads: int = 0,
         isolation: Method = "none",
         text_model: str | Path | None = None,
+        labels: Sequence[str] | None = None,
     ) -> Recommender:
         """Open an index directory; the encoder is loaded on the first image query.
 
@@ -445,10 +470,12 @@ class Recommender:
         (0: all; 1 for a server that serves requests side by side; sets FAISS's for the whole process);
         `isolation` how a query photo's garment is cut out of its scene before embedding (garment.py);
         `text_model` the text bridge that text searches use (default: the index's own text-bridge/ folder, if
-        `fashionrec train-text` made one).
+        `fashionrec train-text` made one); `labels` the metadata columns whose agreement with the examples counts
+        in refined queries (`similar_to_terms`, `recommend`; default: the columns a trained encoder learnt, else
+        articleType and baseColour; those the catalog lacks are left out).
         """
         records = IndexStore.open(directory, SearchSettings(kind, precision, threads))
-        return cls(records, backend, threads, isolation, text_model)
+        return cls(records, backend, threads, isolation, text_model, labels)
 
     def _load(self) -> None:
         self._seen_version = self.records.data_version()  # read before loading: a commit in between reloads again
@@ -706,6 +733,7 @@ class Recommender:
         colour: ColourStrategy = "label",
         collapse: bool = True,
         diversity: float = 0.0,
+        label_weight: float = LABEL_WEIGHT,
     ) -> list[Match]:
         """The k products closest to a query of weighted terms ("like this jacket, in red, not leather").
 
@@ -713,19 +741,22 @@ class Recommender:
         direction (terms.compose). `colour` says what else a colour term does: "direction" nothing,
         "rerank" also ranks the best candidates again by colour histogram, "label" (default, best measured
         in bench/terms.py) keeps only the items whose catalog colour label is asked (and drops the refused
-        ones) and moves a quarter of the way (LABEL_STEP). The items given as terms never come back.
+        ones) and moves a quarter of the way (LABEL_STEP). The best candidates are then ranked again by
+        (1 - label_weight) * that score + label_weight * their labels' agreement with the item terms' labels and
+        the asked colours (terms.wanted_labels; columns: `labels`). The items given as terms never come back.
         """
-        query, filters, seen = self._terms_query(terms, filters, colour)
+        query, filters, seen = self._terms_query(terms, filters, colour, label_weight)
         return self._unseen(self.snapshot, query, k, filters, seen, collapse, diversity)
 
     def _terms_query(
-        self, terms: Sequence[Term], filters: Filters | None, colour: ColourStrategy
+        self, terms: Sequence[Term], filters: Filters | None, colour: ColourStrategy, label_weight: float
     ) -> tuple[Query, Filters | None, set[str]]:
         """The query of some terms, the filters its colour strategy adds, and the item ids given as terms."""
         check_terms(terms)
         snapshot = self.snapshot
         examples: list[tuple[np.ndarray, np.ndarray | None, float]] = []
         colours: list[tuple[int, float]] = []
+        labelled: list[tuple[Mapping[str, str], float]] = []  # the item terms' metadata: what the labels re-rank reads
         for term in terms:
             if term.kind == "colour":
                 colours.append((snapshot.colour_model.find(str(term.value)), term.weight))
@@ -734,6 +765,7 @@ class Recommender:
                 if ids[0] not in snapshot.positions:
                     raise UnknownItemError(ids[0])
                 examples.append((snapshot.store.vectors(ids)[0], snapshot.store.colours(ids)[0], term.weight))
+                labelled.append((snapshot.items[snapshot.positions[ids[0]]].metadata, term.weight))
             elif term.kind == "image":
                 query = self.embed_image(term.value)  # type: ignore[arg-type]
                 examples.append((query.vector, query.colour, term.weight))
@@ -743,13 +775,16 @@ class Recommender:
         steps = [(row, weight * (LABEL_STEP if colour == "label" else 1.0)) for row, weight in colours]
         vector, histogram = compose(examples, steps, model)
         asked = model is not None and colour == "rerank" and any(weight > 0 for _, weight in colours)
+        named = [(model.names[row], weight) for row, weight in colours] if model is not None else []
         if colour == "label" and model is not None:
-            named = [(model.names[row], weight) for row, weight in colours]
             filters = label_filters(
                 snapshot.resolve(filters) if filters else None, named, snapshot.columns[COLOUR_COLUMN].values
             )
         seen = {str(term.value) for term in terms if term.kind == "item"}
-        return Query(vector, histogram, COLOUR_RERANK if asked else 0.0), filters, seen
+        columns = [column for column in self.labels if column in snapshot.columns]  # a catalog without them: none
+        labels = wanted_labels(labelled, named, columns) if label_weight else None
+        query = Query(vector, histogram, COLOUR_RERANK if asked else 0.0, labels, label_weight)
+        return query, filters, seen
 
     def recommend(
         self,
@@ -760,13 +795,19 @@ class Recommender:
         colour_weight: float = FEEDBACK_COLOUR,
         collapse: bool = True,
         diversity: float = 0.0,
+        colour: str | None = None,
+        text: str | None = None,
+        label_weight: float = LABEL_WEIGHT,
     ) -> list[Match]:
         """Products like the liked examples and unlike the disliked ones, as Qdrant's recommend API with its
         average-vector strategy (picked by bench/feedback.py): 2 * mean(liked) - mean(disliked). An example
-        is an item id (str) or an image (path or bytes); liked and disliked items never come back. `colour_weight`
-        ranks the best candidates again by their colour's likeness to the liked examples' colours."""
-        terms = example_terms(positive, negative)
-        query, filters, seen = self._terms_query(terms, filters, "direction")
+        is an item id (str) or an image (path or bytes), and `text` (read by the text bridge) one more liked
+        example; liked and disliked items never come back. `colour` asks for products labelled with that colour
+        ("in another colour", as a colour term of `similar_to_terms`). The best candidates are ranked again by
+        their colour's likeness to the liked examples' colours (`colour_weight`), then by their labels'
+        agreement with the liked and disliked items' labels and the asked colour (`label_weight`)."""
+        terms = example_terms(positive, negative, text) + ([Term("colour", colour)] if colour else [])
+        query, filters, seen = self._terms_query(terms, filters, "label" if colour else "direction", label_weight)
         query = replace(query, colour_weight=colour_weight)
         return self._unseen(self.snapshot, query, k, filters, seen, collapse, diversity)
 

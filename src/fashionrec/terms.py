@@ -10,6 +10,7 @@ strategies; docs/terms-and-feedback.md has the figures.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from fashionrec.colour import COLOUR_DIM
+from fashionrec.encoders.spec import TRAINED_MANIFEST
 
 TermKind = Literal["item", "image", "text", "colour"]
 ColourStrategy = Literal["direction", "rerank", "label"]
@@ -31,6 +33,8 @@ COLOUR_COLUMN, TYPE_COLUMN = "baseColour", "articleType"
 COLOUR_RERANK = 0.5  # colour-histogram weight of the "rerank" strategy (bench/terms.py)
 FEEDBACK_COLOUR = 0.5  # recommend's colour re-rank by the liked examples' colours (bench/feedback.py)
 LABEL_STEP = 0.25  # "label": the colour label already decides; a full step along the direction loses the type
+DEFAULT_LABELS = (TYPE_COLUMN, COLOUR_COLUMN)  # label columns a refined query agrees with, unless trained on others
+LABEL_WEIGHT = 0.2  # share of label agreement in a refined ranking: the least of 0.05/0.1/0.2 that met both targets
 CHUNK = 8_192  # vectors read at a time when learning colours
 
 
@@ -94,17 +98,69 @@ def check_terms(terms: Sequence[Term]) -> None:
         raise TermError("at least one term must have a positive weight: only negatives say nothing to look for")
 
 
-def example_terms(positive: Sequence[str | bytes | Path], negative: Sequence[str | bytes | Path]) -> list[Term]:
+def example_terms(
+    positive: Sequence[str | bytes | Path], negative: Sequence[str | bytes | Path], text: str | None = None
+) -> list[Term]:
     """Liked and disliked examples (item ids, or images as paths or bytes) as Qdrant's average-vector
-    recommend weighs them: 2 * mean(liked) - mean(disliked)."""
-    if not positive:
+    recommend weighs them: 2 * mean(liked) - mean(disliked); a `text` is one more liked example."""
+    liked = len(positive) + (text is not None)
+    if not liked:
         raise TermError("recommend needs at least one liked example")
-    weights = ((positive, 2.0 / len(positive)), (negative, -1.0 / max(len(negative), 1)))
-    return [
+    weights = ((positive, 2.0 / liked), (negative, -1.0 / max(len(negative), 1)))
+    terms = [
         Term("item" if isinstance(example, str) else "image", example, weight)
         for examples, weight in weights
         for example in examples
     ]
+    return terms if text is None else [Term("text", text, 2.0 / liked), *terms]
+
+
+@dataclass(frozen=True)
+class WantedLabels:
+    """What a refined query wants of some label columns: per column, each value's want from -1 to 1.
+
+    A candidate's agreement (`score`) is the mean over the columns of its values' wants; a refined ranking
+    adds it to the similarity (LABEL_WEIGHT), so the catalog's own labels count, not only the look.
+    """
+
+    wants: dict[str, dict[str, float]]  # column -> value -> want
+
+    def score(self, metadata: Mapping[str, str]) -> float:
+        return sum(values.get(metadata.get(column, ""), 0.0) for column, values in self.wants.items()) / len(self.wants)
+
+
+def wanted_labels(
+    examples: Sequence[tuple[Mapping[str, str], float]], colours: Sequence[tuple[str, float]], columns: Sequence[str]
+) -> WantedLabels | None:
+    """The labels that weighted examples (an item's metadata, its term weight) and asked colours (name, weight)
+    want, in `columns`: a value's want is its share of the positive examples' weight minus its share of the
+    negative ones'. Asked colours decide the colour column: +1 each positive one (the examples' colours are
+    then forgotten), -1 each refused one. None when nothing is wanted (no labelled example, no colour)."""
+    wants: dict[str, dict[str, float]] = {}
+    for column in columns:
+        values: dict[str, float] = {}
+        for sign in (1.0, -1.0):
+            labelled = [(m[column], w) for m, w in examples if w * sign > 0 and m.get(column, "").strip()]
+            total = sum(abs(w) for _, w in labelled)
+            for value, weight in labelled:
+                values[value] = values.get(value, 0.0) + weight / total
+        if column == COLOUR_COLUMN and colours:
+            values = {} if any(weight > 0 for _, weight in colours) else values
+            values.update({name: math.copysign(1.0, weight) for name, weight in colours})
+        if values:
+            wants[column] = values
+    return WantedLabels(wants) if wants else None
+
+
+def trained_labels(encoder: Mapping[str, object]) -> tuple[str, ...]:
+    """The label columns an index's trained encoder learnt (its model's manifest), else DEFAULT_LABELS."""
+    model_dir = encoder.get("model_dir")
+    try:
+        manifest = json.loads((Path(str(model_dir)) / TRAINED_MANIFEST).read_text()) if model_dir else {}
+    except (OSError, ValueError):  # the model folder is gone: the encoder's own load says so when it matters
+        manifest = {}
+    labels = manifest.get("labels") if isinstance(manifest, dict) else None
+    return tuple(str(label) for label in labels) if isinstance(labels, list) and labels else DEFAULT_LABELS
 
 
 @dataclass(frozen=True)

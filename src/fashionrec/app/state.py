@@ -16,7 +16,7 @@ from fashionrec.filters import FilterError, parse_filters
 from fashionrec.garment import Method, Region
 from fashionrec.images import Box, ImageError, web_image
 from fashionrec.search import Match, Recommender
-from fashionrec.terms import COLOUR_COLUMN, MAX_TERMS, Term, example_terms
+from fashionrec.terms import COLOUR_COLUMN, MAX_TERMS
 from fashionrec.text import MAX_QUERY_CHARS
 
 # Metadata columns offered as filters, with the labels a shopper reads; only those in the index are shown.
@@ -188,21 +188,15 @@ def colours() -> list[str]:
 
 
 def refined_search(query: Query, k: int, filters: dict[str, list[str]], diversity: float) -> list[Match]:
-    """The query with the rated results as liked and disliked examples (Recommender.recommend), and in the
-    other colour if one was asked (Recommender.similar_to_terms with the same examples and a colour term). Words
-    are one more term, read by the text bridge (without one, a TermError says so)."""
-    liked, disliked = st.session_state.liked, st.session_state.disliked
-    colour = [Term("colour", st.session_state.other_colour)] if st.session_state.other_colour else []
-    if query.text is not None:  # rated products are items: +1 shared by the liked, -1 by the disliked
-        rated = [Term("item", i, 1.0 / len(liked)) for i in liked]
-        rated += [Term("item", i, -1.0 / len(disliked)) for i in disliked]
-        terms = [Term("text", query.text), *rated, *colour]
-    else:
-        first: str | bytes = query.item_id if query.item_id is not None else query.upload or b""
-        if not colour:
-            return recommender().recommend([first, *liked], disliked, k, filters, diversity=diversity)
-        terms = [*example_terms([first, *liked], disliked), *colour]
-    return recommender().similar_to_terms(terms, k, filters, diversity=diversity)
+    """Recommender.recommend, as the API's /v1/recommend: the query (a product, a photo, or words read by the text
+    bridge: without one, a TermError says so) and the liked results as liked examples, the disliked ones as
+    disliked, in the other colour if one was asked."""
+    first = query.item_id if query.item_id is not None else query.upload
+    liked = [first, *st.session_state.liked] if first is not None else st.session_state.liked
+    return recommender().recommend(
+        liked, st.session_state.disliked, k, filters, diversity=diversity,
+        colour=st.session_state.other_colour, text=query.text,
+    )  # fmt: skip
 
 
 def query_item(item_id: str) -> None:
@@ -267,7 +261,7 @@ def query_typed_product() -> None:
 
 def search(query: Query, k: int, filters: dict[str, list[str]], colour_weight: float, diversity: float) -> list[Match]:
     """The same Recommender calls as the CLI's `similar` and `search` (a photo's embedding is cached), or, once
-    the shopper rated results or asked for another colour, its `similar_to_terms` (as `search --term`); colour
+    the shopper rated results or asked for another colour, its `recommend` (as POST /v1/recommend); colour
     weight applies to photos and products, not to words."""
     if st.session_state.liked or st.session_state.disliked or st.session_state.other_colour:
         return refined_search(query, k, filters, diversity)

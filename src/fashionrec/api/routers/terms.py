@@ -77,6 +77,13 @@ class RecommendIn(BaseModel):
     k: int = Field(10, ge=1, le=MAX_K)
     filter: FilterBody = []
     colour_weight: float = Field(FEEDBACK_COLOUR, ge=0.0, le=1.0, description="Re-rank by the liked items' colours.")
+    colour: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_VALUE_CHARS,
+        description="In another colour: only products whose catalog colour (baseColour, any case) is this one.",
+        examples=["Red"],
+    )
     collapse: bool = True
     diversity: float = Field(0.0, ge=0.0, le=1.0)
 
@@ -119,7 +126,9 @@ def recommend(body: RecommendIn, recommender: Rec) -> MatchesOut:
         negative += [i for i in stored.disliked if i not in negative]
     filters = parse_filters(body.filter)
     return matches_out(
-        recommender.recommend(positive, negative, body.k, filters, body.colour_weight, body.collapse, body.diversity)
+        recommender.recommend(
+            positive, negative, body.k, filters, body.colour_weight, body.collapse, body.diversity, body.colour
+        )
     )
 
 
