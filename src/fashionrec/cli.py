@@ -115,7 +115,11 @@ def index(
     ),
     id_column: Annotated[str, typer.Option(help="Id column of a CSV/Parquet catalog.")] = "id",
     image_column: Annotated[
-        str | None, typer.Option(help="Image path column of a CSV/Parquet catalog (relative to it).")
+        str | None,
+        typer.Option(
+            help="Image path column of a CSV/Parquet catalog (relative to it). Several photos per product: columns "
+            "separated by commas (main photo first), or a pattern such as '*image*'; rows repeating an id add theirs."
+        ),
     ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Image decoding processes (0: none); with --runner ray, actors.")
