@@ -272,3 +272,21 @@ def test_one_photo_per_product_stays_as_it_was(built_index: tuple[Path, object])
     match = recommender.similar_to_item(item.id, k=1)[0]
     assert match.photos == (match.image,) and match.photo == 0
     assert io.BytesIO(recommender.image_bytes(item.id, 0)).read() == recommender.image_bytes(item.id)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_builds_photos_as_local_does(tmp_path: Path, shop: tuple[Path, list[list[str]]], encoder: Encoder) -> None:
+    """A build on Ray records the same photos, so the local runner then finds nothing to embed, and back."""
+    runner = pytest.importorskip("fashionrec.runners.ray")
+    folder, rows = shop
+    path, out = write_rows(folder / "ray.csv", rows), tmp_path / "idx"
+    with runner.ray_session(None):
+        report = build_index(load_catalog(path, image_column="photo_*"), out, encoder, runner="ray", progress=False)
+        assert (report.embedded, report.total) == (2 * PRODUCTS - 2, PRODUCTS)
+        rows = [list(row) for row in rows]
+        rows[0][2] = ""
+        again = build_index(load_catalog(write_rows(path, rows), image_column="photo_*"), out, encoder, runner="ray")
+        assert again.embedded == 0 and len(IndexStore.open(out).photo_hashes()) == PRODUCTS - 3
+    local = build_index(load_catalog(path, image_column="photo_*"), out, encoder, workers=0, progress=False)
+    assert local.embedded == 0

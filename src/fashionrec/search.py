@@ -307,7 +307,6 @@ class Snapshot:
             pool = max(pool, 2 * k + 1 + TIE_MARGIN)  # room for a few duplicates
         if diversity > 0:
             pool = max(pool, DIVERSITY_POOL, 4 * k)
-        pool *= self.photos_per_product  # a product's photos take several candidates: room for k products
         for _ in range(SEARCH_ATTEMPTS - 1):
             try:
                 return self._matches(*self._groups(query, k, pool, wanted_values, exclude, collapse), k, diversity)
@@ -383,13 +382,15 @@ class Snapshot:
     def _candidates(
         self, query: Query, wanted: int, filters: dict[str, list[str]] | None, exclude: str | None
     ) -> tuple[list[tuple[float, int]], dict[int, int], bool]:
-        """The best (score, position) pairs among the store's best `wanted`, one per product (its best photo), best
-        first, ties by id, without `exclude` (none of its photos); the number of the photo that scored each
-        product; and whether the store has no more to give."""
+        """The best `wanted` (score, position) pairs, one per product (its best photo), best first, ties by id,
+        without `exclude` (none of its photos); the number of the photo that scored each product; and whether
+        the store has no more to give. A product's photos take several of the store's candidates: it is asked for
+        `wanted` times the photos per product, and only the best `wanted` products go on (collapsing costs)."""
+        asked = wanted * self.photos_per_product
         (hits,) = self.store.search(
-            query.vector[None, :], wanted, filters, () if exclude is None else self.keys_of(exclude)
+            query.vector[None, :], asked, filters, () if exclude is None else self.keys_of(exclude)
         )
-        exhausted = len(hits) < wanted
+        exhausted = len(hits) < asked
         hits = [hit for hit in hits if hit.id in self.positions or hit.id in self.owners]
         scores = np.array([hit.score for hit in hits], dtype=np.float32)
         if query.colour_weight and hits:
@@ -397,7 +398,7 @@ class Snapshot:
             scores = blend(scores, colours, query.colour, query.colour_weight)
         found, matched = self.best_photos(hits, scores.tolist())
         found.sort(key=lambda pair: (-round(pair[0], 5), self.items[pair[1]].id))
-        return found, matched, exhausted
+        return found[:wanted], matched, exhausted and len(found) <= wanted
 
     def known(self, hits: list[Hit]) -> list[Hit]:
         """The hits that have an item record: a store may briefly hold vectors of an item being added or
