@@ -260,7 +260,7 @@ def test_add_and_delete_live(api: httpx.Client, photos: list[Path]) -> None:
 def test_items_are_listed_a_page_at_a_time(api: httpx.Client) -> None:
     first = api.get("/v1/items", params={"limit": 2}).json()
     assert first["total"] == 300 and first["offset"] == 0 and first["limit"] == 2 and len(first["items"]) == 2
-    assert set(first["items"][0]) == {"id", "metadata", "image_url"}
+    assert set(first["items"][0]) == {"id", "metadata", "image_url", "photo_urls"}
     pages = [api.get("/v1/items", params={"offset": start, "limit": 128}).json() for start in range(0, 300, 128)]
     ids = [item["id"] for page in pages for item in page["items"]]
     assert len(ids) == len(set(ids)) == 300 and [len(p["items"]) for p in pages] == [128, 128, 44]

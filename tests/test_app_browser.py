@@ -15,12 +15,15 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from fashionrec.build import BuildReport
+from fashionrec.build import BuildReport, build_index
+from fashionrec.catalog import load_catalog
+from fashionrec.encoders import Encoder
 from fashionrec.search import Recommender
 
 from conftest import REPO
@@ -49,14 +52,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(built_index: tuple[Path, BuildReport], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def app_server(index: Path, log_path: Path) -> Iterator[str]:
     """`fashionrec app INDEX --port PORT`, as a user starts it; its URL once it answers."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("server") / "app.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "fashionrec.cli", "app", str(built_index[0]), "--port", str(port)],
+            [sys.executable, "-m", "fashionrec.cli", "app", str(index), "--port", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -76,6 +78,12 @@ def server(built_index: tuple[Path, BuildReport], tmp_path_factory: pytest.TempP
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(built_index: tuple[Path, BuildReport], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with app_server(built_index[0], tmp_path_factory.mktemp("server") / "app.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +207,30 @@ def test_a_shared_url_on_a_phone(server: str, browser: Browser, built_index: tup
     screenshot(page, "app-phone.png")
     page.get_by_role("button", name="More like this").first.tap()  # the address follows the new query
     page.wait_for_url(re.compile(rf"item={re.escape(ids[0])}"))
+
+
+def test_a_product_s_matched_photo_is_shown_with_its_number(
+    browser: Browser, sample_catalog: Path, encoder: Encoder, tmp_path: Path
+) -> None:
+    """A catalog with two photos per product (the second, another product's shot): each result shows the photo
+    that matched and says which of its photos it is."""
+    shots = sorted((sample_catalog / "images").glob("*.jpg"))[:12]
+    table = tmp_path / "shop.csv"
+    rows = [f"{shot.stem},images/{shot.name},images/{shots[n + 6].name}" for n, shot in enumerate(shots[:6])]
+    table.write_text("\n".join(["id,image,image2", *rows]) + "\n")
+    (tmp_path / "images").mkdir()
+    for shot in shots:
+        (tmp_path / "images" / shot.name).write_bytes(shot.read_bytes())
+    build_index(load_catalog(table, image_column="image,image2"), tmp_path / "idx", encoder, workers=0, progress=False)
+    item = shots[0].stem
+    expected = Recommender.open(tmp_path / "idx").similar_to_item(item, 3)
+    page = browser.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    with app_server(tmp_path / "idx", tmp_path / "app.log") as url:
+        page.goto(f"{url}/?item={item}&k=3&details=1")
+        assert wait_for_results(page, lambda ids: len(ids) == 3) == [m.id for m in expected]
+        captions = page.get_by_text(re.compile(r"photo \d of 2")).all_inner_texts()
+        assert [re.search(r"photo \d of 2", text)[0] for text in captions] == [
+            f"photo {m.photo + 1} of 2" for m in expected
+        ]
+        screenshot(page, "app-photos.png")

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from fashionrec.catalog import Catalog, Item, Problem
 from fashionrec.encoders import Encoder
 from fashionrec.images import DETAIL_SAMPLE, Detail, ImageError, sides_of
-from fashionrec.index import IndexStore, IndexStoreError
+from fashionrec.index import IndexStore, IndexStoreError, photo_key
 from fashionrec.remote import FetchSettings, fetch_images
 from fashionrec.runners import Runner, make_runner
 from fashionrec.runners.stages import ToEmbed, content_hash, problem_of
@@ -62,28 +62,52 @@ class BuildPlan:
     unchanged: list[Item] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)  # images that cannot be read
+    products: dict[str, str] = field(default_factory=dict)  # key of a further photo -> its product's id
 
     @property
     def to_embed(self) -> list[ToEmbed]:
         return self.new + self.changed
 
 
-def plan_build(catalog: Catalog, known: dict[str, str], progress: bool = False) -> BuildPlan:
-    """Compare the catalog with the hashes already stored (`IndexStore.hashes`): reads and hashes every image.
+def photo_entries(catalog: Catalog) -> tuple[list[Item], dict[str, str]]:
+    """One entry per photo to embed: each product under its own id (its main photo), and each further photo
+    under its `photo_key`, with the product's metadata; and the further photos' product ids, by key."""
+    entries: list[Item] = []
+    products: dict[str, str] = {}
+    for item in catalog.items:
+        entries.append(Item(item.id, item.image, item.metadata))
+        for image in item.more_images:
+            key = photo_key(item.id, image)
+            if key not in products:
+                products[key] = item.id
+                entries.append(Item(key, image, item.metadata))
+    return entries, products
+
+
+def plan_build(
+    catalog: Catalog, known: dict[str, str], progress: bool = False, known_photos: dict[str, str] | None = None
+) -> BuildPlan:
+    """Compare the catalog with the hashes already stored (`IndexStore.hashes`, and `photo_hashes` for the
+    products' further photos): reads and hashes every image.
 
     Reading is cheap next to decoding (a tenth of a millisecond for a catalog JPEG), and it lets the
     runners see only the work left and the progress bar show a true ETA. An image that cannot be read
     is its item's problem; the item's stored vector, if any, is kept.
     """
-    in_catalog = {item.id for item in catalog.items}
-    plan = BuildPlan(removed=[item_id for item_id in known if item_id not in in_catalog])
-    for item in tqdm(catalog.items, unit="img", desc="Planning", disable=not progress, dynamic_ncols=True):
+    entries, products = photo_entries(catalog)
+    known_photos = known_photos or {}
+    ids = {item.id for item in catalog.items}  # an older index may hold an id like a key: it goes, if not a product
+    removed = [item_id for item_id in known if item_id not in ids] + [
+        key for key in known_photos if key not in products
+    ]
+    plan = BuildPlan(removed=removed, products=products)
+    for item in tqdm(entries, unit="img", desc="Planning", disable=not progress, dynamic_ncols=True):
         try:
             digest = content_hash(catalog.source.read(item.image))
         except (ImageError, OSError) as error:
-            plan.problems.append(problem_of(item.id, item.image, error))
+            plan.problems.append(problem_of(products.get(item.id, item.id), item.image, error))
             continue
-        before = known.get(item.id)
+        before = (known_photos if item.id in products else known).get(item.id)
         if before is None:
             plan.new.append(ToEmbed(item, digest))
         elif before != digest:
@@ -132,7 +156,7 @@ def build_index(
 def _build(catalog: Catalog, store: IndexStore, encoder: Encoder, runner: Runner, progress: bool) -> BuildReport:
     started = time.perf_counter()
     store.update_manifest(complete=False)
-    plan = plan_build(catalog, store.hashes(), progress)
+    plan = plan_build(catalog, store.hashes(), progress, store.photo_hashes())
     report = BuildReport(
         index=store.directory,
         catalog_items=len(catalog.items),
@@ -147,7 +171,7 @@ def _build(catalog: Catalog, store: IndexStore, encoder: Encoder, runner: Runner
     try:
         for batch in runner.run(work, catalog.source, encoder) if work else ():
             if batch.items:
-                store.put(batch.items, batch.digests, batch.vectors, batch.colours)
+                store.put(batch.items, batch.digests, batch.vectors, batch.colours, plan.products)
             report.embedded += len(batch.items)
             report.problems.extend(batch.problems)
             bar.update(batch.done)

@@ -7,6 +7,7 @@ rows or images are collected per item and reported; they never make the whole ca
 from __future__ import annotations
 
 import csv
+import fnmatch
 import os
 import posixpath
 import re
@@ -15,8 +16,8 @@ import threading
 import unicodedata
 import zipfile
 import zlib
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit
@@ -41,11 +42,20 @@ class CatalogError(ValueError):
 
 @dataclass(frozen=True)
 class Item:
-    """One product: its id, where its image lives inside the source, and its metadata columns."""
+    """One product: its id, where its image lives inside the source, and its metadata columns.
+
+    `more_images` are further photos of the same product (several image columns, or rows repeating the id).
+    """
 
     id: str
     image: str
     metadata: dict[str, str]
+    more_images: tuple[str, ...] = ()
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        """All the product's photos, its main one first."""
+        return (self.image, *self.more_images)
 
 
 @dataclass(frozen=True)
@@ -234,17 +244,22 @@ class Catalog:
         return {"path": str(self.path), "images_root": str(self.source.root), "options": self.options}
 
 
-def load_catalog(path: str | Path, *, id_column: str = "id", image_column: str | None = None) -> Catalog:
+def load_catalog(
+    path: str | Path, *, id_column: str = "id", image_column: str | Sequence[str] | None = None
+) -> Catalog:
     """Read a catalog from a Kaggle-layout folder or zip, or from a CSV/Parquet table.
 
     `image_column` names a column of image paths relative to the table's folder, or of http(s) URLs (the
     build fetches them: remote.py); without it, images are looked up as `images/<id>.jpg` beside the
-    table (the Kaggle layout).
+    table (the Kaggle layout). Several columns (a list, names separated by commas, or a pattern such as
+    `*image*`) give a product several photos, as do rows that repeat an id with other images (see
+    `image_columns`).
     """
     path = Path(path).expanduser().resolve()
     if not path.exists():
         raise CatalogError(f"{path}: no such file or folder")
-    options = {"id_column": id_column, "image_column": image_column or ""}
+    spec = image_column if image_column is None or isinstance(image_column, str) else ",".join(image_column)
+    options = {"id_column": id_column, "image_column": spec or ""}
     try:
         source, prefix, rows = _open_table(path)
         items, problems = _items_from_rows(rows, source, prefix, id_column, image_column)
@@ -408,17 +423,16 @@ def _items_from_rows(
     source: ImageSource,
     prefix: str,
     id_column: str,
-    image_column: str | None,
+    image_column: str | Sequence[str] | None,
 ) -> tuple[list[Item], list[Problem]]:
     header, rows = table
     if id_column not in header:
         raise CatalogError(f"no id column {id_column!r}; columns are {', '.join(header)}")
-    if image_column and image_column not in header:
-        raise CatalogError(f"no image column {image_column!r}; columns are {', '.join(header)}")
+    image_at = [header.index(column) for column in image_columns(header, image_column)]
     id_at = header.index(id_column)
     items: list[Item] = []
     problems: list[Problem] = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}  # id -> its product's place in `items`
     for row in rows:
         line, fields = row.line, row.fields
         complete = len(fields) if row.error is None else len(fields) - 1  # an unusable row's last field may be cut
@@ -445,19 +459,80 @@ def _items_from_rows(
         if why is not None:
             problems.append(Problem(name, why if why == "empty id" else f"line {line}: {why}"))
             continue
-        if item_id in seen:
-            problems.append(Problem(item_id, f"duplicate id (line {line}); the first row is kept"))
+        metadata = {h: v.strip() for h, v in zip(header, fields, strict=True) if h != id_column}
+        images, wrong = _row_images(item_id, [fields[at] for at in image_at], source, prefix)
+        if not images and item_id not in seen:
+            problems.append(Problem(item_id, "; ".join(wrong)))
             continue
-        seen.add(item_id)
-        if image_column:
-            image, why = _image_name(fields[header.index(image_column)].strip(), prefix)
+        problems.extend(Problem(item_id, f"{why}; the product keeps its other photos", "repaired") for why in wrong)
+        if item_id in seen:
+            _add_photos(items, seen[item_id], images, metadata, line, problems)
+            continue
+        seen[item_id] = len(items)
+        items.append(Item(id=item_id, image=images[0], metadata=metadata, more_images=tuple(images[1:])))
+    return items, problems
+
+
+# Several photos per product (README "Several photos per product"): image columns, and rows repeating an id.
+
+
+def image_columns(header: list[str], spec: str | Sequence[str] | None) -> list[str]:
+    """The image columns that `spec` names, in its order: a column, columns separated by commas (or a list),
+    or patterns such as `*image*` (fnmatch, case-sensitive) that pick the matching columns in table order.
+    None or empty: no column, images are `images/<id>.jpg` (the Kaggle layout)."""
+    if not spec:
+        return []
+    if isinstance(spec, str):
+        spec = [spec] if spec in header else spec.split(",")
+    columns: list[str] = []
+    for name in (part.strip() for part in spec):
+        pattern = name not in header and bool(set(name) & set("*?["))
+        if pattern:
+            found = [column for column in header if fnmatch.fnmatchcase(column, name)]
         else:
-            image, why = posixpath.normpath(posixpath.join(prefix, f"images/{item_id}.jpg")), None
+            found = [name] if name in header else []
+        if not found:
+            kind = "column matches the image column pattern" if pattern else "image column"
+            raise CatalogError(f"no {kind} {name!r}; columns are {', '.join(header)}")
+        columns += [column for column in found if column not in columns]
+    return columns
+
+
+def _row_images(item_id: str, values: list[str], source: ImageSource, prefix: str) -> tuple[list[str], list[str]]:
+    """A row's usable images (in column order, each once) and why the others cannot be used.
+
+    Empty cells of a row with several image columns are no photo, not a problem (products have fewer
+    photos than columns); without any image column the image is `images/<id>.jpg`.
+    """
+    if not values:
+        names = [(posixpath.normpath(posixpath.join(prefix, f"images/{item_id}.jpg")), None)]
+    else:
+        given = [value.strip() for value in values if value.strip()] or [""]
+        names = [_image_name(value, prefix) for value in given]
+    images: list[str] = []
+    wrong: list[str] = []
+    for image, why in names:
         why = why or source.problem(image)
         if why is not None:
-            message = f"image {image} not found" if why == "not found" else f"image {image!r}: {why}"
-            problems.append(Problem(item_id, message))
-            continue
-        metadata = {h: v.strip() for h, v in zip(header, fields, strict=True) if h != id_column}
-        items.append(Item(id=item_id, image=image, metadata=metadata))
-    return items, problems
+            wrong.append(f"image {image} not found" if why == "not found" else f"image {image!r}: {why}")
+        elif image not in images:
+            images.append(image)
+    return images, wrong
+
+
+def _add_photos(
+    items: list[Item], at: int, images: list[str], metadata: dict[str, str], line: int, problems: list[Problem]
+) -> None:
+    """A row repeating a product's id: its new images become more photos of that product, whose metadata
+    stays the first row's; a row that adds no image is a duplicate, reported and skipped."""
+    product = items[at]
+    new = [image for image in images if image not in product.images]
+    if not new:
+        problems.append(Problem(product.id, f"duplicate id (line {line}); the first row is kept"))
+        return
+    items[at] = replace(product, more_images=(*product.more_images, *new))
+    if metadata != product.metadata:
+        problems.append(
+            Problem(product.id, f"line {line} repeats the id with other metadata: its photos are added, "
+                    "its metadata left out (the first row's is kept)", "repaired")
+        )  # fmt: skip

@@ -117,7 +117,11 @@ def index(
     id_column: Annotated[str, typer.Option(help="Id column of a CSV/Parquet catalog.")] = "id",
     image_column: Annotated[
         str | None,
-        typer.Option(help="Image column of a CSV/Parquet catalog: paths relative to it, or http(s) URLs."),
+        typer.Option(
+            help="Image column of a CSV/Parquet catalog: paths relative to it, or http(s) URLs. Several photos per "
+            "product: columns separated by commas (main photo first), or a pattern such as '*image*'; rows "
+            "repeating an id add theirs."
+        ),
     ] = None,
     fetch_concurrency: Annotated[
         int, typer.Option(min=1, help="Image URLs fetched at once.")

@@ -2,7 +2,8 @@
 
 An index is a directory that describes itself:
 - `manifest.json`: format version, encoder spec, catalog source, counts (replaced atomically);
-- `index.sqlite`: item records (id, image, content hash, metadata JSON) and problems;
+- `index.sqlite`: item records (id, image, content hash, metadata JSON), the records of products' further
+  photos (`photos`: each its own vector, keyed `<id>#<hash of its image name>`), and problems;
 - the vectors, colour vectors and filterable metadata, in the store the manifest names (`store`:
   "files", the default, keeps them in the directory: stores/files.py; or a Milvus database);
 - `uploads/`: images of products added one by one (the REST API), named by content hash, never by id.
@@ -30,7 +31,7 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,18 @@ CREATE TRIGGER IF NOT EXISTS item_added AFTER INSERT ON items BEGIN UPDATE gener
 CREATE TRIGGER IF NOT EXISTS item_removed AFTER DELETE ON items BEGIN UPDATE generation SET value = value + 1; END;
 CREATE TRIGGER IF NOT EXISTS item_changed AFTER UPDATE OF image_hash ON items
     BEGIN UPDATE generation SET value = value + 1; END;
+CREATE TABLE IF NOT EXISTS photos (
+    key TEXT PRIMARY KEY,
+    product TEXT NOT NULL,
+    image TEXT NOT NULL,
+    image_hash TEXT NOT NULL,
+    metadata TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS photos_by_product ON photos (product);
+CREATE TRIGGER IF NOT EXISTS photo_added AFTER INSERT ON photos BEGIN UPDATE generation SET value = value + 1; END;
+CREATE TRIGGER IF NOT EXISTS photo_removed AFTER DELETE ON photos BEGIN UPDATE generation SET value = value + 1; END;
+CREATE TRIGGER IF NOT EXISTS photo_changed AFTER UPDATE OF image_hash ON photos
+    BEGIN UPDATE generation SET value = value + 1; END;
 CREATE TABLE IF NOT EXISTS problems (
     item TEXT NOT NULL,
     message TEXT NOT NULL,
@@ -97,6 +110,23 @@ class StoredItem:
     image: str
     metadata: dict[str, str]
     image_hash: str = ""  # the same image under several ids is one product shown once (search collapse)
+
+
+@dataclass(frozen=True)
+class StoredPhoto:
+    """A further photo of a product (the product's own record holds its main one): its vector is stored
+    under `key`, and `product` says, explicitly, whose photo it is."""
+
+    key: str
+    product: str
+    image: str
+    image_hash: str
+
+
+def photo_key(product: str, image: str) -> str:
+    """The store key of a product's further photo: the product id and a short hash of the image's name, so
+    adding or removing one photo re-embeds only that one. Never a product id: catalog ids cannot hold '#'."""
+    return f"{product}#{hashlib.blake2b(image.encode(), digest_size=4).hexdigest()}"
 
 
 def make_dir(path: Path) -> None:
@@ -286,9 +316,28 @@ class IndexStore:
         with self._lock:
             return dict(self._db.execute("SELECT id, image_hash FROM items"))
 
-    def put(self, items: Sequence[Item], hashes: Sequence[str], vectors: np.ndarray, colours: np.ndarray) -> None:
+    def photo_hashes(self) -> dict[str, str]:
+        """Content hash of every further photo, by its key (see `photo_key`)."""
+        with self._lock:
+            return dict(self._db.execute("SELECT key, image_hash FROM photos"))
+
+    def photos(self) -> list[StoredPhoto]:
+        """Every product's further photos, each product's in the order they were first stored."""
+        with self._lock:
+            return [StoredPhoto(*row) for row in self._db.execute("SELECT key, product, image, image_hash FROM photos")]
+
+    def put(
+        self,
+        items: Sequence[Item],
+        hashes: Sequence[str],
+        vectors: np.ndarray,
+        colours: np.ndarray,
+        products: Mapping[str, str] | None = None,
+    ) -> None:
         """Insert or replace items with their vectors and colour vectors: the vectors (one store write),
-        then the records (one transaction; see the write order in the module doc)."""
+        then the records (one transaction; see the write order in the module doc). An item whose id is a
+        key of `products` is a further photo of that product (`photo_key`), recorded as such."""
+        products = products or {}
         rows = [
             (item.id, item.image, digest, compact_json(item.metadata))
             for item, digest in zip(items, hashes, strict=True)
@@ -301,16 +350,24 @@ class IndexStore:
                     "INSERT INTO items (id, image, image_hash, metadata) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT(id) DO UPDATE SET image=excluded.image, image_hash=excluded.image_hash, "
                     "metadata=excluded.metadata",
-                    rows,
+                    [row for row in rows if row[0] not in products],
+                )
+                self._db.executemany(
+                    "INSERT INTO photos (key, product, image, image_hash, metadata) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET product=excluded.product, image=excluded.image, "
+                    "image_hash=excluded.image_hash, metadata=excluded.metadata",
+                    [(key, products[key], *rest) for key, *rest in rows if key in products],
                 )
 
     def update_metadata(self, items: Iterable[Item]) -> None:
-        """Refresh metadata and image names of items whose image did not change; the store gets the metadata
-        that changed (what its filters read), so a resumed build does not rewrite every vector."""
+        """Refresh metadata and image names of items (and further photos, by key) whose image did not change;
+        the store gets the metadata that changed (what its filters read), so a resumed build does not rewrite
+        every vector."""
         rows = [(item.image, compact_json(item.metadata), item.id) for item in items]
         with self._lock:
             stored = dict(self._db.execute("SELECT id, metadata FROM items"))
-            changed = [(meta, i) for _, meta, i in rows if i in stored and stored[i] != meta]
+            photos = dict(self._db.execute("SELECT key, metadata FROM photos"))
+            changed = [(meta, i) for _, meta, i in rows if stored.get(i, photos.get(i, meta)) != meta]
             for start in range(0, len(changed), 10_000):
                 ids = [i for _, i in changed[start : start + 10_000]]
                 metadata = [json.loads(meta) for meta, _ in changed[start : start + 10_000]]
@@ -318,16 +375,31 @@ class IndexStore:
             with self._db:
                 self._db.execute("BEGIN")
                 self._db.executemany("UPDATE items SET image = ?, metadata = ? WHERE id = ?", rows)
+                self._db.executemany(
+                    "UPDATE photos SET image = ?, metadata = ? WHERE key = ?", [row for row in rows if row[2] in photos]
+                )
 
     def remove(self, ids: Iterable[str]) -> int:
-        """Delete items by id (records, then vectors); returns how many were there."""
+        """Delete items (with their further photos) or further photos, by id or key: records, then vectors;
+        returns how many items were there."""
         ids = list(ids)
         with self._lock:
             with self._db:
                 self._db.execute("BEGIN")
+                keys = ids + self._photo_keys(ids)
                 removed = self._db.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in ids]).rowcount
-            self.store.delete(ids)
+                self._db.executemany("DELETE FROM photos WHERE key = ?", [(key,) for key in keys])
+            self.store.delete(keys)
             return removed
+
+    def _photo_keys(self, products: Sequence[str]) -> list[str]:
+        """The keys of these products' further photos (under the lock)."""
+        keys: list[str] = []
+        for start in range(0, len(products), 500):  # SQLite binds at most 32k values a statement
+            part = products[start : start + 500]
+            query = f"SELECT key FROM photos WHERE product IN ({', '.join('?' * len(part))})"
+            keys += [key for (key,) in self._db.execute(query, part)]
+        return keys
 
     def add_item(
         self, item_id: str, image: bytes, metadata: dict[str, str], vector: np.ndarray, colour: np.ndarray
@@ -359,16 +431,19 @@ class IndexStore:
         return stored
 
     def remove_item(self, item_id: str) -> bool:
-        """Delete one product (record, then vectors) and, if it was added by upload, its image file; False if
-        it was not there. Only a file that add_item could have written (see `upload_path`) is ever unlinked.
+        """Delete one product (its records and its photos', then vectors) and, if it was added by upload, its image
+        file; False if it was not there. Only a file that add_item could have written (see `upload_path`) is ever
+        unlinked.
         """
         with self._lock, self._storage():
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
                 found = self._db.execute("SELECT image FROM items WHERE id = ?", (item_id,)).fetchone()
+                keys = [item_id, *self._photo_keys([item_id])]
                 self._db.execute("DELETE FROM items WHERE id = ?", (item_id,))
+                self._db.execute("DELETE FROM photos WHERE product = ?", (item_id,))
                 shared = found and self._db.execute("SELECT 1 FROM items WHERE image = ?", (found[0],)).fetchone()
-            self.store.delete([item_id])
+            self.store.delete(keys)
         if found and found[0].startswith(UPLOADED) and not shared:
             path = self.upload_path(found[0])
             if path is not None:

@@ -121,7 +121,7 @@ def fetch_images(
         return catalog
     index = Path(index).expanduser()
     cache = index / URL_CACHE
-    urls = sorted({item.image for item in catalog.items if is_url(item.image)})
+    urls = sorted({image for item in catalog.items for image in item.images if is_url(image)})
     failures: dict[str, str] = {}
     if urls:
         check_directory(index)

@@ -4,7 +4,8 @@ Inner product in the index's vector store (stores/: FAISS over files, or Milvus)
 `VectorStore` protocol only: the cosine for base encoders' unit vectors, the trained similarity for
 a trained encoder's (train.Adapter). Filters on metadata are applied inside the store's search, so k
 results that all match come back. A product listed under several ids (the same photo) is one result
-by default, its other ids its `variants` (`collapse`, bench/variety.py).
+by default, its other ids its `variants` (`collapse`, bench/variety.py). A product with several photos
+has a vector per photo and comes back once, scored by its best photo (bench/multiphoto.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -33,7 +35,15 @@ from fashionrec.garment import Method, Region
 from fashionrec.garment import isolate as isolate_garment
 from fashionrec.garment import regions as find_regions
 from fashionrec.images import Box, Detail, crop, decode, match_detail, open_image
-from fashionrec.index import UPLOADED, UPLOADS, DuplicateItemError, IndexStore, IndexStoreError, StoredItem
+from fashionrec.index import (
+    UPLOADED,
+    UPLOADS,
+    DuplicateItemError,
+    IndexStore,
+    IndexStoreError,
+    StoredItem,
+    StoredPhoto,
+)
 from fashionrec.remote import index_images
 from fashionrec.stores import Hit, SearchSettings, StoreError, VectorStore
 from fashionrec.terms import (
@@ -85,6 +95,14 @@ class UnknownItemError(KeyError):
         return f"item {self.args[0]!r} is not in the index"
 
 
+class UnknownPhotoError(UnknownItemError):
+    """A photo number that a product does not have (args: item id, number, how many photos it has)."""
+
+    def __str__(self) -> str:
+        item_id, number, count = self.args
+        return f"item {item_id!r} has no photo {number}: it has {count} (numbered from 0)"
+
+
 @dataclass(frozen=True)
 class Match:
     """One recommended product."""
@@ -95,6 +113,12 @@ class Match:
     image: str
     metadata: dict[str, str]
     variants: tuple[str, ...] = ()  # ids of the same product under other ids (same image, near-identical vector)
+    photos: tuple[str, ...] = ()  # all the product's photos, its main one first; `image` is the one that matched
+
+    @property
+    def photo(self) -> int:
+        """The number of the matched photo among `photos` (0: the main one)."""
+        return self.photos.index(self.image) if self.image in self.photos else 0
 
     def __post_init__(self) -> None:
         # Rounded, and clipped to the documented [-1, 1]: float16 vectors can add a few 1e-4 to a cosine of 1.
@@ -109,6 +133,7 @@ class Match:
             "image": self.image,
             "metadata": self.metadata,
             "variants": list(self.variants),
+            "photos": list(self.photos or (self.image,)),
         }
 
 
@@ -180,15 +205,75 @@ class Snapshot:
     positions: dict[str, int]  # id -> row in `items`
     columns: dict[str, Column]  # per metadata column: what filters name and the values they may ask for
     store: VectorStore
+    photos: dict[str, tuple[StoredPhoto, ...]]  # product id -> its further photos (products that have some)
+    owners: dict[str, tuple[int, int]]  # a further photo's key -> its product's row and its number (1, 2, ...)
 
     @classmethod
-    def of(cls, items: list[StoredItem], store: VectorStore) -> Snapshot:
+    def of(cls, items: list[StoredItem], store: VectorStore, photos: Sequence[StoredPhoto] = ()) -> Snapshot:
+        """The snapshot of these records; a photo whose product has no record (its main image failed) is left out."""
+        positions = {item.id: n for n, item in enumerate(items)}
+        by_product: dict[str, list[StoredPhoto]] = {}
+        for photo in photos:
+            if photo.product in positions:
+                by_product.setdefault(photo.product, []).append(photo)
         return cls(
             items=items,
-            positions={item.id: n for n, item in enumerate(items)},
+            positions=positions,
             columns=columns_of([item.metadata for item in items]),
             store=store,
+            photos={product: tuple(found) for product, found in by_product.items()},
+            owners={
+                photo.key: (positions[product], number)
+                for product, found in by_product.items()
+                for number, photo in enumerate(found, start=1)
+            },
         )
+
+    def with_items(self, items: list[StoredItem]) -> Snapshot:
+        """A snapshot of other item records with the same photos (those of products still there)."""
+        return Snapshot.of(items, self.store, [photo for found in self.photos.values() for photo in found])
+
+    @cached_property
+    def photos_per_product(self) -> int:
+        """Vectors per product, rounded up: a search takes this many times more candidates from the store."""
+        return math.ceil((len(self.items) + len(self.owners)) / len(self.items)) if self.items else 1
+
+    def keys_of(self, item_id: str) -> tuple[str, ...]:
+        """The store keys of a product's vectors: its id (main photo), then its further photos' keys."""
+        return (item_id, *(photo.key for photo in self.photos.get(item_id, ())))
+
+    def images_of(self, position: int) -> tuple[str, ...]:
+        """The images of the product at this row: its main one, then its further photos."""
+        item = self.items[position]
+        return (item.image, *(photo.image for photo in self.photos.get(item.id, ())))
+
+    def product_query(self, item_id: str, colour_weight: float = 0.0) -> Query:
+        """The query of a catalog product: its vector, or for several photos their mean (rescaled to their mean
+        length, so scores stay cosines for unit vectors); KeyError if its vectors are gone (removed meanwhile)."""
+        keys = list(self.keys_of(item_id))
+        vectors, colours = self.store.vectors(keys), self.store.colours(keys)
+        if len(keys) == 1:
+            return Query(vectors[0], colours[0], colour_weight)
+        mean = vectors.mean(axis=0)
+        length = float(np.linalg.norm(mean))
+        scale = float(np.linalg.norm(vectors, axis=1).mean()) / length if length > 0 else 0.0
+        return Query((mean * scale).astype(vectors.dtype), colours.mean(axis=0).astype(colours.dtype), colour_weight)
+
+    def owner(self, key: str) -> tuple[int | None, int]:
+        """The product row a stored vector's key belongs to (None for a key without a record) and its photo's
+        number (0: the main photo)."""
+        position = self.positions.get(key)
+        return (position, 0) if position is not None else self.owners.get(key, (None, 0))
+
+    def best_photos(self, hits: list[Hit], scores: Sequence[float]) -> tuple[list[tuple[float, int]], dict[int, int]]:
+        """Hits of photos as products: each product's best (score, row), unordered, and the number of the photo
+        that scored it (rows whose main photo did are left out). Hits without a record are dropped (see `known`)."""
+        best: dict[int, tuple[float, int]] = {}
+        for hit, score in zip(hits, scores, strict=True):
+            position, number = self.owner(hit.id)
+            if position is not None and (position not in best or score > best[position][0]):
+                best[position] = (float(score), number)
+        return [(score, p) for p, (score, _) in best.items()], {p: n for p, (_, n) in best.items() if n}
 
     @cached_property
     def text(self) -> TextIndex:
@@ -244,19 +329,21 @@ class Snapshot:
             pool = max(pool, DIVERSITY_POOL, 4 * k)
         for _ in range(SEARCH_ATTEMPTS - 1):
             try:
-                return self._matches(self._groups(query, k, pool, wanted_values, exclude, collapse), k, diversity)
+                return self._matches(*self._groups(query, k, pool, wanted_values, exclude, collapse), k, diversity)
             except KeyError:  # an item was removed between two reads of the store: search its new state
                 continue
-        return self._matches(self._groups(query, k, pool, wanted_values, exclude, collapse), k, diversity)
+        return self._matches(*self._groups(query, k, pool, wanted_values, exclude, collapse), k, diversity)
 
-    def _matches(self, groups: list[Group], k: int, diversity: float) -> list[Match]:
-        """The first k groups as Matches, after the maximal marginal relevance re-ranking if `diversity` > 0."""
+    def _matches(self, groups: list[Group], matched: Mapping[int, int], k: int, diversity: float) -> list[Match]:
+        """The first k groups as Matches, after the maximal marginal relevance re-ranking if `diversity` > 0;
+        `matched` gives the number of the photo that scored a product (its main one if absent)."""
         if diversity > 0:
             groups = self._diversify(groups, k, diversity)
-        return [
-            Match(rank, self.items[p].id, score, self.items[p].image, self.items[p].metadata, variants)
-            for rank, (score, p, variants) in enumerate(groups[:k], start=1)
-        ]
+        matches = []
+        for rank, (score, p, variants) in enumerate(groups[:k], start=1):
+            item, photos = self.items[p], self.images_of(p)
+            matches.append(Match(rank, item.id, score, photos[matched.get(p, 0)], item.metadata, variants, photos))
+        return matches
 
     def search_text(
         self,
@@ -279,9 +366,10 @@ class Snapshot:
         pool = max(TEXT_POOL, 4 * k)
         by_words = top_scores(self.text.scores(text), allowed, pool) if words else []
         by_look: list[tuple[float, int]] = []
+        matched: dict[int, int] = {}
         if vector is not None and self.items:
-            (hits,) = self.store.search(vector[None, :], pool, wanted_values)
-            by_look = [(hit.score, self.positions[hit.id]) for hit in self.known(hits)]
+            (hits,) = self.store.search(vector[None, :], pool * self.photos_per_product, wanted_values)
+            by_look, matched = self.best_photos(hits, [hit.score for hit in hits])
         if words and vector is not None:
             found = fuse(by_words, by_look)
         elif words:
@@ -290,44 +378,51 @@ class Snapshot:
             found = by_look
         found.sort(key=lambda pair: (-round(pair[0], 5), self.items[pair[1]].id))
         if not collapse:
-            return self._matches([(s, p, ()) for s, p in found], k, diversity)
+            return self._matches([(s, p, ()) for s, p in found], matched, k, diversity)
         head = found[: max(2 * k + 1 + TIE_MARGIN, DIVERSITY_POOL if diversity > 0 else 0)]  # collapsing costs
         groups = self._collapse(head, None)
         if len(groups) < k and len(head) < len(found):  # mostly duplicates: all candidates
             groups = self._collapse(found, None)
-        return self._matches(groups, k, diversity)
+        return self._matches(groups, matched, k, diversity)
 
     def _groups(
         self, query: Query, k: int, pool: int, filters: dict[str, list[str]] | None, exclude: str | None, collapse: bool
-    ) -> list[Group]:
-        """The best candidates as products (see `_collapse`), looking further while duplicates leave fewer than k."""
+    ) -> tuple[list[Group], dict[int, int]]:
+        """The best candidates as products (see `_collapse`), looking further while duplicates leave fewer than k;
+        and the number of the photo that scored each product (see `best_photos`)."""
         if not self.items:
-            return []
+            return [], {}
         while True:
-            found, exhausted = self._candidates(query, pool, filters, exclude)
+            found, matched, exhausted = self._candidates(query, pool, filters, exclude)
             groups = self._collapse(found, exclude) if collapse else [(s, p, ()) for s, p in found]
             if len(groups) >= k or exhausted:
-                return groups
+                return groups, matched
             pool *= 4  # mostly duplicates (or vectors without a record yet): look further
 
     def _candidates(
         self, query: Query, wanted: int, filters: dict[str, list[str]] | None, exclude: str | None
-    ) -> tuple[list[tuple[float, int]], bool]:
-        """The best (score, position) pairs among the store's best `wanted`, best first, ties by id, without
-        `exclude`; and whether the store has no more to give."""
-        (hits,) = self.store.search(query.vector[None, :], wanted, filters, () if exclude is None else (exclude,))
-        exhausted = len(hits) < wanted
-        hits = self.known(hits)
+    ) -> tuple[list[tuple[float, int]], dict[int, int], bool]:
+        """The best `wanted` (score, position) pairs, one per product (its best photo), best first, ties by id,
+        without `exclude` (none of its photos); the number of the photo that scored each product; and whether
+        the store has no more to give. A product's photos take several of the store's candidates: it is asked for
+        `wanted` times the photos per product, and only the best `wanted` products go on (collapsing costs)."""
+        asked = wanted * self.photos_per_product
+        (hits,) = self.store.search(
+            query.vector[None, :], asked, filters, () if exclude is None else self.keys_of(exclude)
+        )
+        exhausted = len(hits) < asked
+        hits = [hit for hit in hits if hit.id in self.positions or hit.id in self.owners]
         scores = np.array([hit.score for hit in hits], dtype=np.float32)
         if query.colour_weight and hits:
             colours = self.store.colours([hit.id for hit in hits])
             scores = blend(scores, colours, query.colour, query.colour_weight)
         if query.labels is not None and query.label_weight and hits:  # the catalog's labels count too
-            agreement = [query.labels.score(self.items[self.positions[hit.id]].metadata) for hit in hits]
+            products = [self.owner(hit.id)[0] for hit in hits]
+            agreement = [query.labels.score(self.items[position].metadata) for position in products]
             scores = (1.0 - query.label_weight) * scores + query.label_weight * np.array(agreement, np.float32)
-        found = [(float(score), self.positions[hit.id]) for score, hit in zip(scores, hits, strict=True)]
+        found, matched = self.best_photos(hits, scores.tolist())
         found.sort(key=lambda pair: (-round(pair[0], 5), self.items[pair[1]].id))
-        return found, exhausted
+        return found[:wanted], matched, exhausted and len(found) <= wanted
 
     def known(self, hits: list[Hit]) -> list[Hit]:
         """The hits that have an item record: a store may briefly hold vectors of an item being added or
@@ -485,7 +580,7 @@ class Recommender:
                 self.store.search(np.zeros((1, self.records.dim), np.float32), 1)
             except StoreError as error:
                 raise IndexStoreError(str(error)) from None
-        self.snapshot = Snapshot.of(items, self.store)
+        self.snapshot = Snapshot.of(items, self.store, self.records.photos())
 
     # The current snapshot's parts; a method that reads several takes `self.snapshot` once instead.
     items = property(lambda self: self.snapshot.items)
@@ -521,10 +616,27 @@ class Recommender:
         except KeyError:
             raise UnknownItemError(str(item_id)) from None
 
-    def image_bytes(self, item_id: str | int) -> bytes:
-        """The image of an item, read from the catalog folder or zip, or from the index if it was uploaded or
-        fetched from a URL (never fetched here)."""
-        item = self.item(item_id)
+    def photos(self, item_id: str | int) -> tuple[str, ...]:
+        """The images of a product, its main one first (several when its catalog gives several photos)."""
+        snapshot = self.snapshot
+        if str(item_id) not in snapshot.positions:
+            raise UnknownItemError(str(item_id))
+        return snapshot.images_of(snapshot.positions[str(item_id)])
+
+    def photo_counts(self, ids: Sequence[str]) -> list[int]:
+        """How many photos each of these products has (1 for an id no longer there: removed meanwhile)."""
+        photos = self.snapshot.photos
+        return [1 + len(photos.get(item_id, ())) for item_id in ids]
+
+    def image_bytes(self, item_id: str | int, photo: int = 0) -> bytes:
+        """The image of an item (its `photo`-th, 0 the main one), read from the catalog folder or zip, or from
+        the index if it was uploaded or fetched from a URL (never fetched here). UnknownPhotoError for a photo
+        number the product does not have."""
+        item, photos = self.item(item_id), self.photos(item_id)
+        if not 0 <= photo < len(photos):
+            raise UnknownPhotoError(item.id, photo, len(photos))
+        if photo:
+            item = replace(item, image=photos[photo])
         if item.image.startswith(UPLOADED):
             path = self.records.upload_path(item.image)  # proven to be one of uploads/' own files, or None
             if path is None:
@@ -546,7 +658,7 @@ class Recommender:
         with self._write_lock:
             stored = self.records.add_item(item_id, image, metadata, query.vector, query.colour)
             if not self._refresh_locked():  # else another process wrote too: reloaded all, this item included
-                self.snapshot = Snapshot.of([*self.snapshot.items, stored], self.store)
+                self.snapshot = self.snapshot.with_items([*self.snapshot.items, stored])
         return stored
 
     def check_metadata(self, metadata: Mapping[str, str]) -> None:
@@ -575,10 +687,11 @@ class Recommender:
             metadata = {k: v for k, v in {**current.metadata, **changes}.items() if v is not None}
             self.check_metadata(metadata)
             updated = replace(current, metadata=metadata)
-            self.records.update_metadata([Item(updated.id, updated.image, updated.metadata)])
+            photos = [Item(photo.key, photo.image, metadata) for photo in old.photos.get(item_id, ())]
+            self.records.update_metadata([Item(updated.id, updated.image, updated.metadata), *photos])
             if self._refresh_locked():  # another process wrote too: reloaded all, this change included
                 return self.item(item_id)
-            self.snapshot = Snapshot.of([*old.items[:position], updated, *old.items[position + 1 :]], self.store)
+            self.snapshot = old.with_items([*old.items[:position], updated, *old.items[position + 1 :]])
         return updated
 
     def items_page(self, offset: int, limit: int) -> tuple[int, list[StoredItem]]:
@@ -593,7 +706,7 @@ class Recommender:
                 raise UnknownItemError(item_id)
             if self._refresh_locked():  # another process wrote too: reloaded all, without this item
                 return
-            self.snapshot = Snapshot.of([item for item in self.snapshot.items if item.id != item_id], self.store)
+            self.snapshot = self.snapshot.with_items([item for item in self.snapshot.items if item.id != item_id])
 
     def is_stale(self) -> bool:
         """Whether another process (another API worker, a rebuild) changed the index: microseconds."""
@@ -713,14 +826,13 @@ class Recommender:
         collapse: bool = True,
         diversity: float = 0.0,
     ) -> list[Match]:
-        """The k products most similar to a catalog item, from its stored vectors; never itself (nor, when
-        collapsing, its duplicates under other ids). See `similar` for `collapse` and `diversity`."""
+        """The k products most similar to a catalog item, from its stored vectors (the mean of its photos'); never
+        itself (nor, when collapsing, its duplicates under other ids). See `similar` for `collapse` and `diversity`."""
         snapshot = self.snapshot
         if str(item_id) not in snapshot.positions:
             raise UnknownItemError(str(item_id))
-        ids = [str(item_id)]
         try:
-            query = Query(snapshot.store.vectors(ids)[0], snapshot.store.colours(ids)[0], colour_weight)
+            query = snapshot.product_query(str(item_id), colour_weight)
         except KeyError:  # removed meanwhile
             raise UnknownItemError(str(item_id)) from None
         return snapshot.search(query, k, filters, str(item_id), collapse, diversity)

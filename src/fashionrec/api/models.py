@@ -22,7 +22,10 @@ class ErrorOut(BaseModel):
 class ItemOut(BaseModel):
     id: str
     metadata: dict[str, str]
-    image_url: str = Field(description="Path of the item's image on this server.")
+    image_url: str = Field(description="Path of the item's image on this server (for a match: the photo that matched).")
+    photo_urls: list[str] = Field(
+        default_factory=list, description="Paths of all the product's photos, its main one first (`?photo=N`)."
+    )
 
 
 class MatchOut(ItemOut):
@@ -108,17 +111,34 @@ class ItemsOut(BaseModel):
     items: list[ItemOut]
 
 
-def image_url(item_id: str) -> str:
-    return f"/v1/items/{quote(item_id, safe='')}/image"
+def image_url(item_id: str, photo: int = 0) -> str:
+    """Where this server shows a product's photo (0: its main one)."""
+    return f"/v1/items/{quote(item_id, safe='')}/image" + (f"?photo={photo}" if photo else "")
 
 
-def item_out(item: StoredItem) -> ItemOut:
-    return ItemOut(id=item.id, metadata=item.metadata, image_url=image_url(item.id))
+def photo_urls(item_id: str, count: int) -> list[str]:
+    return [image_url(item_id, photo) for photo in range(count)]
+
+
+def item_out(item: StoredItem, photos: int = 1) -> ItemOut:
+    """A product as the API shows it; `photos` is how many photos it has."""
+    return ItemOut(
+        id=item.id, metadata=item.metadata, image_url=image_url(item.id), photo_urls=photo_urls(item.id, photos)
+    )
 
 
 def matches_out(matches: list[Match]) -> MatchesOut:
-    """Matches as the API shows them: Match.to_dict (as the CLI's JSON) with the image's URL on this server."""
-    return MatchesOut(results=[MatchOut.model_validate(m.to_dict() | {"image_url": image_url(m.id)}) for m in matches])
+    """Matches as the API shows them: Match.to_dict (as the CLI's JSON) with the URLs of the matched photo and
+    of all the product's photos on this server."""
+    return MatchesOut(
+        results=[
+            MatchOut.model_validate(
+                m.to_dict()
+                | {"image_url": image_url(m.id, m.photo), "photo_urls": photo_urls(m.id, len(m.photos) or 1)}
+            )
+            for m in matches
+        ]
+    )
 
 
 def region_out(region: Region) -> RegionOut:

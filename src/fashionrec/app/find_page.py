@@ -184,7 +184,7 @@ def render() -> None:
         picks = st.session_state.setdefault(
             "picks", random.sample(recommender().items, min(GRID_COLUMNS, len(recommender())))
         )
-        product_grid([(item.id, item.metadata, None, ()) for item in picks], key="pick")
+        product_grid([(item.id, item.metadata, None, (), (0, 1)) for item in picks], key="pick")
         return
 
     show_query(query)
@@ -203,7 +203,8 @@ def render() -> None:
         st.info("No product matches these words. Try other words.", icon=":material/search_off:")
     elif not matches:
         st.info("No product matches these filters. Remove a filter to see more.", icon=":material/filter_alt_off:")
-    product_grid([(m.id, m.metadata, m.score, m.variants) for m in matches], key="result", rating=True)
+    cards = [(m.id, m.metadata, m.score, m.variants, (m.photo, len(m.photos) or 1)) for m in matches]
+    product_grid(cards, key="result", rating=True)
 
 
 def page() -> StreamlitPage:

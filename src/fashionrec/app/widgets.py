@@ -50,17 +50,19 @@ def with_regions(image: bytes, regions: tuple[Region, ...]) -> Image.Image:
     return picture
 
 
-def product_image(item_id: str) -> None:
-    """The product's picture as a browser shows it (see images.web_image), or a line saying it is missing."""
+def product_image(item_id: str, photo: int = 0) -> None:
+    """The product's picture (its `photo`-th) as a browser shows it (see images.web_image), or a line saying it
+    is missing."""
     try:
-        shown, _ = web_image(recommender().image_bytes(item_id), f"item {item_id}")
+        shown, _ = web_image(recommender().image_bytes(item_id, photo), f"item {item_id}")
     except (FileNotFoundError, ImageError):
         st.caption(":material/image_not_supported: image not available")
         return
     st.image(shown, width="stretch")
 
 
-Card = tuple[str, dict[str, str], float | None, tuple[str, ...]]  # id, metadata, score, variant ids
+Card = tuple[str, dict[str, str], float | None, tuple[str, ...], tuple[int, int]]  # id, metadata, score,
+# variant ids, and (the number of the photo shown, how many the product has)
 
 
 def product_card(
@@ -70,14 +72,18 @@ def product_card(
     variants: tuple[str, ...],
     key: str,
     rating: bool = False,
+    photo: tuple[int, int] = (0, 1),
 ) -> bool:
     """A product as a shop shows it: picture, name, main attributes, its other listings, and a way to see more
     like it.
 
+    `photo` is the number of the photo shown (the one that matched) and how many the product has.
     Returns whether "More like this" was clicked (the click has already made it the query).
     """
     with st.container(border=True, height="stretch"):
-        product_image(item_id)
+        product_image(item_id, photo[0])
+        if photo[1] > 1:
+            st.caption(f":material/photo_library: photo {photo[0] + 1} of {photo[1]}")
         st.markdown(f"**{metadata.get(NAME, item_id)}**")
         attributes = " · ".join(metadata[c] for c in CARD_FACETS if metadata.get(c))
         if show_details():  # ids and raw scores: for the shop's staff, on request
@@ -112,11 +118,11 @@ def product_grid(cards: list[Card], key: str, rating: bool = False) -> None:
     """Cards five to a row; two to a row on a phone (PHONE_CSS); `rating` adds more/less like this buttons."""
     with st.container(key=f"grid-{key}"):
         for start in range(0, len(cards), GRID_COLUMNS):
-            for column, (item_id, metadata, score, variants) in zip(
+            for column, (item_id, metadata, score, variants, photo) in zip(
                 st.columns(GRID_COLUMNS), cards[start : start + GRID_COLUMNS], strict=False
             ):
                 with column:
-                    product_card(item_id, metadata, score, variants, key, rating)
+                    product_card(item_id, metadata, score, variants, key, rating, photo)
 
 
 def phone_layout() -> None:

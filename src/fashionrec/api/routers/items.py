@@ -26,13 +26,16 @@ def list_items(
 ) -> ItemsOut:
     """The catalog, a page at a time: `total` says how many there are."""
     total, items = recommender.items_page(offset, limit)
-    return ItemsOut(total=total, offset=offset, limit=limit, items=[item_out(item) for item in items])
+    counts = recommender.photo_counts([item.id for item in items])
+    return ItemsOut(
+        total=total, offset=offset, limit=limit, items=[item_out(i, n) for i, n in zip(items, counts, strict=True)]
+    )
 
 
 @router.get("/items/{item_id}", tags=["items"], dependencies=READS)
 async def get_item(item_id: ItemId, recommender: Rec) -> ItemOut:
     """One product's metadata."""
-    return item_out(recommender.item(item_id))
+    return item_out(recommender.item(item_id), len(recommender.photos(item_id)))
 
 
 @router.get(
@@ -42,10 +45,15 @@ async def get_item(item_id: ItemId, recommender: Rec) -> ItemOut:
     response_class=Response,
     responses={200: {"content": {"image/jpeg": {}, "image/png": {}}, "description": "The image bytes."}},
 )
-def get_item_image(item_id: ItemId, recommender: Rec) -> Response:
-    """A product's image, as stored in the catalog (or uploaded); as 8-bit PNG if browsers could not show it."""
+def get_item_image(
+    item_id: ItemId,
+    recommender: Rec,
+    photo: Annotated[int, Query(ge=0, le=10_000, description="Which photo: 0 the main one (see `photo_urls`).")] = 0,
+) -> Response:
+    """A product's image, as stored in the catalog (or uploaded); as 8-bit PNG if browsers could not show it.
+    A product with several photos shows its `photo`-th (404 if it has fewer)."""
     try:
-        data, media_type = web_image(recommender.image_bytes(item_id), f"item {item_id!r}")
+        data, media_type = web_image(recommender.image_bytes(item_id, photo), f"item {item_id!r}")
     except FileNotFoundError:
         raise HTTPException(404, f"the image of item {item_id!r} is missing from the catalog") from None
     except ImageError as error:
@@ -77,7 +85,7 @@ async def add_item(
 @router.patch("/items/{item_id}", tags=["catalog updates"], dependencies=WRITES)
 def update_item(item_id: ItemId, change: ItemPatch, recommender: Rec) -> ItemOut:
     """Change a product's metadata (its image and vectors stay); the next search filters on the new values."""
-    return item_out(recommender.update_item(item_id, change.metadata))
+    return item_out(recommender.update_item(item_id, change.metadata), len(recommender.photos(item_id)))
 
 
 @router.delete(
