@@ -1,10 +1,15 @@
 """Load test of the REST API: N concurrent clients mixing photo searches and item queries.
 
     python bench/api_load.py INDEX_DIR [--duration 60] [--clients 16] [--upload-share 0.2] [--url URL]
+    python bench/api_load.py INDEX_DIR --baseline-src /work/main/src [--rounds 3]   # A/B, two servers
 
 Starts `fashionrec serve INDEX_DIR` on a free port (or uses --url, a server already running on that
 index), runs the clients for --duration seconds after a short warm-up, prints requests/s, p50/p99
-latency and errors per kind of request, and writes bench/results/api_load.json. The clients run on
+latency and errors per kind of request, and the server's CPU seconds per request (from /proc, when
+it started the server), and writes bench/results/api_load.json. With --baseline-src, a second server
+runs the code of that source folder (another checkout's `src`), and the load alternates between the
+two in --rounds rounds (baseline first), --duration split between them: both sides see the same
+cores and the same neighbours, so their ratio is what to read on a shared machine. The clients run on
 the same machine as the server and take some of its CPU: the figures are a lower bound. They use
 aiohttp, which takes a quarter of the CPU httpx takes per request (measured: 3 s instead of 11 s of
 CPU for the same 20 s run), so more of the cores go to the server.
@@ -24,6 +29,7 @@ import time
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -50,7 +56,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--url", help="use this running server instead of starting one")
     parser.add_argument("--workers", type=int, default=1, help="server processes when the benchmark starts it")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON results")
+    parser.add_argument("--baseline-src", type=Path, help="A/B: also serve the code of this src folder, alternating")
+    parser.add_argument("--rounds", type=int, default=3, help="A/B rounds per side (default 3)")
     return parser.parse_args()
+
+
+Sample = tuple[str, float, float, int]  # kind, start, seconds, status
+Measured = tuple[list[Sample], float]  # samples, server CPU seconds
 
 
 def free_port() -> int:
@@ -59,12 +71,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Server:
+    url: str
+    pid: int | None  # None: a server this benchmark did not start (--url)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the server process has used so far (Linux /proc; 0 elsewhere or without a pid)."""
+        stat = Path(f"/proc/{self.pid}/stat")
+        if self.pid is None or not stat.is_file():
+            return 0.0
+        fields = stat.read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 @contextmanager
-def server(index: Path, workers: int) -> Iterator[str]:
-    """`fashionrec serve` on a free loopback port, until the block ends."""
+def server(index: Path, workers: int, src: Path | None = None) -> Iterator[Server]:
+    """`fashionrec serve` on a free loopback port, until the block ends; with `src`, that folder's code."""
     port = free_port()
     command = [sys.executable, "-m", "fashionrec.cli", "serve", str(index), "--port", str(port)]
-    process = subprocess.Popen([*command, "--workers", str(workers), "--no-access-log"])
+    env = os.environ | ({"PYTHONPATH": str(src.resolve())} if src else {})
+    process = subprocess.Popen([*command, "--workers", str(workers), "--no-access-log"], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300  # the full index takes a while to load
@@ -72,7 +99,7 @@ def server(index: Path, workers: int) -> Iterator[str]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"the server did not start (exit code {process.poll()})")
             time.sleep(0.5)
-        yield url
+        yield Server(url, process.pid)
     finally:
         process.terminate()
         process.wait(timeout=60)
@@ -96,10 +123,10 @@ def catalog_photos(catalog: Path, ids: list[str], count: int) -> list[bytes]:
 
 async def client(
     http: aiohttp.ClientSession, args: argparse.Namespace, ids: list[str], photos: list[bytes], seed: int, stop: float
-) -> list[tuple[str, float, float, int]]:
+) -> list[Sample]:
     """One client's requests as (kind, start, seconds, status); status 0 is a transport error."""
     rng = random.Random(seed)
-    done: list[tuple[str, float, float, int]] = []
+    done: list[Sample] = []
     while (started := time.perf_counter()) < stop:
         roll = rng.random()
         if roll < args.upload_share:
@@ -123,7 +150,7 @@ async def client(
     return done
 
 
-def summarise(samples: list[tuple[str, float, float, int]], seconds: float) -> dict[str, object]:
+def summarise(samples: list[Sample], seconds: float) -> dict[str, object]:
     latencies = np.array([s[2] for s in samples]) * 1000
     errors = sum(not 200 <= s[3] < 300 for s in samples)
     return {
@@ -135,20 +162,89 @@ def summarise(samples: list[tuple[str, float, float, int]], seconds: float) -> d
     }
 
 
-async def load(url: str, args: argparse.Namespace, ids: list[str], photos: list[bytes]) -> dict[str, object]:
+async def load(
+    target: Server, args: argparse.Namespace, ids: list[str], photos: list[bytes], seconds: float
+) -> Measured:
+    """The requests of all clients during `seconds` after the warm-up, and the server's CPU seconds meanwhile."""
     connector = aiohttp.TCPConnector(limit=args.clients)
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(base_url=url, connector=connector, timeout=timeout) as http:
+    async with aiohttp.ClientSession(base_url=target.url, connector=connector, timeout=timeout) as http:
         begin = time.perf_counter()
         measured_from = begin + args.warmup
-        stop = measured_from + args.duration
+        stop = measured_from + seconds
+        cpu = asyncio.create_task(cpu_between(target, measured_from, stop))
         runs = [client(http, args, ids, photos, seed, stop) for seed in range(args.clients)]
         samples = [s for run in await asyncio.gather(*runs) for s in run if s[1] >= measured_from]
+        return samples, await cpu
+
+
+async def cpu_between(target: Server, start: float, stop: float) -> float:
+    """The server's CPU seconds between two perf_counter times (now or later)."""
+    await asyncio.sleep(max(0.0, start - time.perf_counter()))
+    before = target.cpu_seconds()
+    await asyncio.sleep(max(0.0, stop - time.perf_counter()))
+    return target.cpu_seconds() - before
+
+
+def measure(
+    target: Server, args: argparse.Namespace, ids: list[str], photos: list[bytes], seconds: float | None = None
+) -> Measured:
+    """Load `target` for `seconds` (default --duration) after the warm-up; the samples and the server's CPU."""
+    return asyncio.run(load(target, args, ids, photos, seconds or args.duration))
+
+
+def report(samples: list[Sample], cpu_seconds: float, seconds: float) -> dict[str, object]:
+    """Overall and per-kind figures, and the server's CPU milliseconds per request (None if unknown)."""
     kinds = sorted({s[0] for s in samples})
     return {
-        "overall": summarise(samples, args.duration),
-        "by_kind": {kind: summarise([s for s in samples if s[0] == kind], args.duration) for kind in kinds},
+        "overall": summarise(samples, seconds),
+        "by_kind": {kind: summarise([s for s in samples if s[0] == kind], seconds) for kind in kinds},
+        "server_cpu_ms_per_request": round(1000 * cpu_seconds / len(samples), 2) if cpu_seconds and samples else None,
+        "server_cores": round(cpu_seconds / seconds, 2) if cpu_seconds else None,  # CPU it got: seconds per second
     }
+
+
+def show(name: str, results: dict[str, object]) -> None:
+    print(f"{name}: server CPU {results['server_cpu_ms_per_request']} ms a request, {results['server_cores']} cores")
+    for kind, stats in [("overall", results["overall"]), *results["by_kind"].items()]:  # type: ignore[union-attr]
+        print(
+            f"{kind:>16}: {stats['requests_per_s']:7.1f} req/s  p50 {stats['p50_ms']} ms  "
+            f"p99 {stats['p99_ms']} ms  errors {stats['errors']}/{stats['requests']}"
+        )
+
+
+def a_b(args: argparse.Namespace, ids: list[str], photos: list[bytes]) -> dict[str, object]:
+    """Baseline and current code served side by side, loaded in alternating rounds; figures and ratios."""
+    seconds = args.duration / args.rounds
+    sides: dict[str, list[Measured]] = {"baseline": [], "current": []}
+    with server(args.index, args.workers, args.baseline_src) as old, server(args.index, args.workers) as new:
+        for round_number in range(args.rounds):
+            for name, target in (("baseline", old), ("current", new)):
+                sides[name].append(measure(target, args, ids, photos, seconds))
+                print(f"round {round_number + 1}/{args.rounds} {name}: {len(sides[name][-1][0])} requests", flush=True)
+    results = {
+        name: report([s for samples, _ in runs for s in samples], sum(cpu for _, cpu in runs), seconds * len(runs))
+        for name, runs in sides.items()
+    }
+    old, new = headline(results["baseline"]), headline(results["current"])
+    results["current_over_baseline"] = {key: _ratio(new[key], old[key]) for key in old}
+    return results
+
+
+def headline(results: dict[str, object]) -> dict[str, float | None]:
+    overall: dict[str, float | None] = results["overall"]  # type: ignore[assignment]
+    cpu: float | None = results["server_cpu_ms_per_request"]  # type: ignore[assignment]
+    cores: float | None = results["server_cores"]  # type: ignore[assignment]
+    return {
+        "requests_per_s": overall["requests_per_s"],
+        "p99_ms": overall["p99_ms"],
+        "server_cpu_ms_per_request": cpu,
+        "server_cores": cores,
+    }
+
+
+def _ratio(new: float | None, old: float | None) -> float | None:
+    return round(new / old, 2) if new is not None and old else None
 
 
 def main() -> None:
@@ -158,35 +254,36 @@ def main() -> None:
     store.close()
     photos = catalog_photos(args.catalog, ids, PHOTOS)
     load_before = os.getloadavg()
-    if args.url:
-        results = asyncio.run(load(args.url.rstrip("/"), args, ids, photos))
+    if args.baseline_src:
+        results = a_b(args, ids, photos)
+    elif args.url:
+        results = report(*measure(Server(args.url.rstrip("/"), None), args, ids, photos), args.duration)
     else:
-        with server(args.index, args.workers) as url:
-            results = asyncio.run(load(url, args, ids, photos))
-    report = {
-        "config": {
-            "index": str(args.index),
-            "items": len(ids),
-            "clients": args.clients,
-            "duration_s": args.duration,
-            "upload_share": args.upload_share,
-            "k": args.k,
-            "server_workers": None if args.url else args.workers,
-            "cpu_count": os.cpu_count(),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
-        **results,
+        with server(args.index, args.workers) as target:
+            results = report(*measure(target, args, ids, photos), args.duration)
+    config = {
+        "index": str(args.index),
+        "items": len(ids),
+        "clients": args.clients,
+        "duration_s": args.duration,
+        "upload_share": args.upload_share,
+        "k": args.k,
+        "server_workers": None if args.url else args.workers,
+        "baseline_src": str(args.baseline_src) if args.baseline_src else None,
+        "rounds": args.rounds if args.baseline_src else None,
+        "cpu_count": os.cpu_count(),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    overall = results["overall"]
+    args.out.write_text(json.dumps({"config": config, **results}, indent=2) + "\n")
     print(f"{len(ids)} items, {args.clients} clients, {args.duration:.0f} s, {args.upload_share:.0%} uploads")
-    for kind, stats in [("overall", overall), *results["by_kind"].items()]:  # type: ignore[union-attr]
-        print(
-            f"{kind:>16}: {stats['requests_per_s']:7.1f} req/s  p50 {stats['p50_ms']} ms  "
-            f"p99 {stats['p99_ms']} ms  errors {stats['errors']}/{stats['requests']}"
-        )
+    for name in ("baseline", "current") if args.baseline_src else ():
+        show(name, results[name])  # type: ignore[arg-type]
+    if args.baseline_src:
+        print(f"current / baseline: {results['current_over_baseline']}")
+    else:
+        show("server", results)
     print(f"results written to {args.out}")
 
 

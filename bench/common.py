@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from fashionrec.catalog import Catalog, load_catalog
+from fashionrec.index import IndexStore
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ZIP = Path(
@@ -58,3 +59,21 @@ def int8_cache(directory: Path) -> None:
         if not fp32.stem.endswith("-int8"):  # the user's own int8 files are left out
             (directory / "onnx" / fp32.name).symlink_to(fp32)
     os.environ["FASHIONREC_CACHE"] = str(directory)
+
+
+def subset_index(source: Path, out: Path, items: int) -> Path:
+    """The first `items` of the index at `source`, with their stored vectors, as a complete index in `out`."""
+    full = IndexStore.open(source)
+    store = IndexStore.create_or_open(out, full.manifest["encoder"], full.manifest["catalog"])  # type: ignore[arg-type]
+    taken = 0
+    for part, vectors, colours in full.load():
+        keep = min(len(part), items - taken)
+        store.put(part[:keep], [item.image_hash for item in part[:keep]], vectors[:keep], colours[:keep])  # type: ignore[arg-type]
+        taken += keep
+        if taken == items:
+            break
+    detail = {"detail": full.manifest["detail"]} if "detail" in full.manifest else {}  # how its views are made
+    store.update_manifest(complete=True, **detail)
+    store.close()
+    full.close()
+    return out

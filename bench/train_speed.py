@@ -17,28 +17,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import write_results
+from common import subset_index, write_results
 
-from fashionrec.index import IndexStore
 from fashionrec.quality.config import TrainConfig
 from fashionrec.quality.train import train, training_threads
-
-
-def subset_index(source: Path, out: Path, items: int) -> Path:
-    """The first `items` of the index at `source`, with their stored vectors, as a complete index in `out`."""
-    full = IndexStore.open(source)
-    store = IndexStore.create_or_open(out, full.manifest["encoder"], full.manifest["catalog"])  # type: ignore[arg-type]
-    taken = 0
-    for part, vectors, colours in full.load():
-        keep = min(len(part), items - taken)
-        store.put(part[:keep], [item.image_hash for item in part[:keep]], vectors[:keep], colours[:keep])  # type: ignore[arg-type]
-        taken += keep
-        if taken == items:
-            break
-    store.update_manifest(complete=True)
-    store.close()
-    full.close()
-    return out
 
 
 def main() -> None:

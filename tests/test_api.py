@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import anyio.to_thread
 import httpx
 import pytest
 import schemathesis
@@ -149,6 +150,40 @@ def test_read_endpoints(api: httpx.Client, photos: list[Path]) -> None:
     scores = [m["score"] for m in similar]
     assert scores == sorted(scores, reverse=True)
     assert "openapi" in api.get("/openapi.json").json() and api.get("/docs").status_code == 200
+
+
+def test_a_request_hops_to_a_worker_thread_at_most_once(
+    api: httpx.Client, photos: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each hop waits for one of the few worker threads (one per core): a plain `def` dependency or route
+    costs one more, and a similar-items request took four. Counted here, so a new `def` shows up."""
+    hops: list[str] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(func, *args, **kwargs):  # type: ignore[no-untyped-def]
+        hops.append(getattr(func, "__name__", repr(func)))
+        return await run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    item = photos[0].stem
+    requests = {
+        "similar": lambda: api.get(f"/v1/items/{item}/similar", params={"k": 3}),
+        "item": lambda: api.get(f"/v1/items/{item}"),
+        "health": lambda: api.get("/v1/health"),
+        "info": lambda: api.get("/v1/info"),
+        "page": lambda: api.get("/v1/items", params={"limit": 2}),
+        "words": lambda: api.get("/v1/search", params={"q": "shirt"}),
+        "photo": lambda: api.post("/v1/search", files=upload(photos[1])),
+        "recommend": lambda: api.post("/v1/recommend", json={"positive": [item]}),
+        "unknown item": lambda: api.get("/v1/items/no-such-item/similar"),
+    }
+    counts = {}
+    for name, request in requests.items():
+        hops.clear()
+        response = request()
+        assert response.status_code == (404 if name == "unknown item" else 200), (name, response.text)
+        counts[name] = len(hops)
+    assert counts == {name: 0 if name in ("item", "health") else 1 for name in requests}  # no work, no hop
 
 
 def test_search_a_crop_box_of_the_photo(api: httpx.Client, photos: list[Path]) -> None:

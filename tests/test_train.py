@@ -251,6 +251,23 @@ def test_training_threads_are_chosen_and_given_back(built_index: tuple[Path, obj
     assert torch.get_num_threads() == before  # ... then given back
 
 
+def test_validation_every_few_epochs_and_after_the_last(built_index: tuple[Path, object], tmp_path: Path) -> None:
+    lines: list[str] = []
+    tiny = dataclasses.replace(SMALL, epochs=3, view_share=0.0)
+    manifest = train(built_index[0], tmp_path / "model", tiny, progress=False, log=lines.append, validate_every=2)
+    history = manifest["history"]
+    assert [("articleType" in record, record["validate_seconds"] > 0) for record in history] == [
+        (False, False),
+        (True, True),
+        (True, True),
+    ]
+    assert manifest["trained"] == {label: history[-1][label] for label in manifest["zero_shot"]}  # the last epoch's
+    epochs = [line for line in lines if line.startswith("epoch ")]
+    assert "(validated later)" in epochs[0] and "articleType P@5" in epochs[1] and "min left)" in epochs[2]
+    with pytest.raises(ValueError, match="--validate-every must be at least 1"):
+        train(built_index[0], tmp_path / "other", tiny, progress=False, log=lines.append, validate_every=0)
+
+
 def test_bad_inputs_give_one_line_errors(built_index: tuple[Path, object], tmp_path: Path, encoder: Encoder) -> None:
     unknown = run_cli("train", str(built_index[0]), "--out", str(tmp_path / "m1"), "--label", "nosuch")
     assert unknown.returncode == 2 and "unknown label column(s) nosuch" in unknown.stderr

@@ -32,7 +32,7 @@ from fashionrec.filters import parse_filters
 from fashionrec.garment import Method, Region
 from fashionrec.images import MAX_BYTES, Fit, ImageError, parse_box
 from fashionrec.index import IndexStore, IndexStoreError, write_bytes_atomic
-from fashionrec.quality.config import BridgeConfig, TrainConfig
+from fashionrec.quality.config import VALIDATE_EVERY, BridgeConfig, TrainConfig
 from fashionrec.remote import FetchSettings, fetch_images
 from fashionrec.search import TEXT_MODES, Match, Recommender, UnknownItemError
 from fashionrec.terms import COLOUR_STRATEGIES, Term
@@ -611,6 +611,9 @@ def train_encoder(
     ] = TrainConfig.instance_weight,
     name: Annotated[str | None, typer.Option(help="Model name in its encoder id (default: the --out folder).")] = None,
     threads: Annotated[int, typer.Option(min=0, help="torch threads (0: one per idle core).")] = 0,
+    validate_every: Annotated[
+        int, typer.Option(min=1, help="Epochs between held-out validations (the last is always validated).")
+    ] = VALIDATE_EVERY,
 ) -> None:
     """Train an encoder on the catalog's labels (an adapter on the stored vectors); rerun to resume."""
     from fashionrec.quality.train import TrainInterrupted, train  # torch is only imported for training
@@ -633,7 +636,9 @@ def train_encoder(
     )
     with user_errors():
         try:
-            manifest = train(source, out, config, name=name, log=console.print, threads=threads)
+            manifest = train(
+                source, out, config, name=name, log=console.print, threads=threads, validate_every=validate_every
+            )
         except TrainInterrupted as stop:
             errors.print(f"[yellow]{stop}[/yellow]")
             raise typer.Exit(130) from None

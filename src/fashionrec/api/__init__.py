@@ -8,8 +8,12 @@ new router module added to ROUTERS.
 Everything CPU-bound (decoding, embedding, searching, reloading) runs in worker threads, never on
 the event loop, in one thread per core for searches and one per core for image work: more threads
 only fight over the cores and the GIL, and a burst of uploads cannot pile up decoded images in
-memory. Each process holds its own in-memory index and reloads it when another process (another
-worker, a rebuild) commits to the index's SQLite database.
+memory. Routes and dependencies are `async def`, and a route hands its blocking work to a thread in
+exactly one hop (`run_in_threadpool`, or `run_image_work` for images): FastAPI runs each plain `def`
+dependency, route and response validation in a thread of its own, and with one thread per core each
+hop waits in the queue again (a similar-items request made four; bench/api_load.py --baseline-src).
+Each process holds its own in-memory index and reloads it when another process (another worker, a
+rebuild) commits to the index's SQLite database.
 """
 
 from __future__ import annotations

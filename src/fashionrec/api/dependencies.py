@@ -81,12 +81,15 @@ def read_key_error(keys: Keys, given: str | None) -> HTTPException | None:
     return None
 
 
-def require_write_key(request: Request, given: ApiKey) -> None:
+# Dependencies are `async def` (see the package docstring): FastAPI runs each plain `def` in a thread of its own.
+
+
+async def require_write_key(request: Request, given: ApiKey) -> None:
     if error := write_key_error(request.app.state.keys, given):
         raise error
 
 
-def require_read_key(request: Request, given: ApiKey) -> None:
+async def require_read_key(request: Request, given: ApiKey) -> None:
     if error := read_key_error(request.app.state.keys, given):
         raise error
 
@@ -128,7 +131,7 @@ FilterQuery = Annotated[
 ]
 
 
-def path_item_id(item_id: str) -> str:
+async def path_item_id(item_id: str) -> str:
     """The item id of the path: RawItemIds left it percent-encoded, so an id may hold any character."""
     return unquote(item_id)
 

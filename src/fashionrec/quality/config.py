@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 RERUN_MAY_CHANGE = ("epochs", "label_weight", "base_weight")  # the rest must match to resume
+# Epochs between held-out validations (and after the last): on the 44k catalog a validation takes about as
+# long as an epoch's training (docs/performance.md), and it changes no weight.
+VALIDATE_EVERY = 8
 
 
 @dataclass(frozen=True)

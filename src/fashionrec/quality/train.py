@@ -9,12 +9,12 @@ items that share every label; its output also carries the heads' class probabili
 Its input is the backbone vector and the item's colour vector (colour.py, also stored in the index)
 side by side: pooled ImageNet features keep little colour, the 77-number histogram keeps it well.
 
-Items are split by a hash of their id: training never sees the held-out items' labels. After each
-epoch the held-out items query the whole catalog with the project's own evaluation (P@5 per label,
-micro and macro); the epoch is then checkpointed atomically, and rerunning the command resumes
-after the last checkpoint. The result is a model directory (see encoders/trained.py) that `index` takes as
-its `--encoder`: the ONNX graph is backbone + adapter, so embedding an image and projecting its
-stored vector give the same result.
+Items are split by a hash of their id: training never sees the held-out items' labels. Every few
+epochs (`validate_every`) and after the last one, the held-out items query the whole catalog with the
+project's own evaluation (P@5 per label, micro and macro); every epoch is checkpointed atomically,
+and rerunning the command resumes after the last checkpoint. The result is a model directory (see
+encoders/trained.py) that `index` takes as its `--encoder`: the ONNX graph is backbone + adapter, so
+embedding an image and projecting its stored vector give the same result.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from fashionrec.index import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from fashionrec.quality.config import TrainConfig
+from fashionrec.quality.config import VALIDATE_EVERY, TrainConfig
 from fashionrec.quality.evaluate import label_values, nearest, score
 from fashionrec.remote import index_images
 from fashionrec.search import Snapshot
@@ -250,6 +250,16 @@ def _save_atomic(state: dict, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _seconds_left(history: list[dict], epochs: int, validate_every: int, first_validation: float) -> float:
+    """Time left after the last epoch of `history`: its remaining epochs and validations at the recent pace
+    (before the first validated epoch, a validation is guessed to take as long as the zero-shot one)."""
+    done = history[-1]["epoch"]
+    epoch_seconds = np.mean([r["seconds"] - r.get("validate_seconds", 0.0) for r in history[-3:]])
+    validations = [first_validation] + [r["validate_seconds"] for r in history if r.get("validate_seconds")]
+    left_validations = sum(e % validate_every == 0 or e == epochs for e in range(done + 1, epochs + 1))
+    return (epochs - done) * float(epoch_seconds) + left_validations * validations[-1]
+
+
 def _summary(figures: dict[str, dict[str, float]]) -> str:
     return "  ".join(f"{name} P@5 {f['P@5']:.3f} (macro {f['macro_P@5'] or 0:.3f})" for name, f in figures.items())
 
@@ -263,16 +273,21 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
     threads: int = 0,
+    validate_every: int = VALIDATE_EVERY,
 ) -> dict[str, object]:
     """Train an adapter on `source` (an index, or a catalog indexed first) into model directory `out`.
 
     Returns the model manifest. Resumes after the last checkpointed epoch of an earlier run. `threads`:
     torch's CPU threads while training (0: chosen from the idle cores, see training_threads).
+    `validate_every`: epochs between held-out validations (the last epoch is always validated); they
+    only report, so it changes no weight.
     """
+    if validate_every < 1:
+        raise TrainError("--validate-every must be at least 1")
     previous = torch.get_num_threads()
     torch.set_num_threads(training_threads(threads))
     try:
-        return _train(Path(source).expanduser(), Path(out).expanduser(), config, name, progress, log)
+        return _train(Path(source).expanduser(), Path(out).expanduser(), config, name, progress, log, validate_every)
     finally:
         torch.set_num_threads(previous)  # the caller's own torch work keeps its setting
 
@@ -297,6 +312,7 @@ def _train(
     name: str | None,
     progress: bool,
     log: Callable[[str], None],
+    validate_every: int,
 ) -> dict[str, object]:
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -349,7 +365,9 @@ def _train(
         adapter.fit_base_basis(torch.from_numpy(vectors[train_rows]).to(device))  # a resume loads it instead
         write_bytes_atomic(out / HELDOUT, "".join(f"{ids[row]}\n" for row in heldout_rows).encode())
         log(f"Zero-shot ({base.id}) on {len(heldout_rows)} held-out items searching all {len(items)}:")
+        zero_shot_started = time.perf_counter()
         state["zero_shot"] = validate(snapshot, heldout_rows, config.labels)
+        state["zero_shot_seconds"] = time.perf_counter() - zero_shot_started
         if config.view_share > 0:
             state["zero_shot_view_R@1"] = view_recall(vectors, view_vectors, view_rows)
         log("  " + _summary(state["zero_shot"]))
@@ -407,9 +425,19 @@ def _train(
                     losses.append(loss.item())
                     bar.update()
                     bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-                figures = validate_adapter(adapter, items, vectors, colours, heldout_rows, config.labels, device)
+                validation_started = time.perf_counter()
+                figures = {}
+                if (epoch + 1) % validate_every == 0 or epoch + 1 == config.epochs:
+                    figures = validate_adapter(adapter, items, vectors, colours, heldout_rows, config.labels, device)
                 seconds = time.perf_counter() - epoch_started
-                record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": seconds, **weights, **figures}
+                record = {
+                    "epoch": epoch + 1,
+                    "loss": float(np.mean(losses)),
+                    "seconds": seconds,
+                    "validate_seconds": time.perf_counter() - validation_started if figures else 0.0,
+                    **weights,
+                    **figures,
+                }
                 state["history"].append(record)
                 state |= {
                     "epoch": epoch + 1,
@@ -422,10 +450,12 @@ def _train(
                 }
                 _save_atomic(state, checkpoint_path)
                 with tqdm.external_write_mode():
-                    left = (config.epochs - epoch - 1) * np.mean([r["seconds"] for r in state["history"][-3:]])
+                    left = _seconds_left(
+                        state["history"], config.epochs, validate_every, state.get("zero_shot_seconds", 0.0)
+                    )
                     log(
-                        f"epoch {epoch + 1}/{config.epochs} ({seconds:.0f} s, ~{left / 60:.0f} min left)  "
-                        f"loss {np.mean(losses):.3f}  {_summary(figures)}"
+                        f"epoch {epoch + 1}/{config.epochs} ({seconds:.0f} s, ~{left / 60:.1f} min left)  "
+                        f"loss {np.mean(losses):.3f}  {_summary(figures) if figures else '(validated later)'}"
                     )
         except KeyboardInterrupt:
             raise TrainInterrupted(
@@ -435,9 +465,9 @@ def _train(
         finally:
             bar.close()
     last = state["history"][-1]
-    if all(last.get(key) == value for key, value in weights.items()):
+    if all(last.get(key) == value for key, value in weights.items()) and state["zero_shot"].keys() <= last.keys():
         trained = {label: last[label] for label in state["zero_shot"]}
-    else:  # other mixing weights than the last epoch's: measure the model that is about to be saved
+    else:  # other mixing weights than the last epoch's (or its epoch was not validated): measure the model
         log(f"Re-exporting with label weight {config.label_weight} and base weight {config.base_weight}")
         trained = validate_adapter(adapter, items, vectors, colours, heldout_rows, config.labels, device)
     if config.view_share > 0:

@@ -15,7 +15,7 @@ router = APIRouter(include_in_schema=False)
 
 
 @router.get("/docs")
-def swagger_ui(request: Request) -> HTMLResponse:
+async def swagger_ui(request: Request) -> HTMLResponse:
     app = request.app
     return get_swagger_ui_html(
         openapi_url=app.openapi_url or "/openapi.json",

@@ -6,6 +6,7 @@ from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from fashionrec.api.dependencies import ID_PATTERN, READS, WRITES, ItemId, Rec, read_upload, run_image_work
@@ -19,14 +20,14 @@ router = APIRouter(prefix="/v1", responses=ERROR_RESPONSES)
 
 
 @router.get("/items", tags=["items"], dependencies=READS)
-def list_items(
+async def list_items(
     recommender: Rec,
     offset: Annotated[int, Query(ge=0, description="Products to skip.")] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Products to return.")] = 50,
 ) -> ItemsOut:
     """The catalog, a page at a time: `total` says how many there are."""
-    total, items = recommender.items_page(offset, limit)
-    counts = recommender.photo_counts([item.id for item in items])
+    total, items = await run_in_threadpool(recommender.items_page, offset, limit)
+    counts = recommender.photo_counts([item.id for item in items])  # the snapshot, in memory: no thread hop
     return ItemsOut(
         total=total, offset=offset, limit=limit, items=[item_out(i, n) for i, n in zip(items, counts, strict=True)]
     )
@@ -45,7 +46,7 @@ async def get_item(item_id: ItemId, recommender: Rec) -> ItemOut:
     response_class=Response,
     responses={200: {"content": {"image/jpeg": {}, "image/png": {}}, "description": "The image bytes."}},
 )
-def get_item_image(
+async def get_item_image(
     item_id: ItemId,
     recommender: Rec,
     photo: Annotated[int, Query(ge=0, le=10_000, description="Which photo: 0 the main one (see `photo_urls`).")] = 0,
@@ -53,7 +54,9 @@ def get_item_image(
     """A product's image, as stored in the catalog (or uploaded); as 8-bit PNG if browsers could not show it.
     A product with several photos shows its `photo`-th (404 if it has fewer)."""
     try:
-        data, media_type = web_image(recommender.image_bytes(item_id, photo), f"item {item_id!r}")
+        data, media_type = await run_in_threadpool(
+            lambda: web_image(recommender.image_bytes(item_id, photo), f"item {item_id!r}")
+        )
     except FileNotFoundError:
         raise HTTPException(404, f"the image of item {item_id!r} is missing from the catalog") from None
     except ImageError as error:
@@ -83,15 +86,16 @@ async def add_item(
 
 
 @router.patch("/items/{item_id}", tags=["catalog updates"], dependencies=WRITES)
-def update_item(item_id: ItemId, change: ItemPatch, recommender: Rec) -> ItemOut:
+async def update_item(item_id: ItemId, change: ItemPatch, recommender: Rec) -> ItemOut:
     """Change a product's metadata (its image and vectors stay); the next search filters on the new values."""
-    return item_out(recommender.update_item(item_id, change.metadata), len(recommender.photos(item_id)))
+    stored = await run_in_threadpool(recommender.update_item, item_id, change.metadata)
+    return item_out(stored, len(recommender.photos(item_id)))
 
 
 @router.delete(
     "/items/{item_id}", tags=["catalog updates"], dependencies=WRITES, status_code=204, response_class=Response
 )
-def delete_item(item_id: ItemId, recommender: Rec) -> Response:
+async def delete_item(item_id: ItemId, recommender: Rec) -> Response:
     """Remove a product from the index (and its image, if it was uploaded)."""
-    recommender.remove_item(item_id)
+    await run_in_threadpool(recommender.remove_item, item_id)
     return Response(status_code=204)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
 
 from fashionrec.api.dependencies import (
     READS,
@@ -77,7 +78,7 @@ async def search(
 
 
 @router.get("/search")
-def search_text(
+async def search_text(
     recommender: Rec,
     q: Annotated[
         str,
@@ -102,7 +103,8 @@ def search_text(
     diversity: DiversityQuery = 0.0,
 ) -> MatchesOut:
     """The k catalog products that a text describes (GET /v1/info `text_search` says whether a bridge is used)."""
-    return matches_out(recommender.similar_to_text(q, k, parse_filters(filter), mode, collapse, diversity))
+    found = await run_in_threadpool(recommender.similar_to_text, q, k, parse_filters(filter), mode, collapse, diversity)
+    return matches_out(found)
 
 
 @router.post("/regions")
@@ -150,7 +152,7 @@ async def search_regions(
 
 
 @router.get("/items/{item_id}/similar")
-def similar_items(
+async def similar_items(
     item_id: ItemId,
     recommender: Rec,
     k: TopK = 10,
@@ -160,6 +162,7 @@ def similar_items(
     diversity: DiversityQuery = 0.0,
 ) -> MatchesOut:
     """The k products most similar to a catalog product (from its stored vectors; never the product itself)."""
-    return matches_out(
-        recommender.similar_to_item(item_id, k, parse_filters(filter), colour_weight, collapse, diversity)
+    found = await run_in_threadpool(
+        recommender.similar_to_item, item_id, k, parse_filters(filter), colour_weight, collapse, diversity
     )
+    return matches_out(found)

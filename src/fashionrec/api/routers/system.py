@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
 
 from fashionrec import __version__
 from fashionrec.api.dependencies import READS, Rec
@@ -13,12 +14,12 @@ router = APIRouter(prefix="/v1", tags=["service"])
 
 
 @router.get("/health")
-def health(recommender: Rec) -> HealthOut:
+async def health(recommender: Rec) -> HealthOut:
     """Liveness and the number of products served; never needs a key."""
     return HealthOut(status="ok", items=len(recommender))
 
 
 @router.get("/info", dependencies=READS, responses=ERROR_RESPONSES)
-def info(recommender: Rec) -> InfoOut:
+async def info(recommender: Rec) -> InfoOut:
     """What the index is: encoder, counts, format (no server paths)."""
-    return InfoOut.model_validate(recommender.info() | {"version": __version__})
+    return InfoOut.model_validate(await run_in_threadpool(recommender.info) | {"version": __version__})

@@ -8,6 +8,7 @@ import sqlite3
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, StringConstraints
 
 from fashionrec.api.dependencies import MAX_K, MAX_UPLOAD_BYTES, READS, WRITES, Rec, run_image_work
@@ -15,7 +16,7 @@ from fashionrec.api.errors import ERROR_RESPONSES
 from fashionrec.api.models import MatchesOut, matches_out
 from fashionrec.feedback import MAX_EXAMPLES, FeedbackStore
 from fashionrec.filters import parse_filters
-from fashionrec.search import Recommender
+from fashionrec.search import Match, Recommender
 from fashionrec.terms import FEEDBACK_COLOUR, MAX_TERMS, MAX_VALUE_CHARS, MAX_WEIGHT, ColourStrategy, Term
 
 reads = APIRouter(prefix="/v1", dependencies=READS, responses=ERROR_RESPONSES)
@@ -117,38 +118,42 @@ async def search_terms(request: Request, body: TermsIn, recommender: Rec) -> Mat
 
 
 @reads.post("/recommend", tags=["search"])
-def recommend(body: RecommendIn, recommender: Rec) -> MatchesOut:
+async def recommend(body: RecommendIn, recommender: Rec) -> MatchesOut:
     """Products like the liked items and unlike the disliked ones (plus a session's stored likes)."""
+    return matches_out(await run_in_threadpool(_recommend, body, recommender))
+
+
+def _recommend(body: RecommendIn, recommender: Recommender) -> list[Match]:
+    """POST /v1/recommend's blocking work: the stored likes (SQLite) and the search."""
     positive, negative = list(body.positive), list(body.negative)
     if body.session is not None:
         stored = feedback_store(recommender).get(body.session)
         positive += [i for i in stored.liked if i not in positive]
         negative += [i for i in stored.disliked if i not in negative]
     filters = parse_filters(body.filter)
-    return matches_out(
-        recommender.recommend(
-            positive, negative, body.k, filters, body.colour_weight, body.collapse, body.diversity, body.colour
-        )
+    return recommender.recommend(
+        positive, negative, body.k, filters, body.colour_weight, body.collapse, body.diversity, body.colour
     )
 
 
 @reads.get("/sessions/{name}/likes", tags=["feedback"])
-def get_likes(name: str, recommender: Rec) -> LikesOut:
+async def get_likes(name: str, recommender: Rec) -> LikesOut:
     """A session's stored likes and dislikes (none for an unknown session)."""
-    return LikesOut(session=name, **feedback_store(recommender).get(name).to_dict())
+    stored = await run_in_threadpool(lambda: feedback_store(recommender).get(name))
+    return LikesOut(session=name, **stored.to_dict())
 
 
 @writes.put("/sessions/{name}/likes", tags=["feedback"])
-def put_likes(name: str, body: LikesIn, recommender: Rec) -> LikesOut:
+async def put_likes(name: str, body: LikesIn, recommender: Rec) -> LikesOut:
     """Replace a session's likes and dislikes; every id must be in the index."""
     for item_id in [*body.liked, *body.disliked]:
         recommender.item(item_id)  # 404 naming an unknown id
-    stored = feedback_store(recommender).put(name, body.liked, body.disliked)
+    stored = await run_in_threadpool(lambda: feedback_store(recommender).put(name, body.liked, body.disliked))
     return LikesOut(session=name, **stored.to_dict())
 
 
 @writes.delete("/sessions/{name}/likes", tags=["feedback"], status_code=204, response_class=Response)
-def delete_likes(name: str, recommender: Rec) -> Response:
+async def delete_likes(name: str, recommender: Rec) -> Response:
     """Forget a session's likes."""
-    feedback_store(recommender).delete(name)
+    await run_in_threadpool(lambda: feedback_store(recommender).delete(name))
     return Response(status_code=204)
