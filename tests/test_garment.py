@@ -118,6 +118,21 @@ def test_without_the_model_it_falls_back_to_the_border_method(
         garment._load_session.cache_clear()
 
 
+def test_auto_without_the_model_falls_back_to_the_border_method(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path))  # an empty folder: no u2netp.onnx
+    garment._load_session.cache_clear()
+    try:
+        busy = Image.fromarray(np.random.default_rng(2).integers(0, 256, (300, 300, 3), dtype=np.uint8))
+        busy.paste(catalog_image(SHOE).resize((120, 160)), (90, 70))
+        with caplog.at_level(logging.WARNING, logger="fashionrec.garment"):
+            isolated = garment.isolate(busy, "auto")
+        assert isolated.method == "border" and "model not found" in caplog.text
+    finally:
+        garment._load_session.cache_clear()
+
+
 def test_catalog_images_are_never_isolated(built_index: tuple[Path, BuildReport], sample_catalog: Path) -> None:
     """The build embeds catalog images as they are; adding a product does too, whatever the query setting."""
     plain = Recommender.open(built_index[0], isolation="none")
