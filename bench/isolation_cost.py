@@ -60,7 +60,7 @@ def main() -> None:
         "plain query": query("none"),
         "border query": query("border"),
         **{f"u2netp {side} query": query(f"u2netp@{side}") for side in SIDES},
-        "auto query (as before: u2netp, no pose)": query("auto,person=ignore,plain=u2netp"),
+        "auto query (as before: no pose)": query("auto,person=ignore"),
         "auto query (shipped)": query("auto"),
         "pose landmarks": lambda data: pose.landmarks(decode(data, "photo")),
         "regions": recommender.regions,

@@ -266,7 +266,7 @@ def shipped() -> dict[str, object]:
     """garment.py's settings as shipped, read before any method setting changes them."""
     from fashionrec import garment
 
-    return {"side": garment.U2NET_SIDE, "person": garment.PERSON_PART, "plain": garment.PLAIN_BY_BORDER}
+    return {"side": garment.U2NET_SIDE, "person": garment.PERSON_PART}
 
 
 def configure(method: str) -> str:
@@ -278,7 +278,6 @@ def configure(method: str) -> str:
     chosen = shipped() | dict(option.split("=", 1) for option in options)
     garment.U2NET_SIDE = int(side) if side else int(chosen["side"])  # type: ignore[call-overload]
     garment.PERSON_PART = str(chosen["person"])
-    garment.PLAIN_BY_BORDER = chosen["plain"] in (True, "border")
     return name
 
 
@@ -287,7 +286,7 @@ def embed(recommender: Recommender, data: bytes, method: str | None) -> Query:
 
     A method setting is a garment.py method with options: `u2netp@96` runs U2-Net-p at a 96-pixel input
     instead of garment.U2NET_SIDE; `auto,person=whole` keeps a photo of a person whole (`person=upper body`:
-    its top; `person=ignore`: no pose model), `auto,plain=u2netp` runs U2-Net-p on plain backdrops too.
+    its top; `person=ignore`: no pose model, `auto` as it was before people were looked for).
     """
     if method is None:
         return recommender.embed_image(data)

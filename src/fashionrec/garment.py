@@ -15,8 +15,8 @@ Methods (README, "Shoppers' photos", has what each one buys and costs):
 - `auto` (the default, `DEFAULT`): `none` for a product shot framed like the catalog's (`catalog_like`),
   which isolation only hurts (it drops a strap, the second shoe); for a photo of a person (pose.py finds an
   upright body), the person's PERSON_PART, as the salient mask keeps the whole person; `u2netp` for every
-  other photo. The caller skips it where the shopper already pointed (a crop box, a region) and for the
-  catalog's own images (search.py).
+  other photo (a plain backdrop included: the border method there loses to it). The caller skips it
+  where the shopper already pointed (a crop box, a region) and for the catalog's own images (search.py).
 - `none`: the photo as it is.
 
 `regions` finds the garments of a photo, each to be searched on its own: from a person's body (pose.py)
@@ -57,7 +57,6 @@ COLOUR_TOLERANCE = 2  # levels (of 16 per channel) around a border colour that s
 MIN_SHARE, MAX_SHARE = 0.01, 0.97  # a mask outside these shares of the photo is no garment: keep the photo
 LIGHT_BACKDROP = 200  # every channel of a catalog-like backdrop's colour is at least this (white, light grey)
 MARGIN = 0.04  # kept around the garment's box, as a share of its longer side (the catalog's shots have some)
-PLAIN_BY_BORDER = True  # `auto` cuts a product out of a plain backdrop with the border method, not U2-Net-p
 PERSON_PART = "upper body"  # what `auto` searches of a photo of a person ("whole": the photo; "ignore": no pose)
 
 
@@ -78,13 +77,12 @@ class Isolated:
 def isolate(image: Image.Image, method: Method = DEFAULT) -> Isolated:
     """The garment of a shopper's photo, on white and cropped to it (see the module docstring)."""
     if method == "auto":
-        box = product_box(image)
-        if framed_like_catalog(image, box):
+        if catalog_like(image):
             return Isolated(image, None, "none")
         worn = on_person(image)
         if worn is not None:
             return worn
-        method = "border" if PLAIN_BY_BORDER and box is not None else "u2netp"
+        method = "u2netp"  # on a plain backdrop too: the border method there lost 16 points of type P@5 (docs)
     if method == "none":
         return Isolated(image, None, "none")
     if method == "u2netp" and u2netp_session() is None:
@@ -122,11 +120,7 @@ def catalog_like(image: Image.Image) -> bool:
     Isolation costs these (it drops a strap, the second shoe: exact R@1 0.90 -> 0.67 on catalog shots) and
     helps every other photo, a product small or on a coloured backdrop included (bench/world.py).
     """
-    return framed_like_catalog(image, product_box(image))
-
-
-def framed_like_catalog(image: Image.Image, box: tuple[int, int, int, int] | None) -> bool:
-    """`catalog_like`, given the image's `product_box` (None: no plain backdrop)."""
+    box = product_box(image)
     if box is None or max(box[2] - box[0], box[3] - box[1]) < CATALOG_FRAMING * max(image.size):
         return False
     small = image.copy()
