@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 Method = Literal["none", "border", "u2netp", "auto"]
 METHODS: tuple[Method, ...] = ("none", "border", "u2netp", "auto")
-DEFAULT: Method = "auto"  # every image query's isolation unless told otherwise (docs/shoppers-photos.md, 6)
+DEFAULT: Method = "auto"  # every image query's isolation unless told otherwise (docs/shoppers-photos.md, section 7)
 DETECT_SIDE = 128  # the border method works on a copy about this size: cheap, and plenty for a mask
 U2NET_SIDE = 160  # U2-Net-p's input side here (trained at 320; 160 costs a quarter, see README)
 U2NET_THRESHOLD = 0.5  # of the min-max normalised saliency map
