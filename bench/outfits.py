@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from common import RESULTS, SHARED_ZIP, write_results
 from PIL import Image, ImageDraw
-from world import cut_out, finish, paste, scene, score
+from world import configure, cut_out, finish, paste, scene, score
 
 from fashionrec import garment, pose
 from fashionrec.catalog import Catalog, Item, load_catalog
@@ -47,9 +47,12 @@ BOTTOMS = ("Jeans", "Trousers", "Shorts", "Track Pants")
 ENLARGE = 4  # the catalog's 60x80 shot of the model, enlarged to 240x320 (a phone photo holds more detail)
 WEIGHTS = (0.0, 0.35)
 METRICS = ("R@1", "R@5", "type P@5", "colour P@5", "both P@5")
-SETTINGS = {  # name -> (searched part, isolation)
+SETTINGS = {  # name -> (searched part, isolation: a world.py method setting)
     "whole photo": ("whole", "none"),
     "whole photo, isolated": ("whole", "u2netp"),
+    "whole photo, auto (default)": ("whole", "auto"),
+    "whole photo, auto, a person kept whole": ("whole", "auto,person=whole"),
+    "whole photo, auto, no pose model": ("whole", "auto,person=ignore"),
     "region": ("region", "none"),
     "region, isolated": ("region", "u2netp"),
 }
@@ -83,7 +86,8 @@ def queries(recommender: Recommender, data: bytes, found: list[garment.Region]) 
         results[setting] = {}
         for garment_name, kind in REGION_OF.items():
             box = next((r.box for r in found if r.kind == kind), None) if part == "region" else None
-            query = recommender.embed_image(data, box, isolate)
+            recommender.forget_queries()  # settings of one method share its cache entry: each must do the work
+            query = recommender.embed_image(data, box, configure(isolate))  # type: ignore[arg-type]
             results[setting][garment_name] = [
                 recommender.similar(replace(query, colour_weight=weight), k=6) for weight in WEIGHTS
             ]
@@ -133,7 +137,7 @@ def main() -> None:
 
     marks = {s: {g: {w: [] for w in WEIGHTS} for g in REGION_OF} for s in SETTINGS}
     kinds_found: dict[str, int] = {}
-    timing: dict[str, list[float]] = {"plain query": [], "regions": [], "isolated query": []}
+    timing: dict[str, list[float]] = {"plain query": [], "regions": [], "isolated query": [], "auto query": []}
     tried, sheet = 0, []
     for top in tops:
         if len(sheet) >= args.outfits:
@@ -151,9 +155,10 @@ def main() -> None:
         started = time.perf_counter()
         found = recommender.regions(data)
         timing["regions"].append((time.perf_counter() - started) * 1000)
-        for name, isolate in (("plain query", "none"), ("isolated query", "u2netp")):
+        for name, isolate in (("plain query", "none"), ("isolated query", "u2netp"), ("auto query", "auto")):
+            recommender.forget_queries()
             started = time.perf_counter()
-            recommender.similar(recommender.embed_image(data, None, isolate), k=6)
+            recommender.similar(recommender.embed_image(data, None, configure(isolate)), k=6)  # type: ignore[arg-type]
             timing[name].append((time.perf_counter() - started) * 1000)
         for region in found:
             kinds_found[region.kind] = kinds_found.get(region.kind, 0) + 1

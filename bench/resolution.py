@@ -83,6 +83,9 @@ def main() -> None:
     parser.add_argument("--catalog-items", type=int, default=None, help="index a subset (default: the whole catalog)")
     parser.add_argument("--work", type=Path, default=REPO / "indexes" / "resolution")
     parser.add_argument("--results", default="resolution", help="name of the results file and chart folder")
+    parser.add_argument(
+        "--isolate", nargs="+", default=["none", "auto"], help="garment isolation methods to run detail-matched"
+    )
     args = parser.parse_args()
 
     original = catalog_subset(args.catalog_items)
@@ -91,7 +94,9 @@ def main() -> None:
     recommender, _ = open_index(reduced, args.work, f"x{args.scale}-{Path(args.encoder).name}", encoder)
     detail = recommender.detail
     print("catalog detail:", detail)
-    modes: dict[str, Detail | None] = {"as sent": None, "detail matched": detail}
+    modes: dict[str, tuple[Detail | None, str]] = {"as sent": (None, "none")}
+    for method in args.isolate:  # garment isolation (`auto` is every surface's default) runs after detail matching
+        modes["detail matched" + ("" if method == "none" else f", isolate {method}")] = (detail, method)
 
     items = random.Random(1).sample([i for i in original.items if i.id in recommender.positions], args.items)
     hits = {mode: {variant: np.zeros((len(items), 2), bool) for variant in VARIANTS} for mode in modes}
@@ -101,10 +106,11 @@ def main() -> None:
         copy = decode(reduced.source.read(f"images/{item.id}.jpg"), item.id)
         for variant, make in VARIANTS.items():
             data = jpeg(make(real, copy))
-            for mode, mode_detail in modes.items():
+            for mode, (mode_detail, method) in modes.items():
                 recommender.detail = mode_detail
+                recommender.forget_queries()  # the cache knows the photo, not the detail: each mode must embed
                 started = time.perf_counter()
-                found = [match.id for match in recommender.similar_to_image(data, k=5)]
+                found = [match.id for match in recommender.similar_to_image(data, k=5, isolate=method)]  # type: ignore[arg-type]
                 seconds[mode].append(time.perf_counter() - started)
                 hits[mode][variant][n] = (found[:1] == [item.id], item.id in found)
 

@@ -81,6 +81,7 @@ def test_sliders_search_the_part_of_the_photo_they_frame(page: AppTest, sample_c
     left, right = sorted((sample_catalog / "images").glob("*.jpg"))[5:7]
     page.sidebar.file_uploader(key="upload").upload("two.jpg", side_by_side(left, right), "image/jpeg")
     run(page)
+    assert page.session_state["query"].isolate == "auto" and page.checkbox(key="cut_out").value
     page.slider(key="crop_across").set_value((50, 100))
     run(page)
     assert page.session_state["query"].crop == (0.5, 0.0, 1.0, 1.0) and result_ids(page)[0] == right.stem
@@ -91,9 +92,12 @@ def test_sliders_search_the_part_of_the_photo_they_frame(page: AppTest, sample_c
     run(page)
     assert "couldn't search that part" in page.error[0].value and result_ids(page)[0] == left.stem
     page.slider(key="crop_across").set_value((50, 100))
+    page.checkbox(key="cut_out").uncheck()  # ticked by default: the photo's garment is cut out (`auto`)
+    run(page)
+    assert not page.session_state["query"].cut_out and page.session_state["query"].isolate == "none"
     page.checkbox(key="cut_out").check()
     run(page)
-    assert page.session_state["query"].cut_out and not page.error and len(result_ids(page)) == 5
+    assert page.session_state["query"].isolate == "auto" and not page.error and len(result_ids(page)) == 5
 
 
 def test_camera_photo_is_a_query_like_an_upload(page: AppTest, catalog_photo: Path) -> None:

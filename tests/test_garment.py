@@ -22,7 +22,7 @@ from test_app import index, page, result_ids, run  # noqa: F401 (the app's fixtu
 
 from fashionrec import garment, pose
 from fashionrec.build import BuildReport
-from fashionrec.images import decode, open_image
+from fashionrec.images import crop, decode, open_image
 from fashionrec.search import Recommender
 
 from conftest import SHARED_ZIP, run_cli
@@ -118,9 +118,24 @@ def test_without_the_model_it_falls_back_to_the_border_method(
         garment._load_session.cache_clear()
 
 
+def test_auto_without_the_model_falls_back_to_the_border_method(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path))  # an empty folder: no u2netp.onnx
+    garment._load_session.cache_clear()
+    try:
+        busy = Image.fromarray(np.random.default_rng(2).integers(0, 256, (300, 300, 3), dtype=np.uint8))
+        busy.paste(catalog_image(SHOE).resize((120, 160)), (90, 70))
+        with caplog.at_level(logging.WARNING, logger="fashionrec.garment"):
+            isolated = garment.isolate(busy, "auto")
+        assert isolated.method == "border" and "model not found" in caplog.text
+    finally:
+        garment._load_session.cache_clear()
+
+
 def test_catalog_images_are_never_isolated(built_index: tuple[Path, BuildReport], sample_catalog: Path) -> None:
     """The build embeds catalog images as they are; adding a product does too, whatever the query setting."""
-    plain = Recommender.open(built_index[0])
+    plain = Recommender.open(built_index[0], isolation="none")
     isolating = Recommender.open(built_index[0], isolation="border")
     item = plain.items[0]
     image = (sample_catalog / item.image).read_bytes()
@@ -205,14 +220,48 @@ def test_without_the_pose_models_regions_fall_back(
         pose._load.cache_clear()
 
 
+def busy_method() -> str:
+    return "u2netp" if garment.model_path() else "border"
+
+
 def test_auto_isolates_all_but_catalog_like_shots(products: list[Image.Image]) -> None:
-    """Catalog-like shots lose with isolation (it drops a strap, a second shoe): `auto` leaves them alone."""
+    """Catalog-like shots lose with isolation (it drops a strap, a second shoe): `auto` leaves them alone and
+    cuts out every other product, on a plain wall or in a busy scene, with U2-Net-p."""
+    assert garment.DEFAULT == "auto"
     plain = products[0]
     assert garment.catalog_like(plain) and garment.isolate(plain, "auto").image is plain
-    for photo in (person_scene()[0], scene(plain, texture=False)[0]):  # a busy scene; a product on a coloured wall
-        assert not garment.catalog_like(photo)
-        isolated = garment.isolate(photo, "auto")
+    shoe = catalog_image(SHOE)  # no person to find
+    on_wall = garment.isolate(scene(shoe, texture=False)[0], "auto")
+    assert on_wall.method == busy_method() and on_wall.mask is not None and on_wall.cut
+    noisy = Image.fromarray(np.random.default_rng(2).integers(0, 256, (300, 300, 3), dtype=np.uint8))
+    noisy.paste(shoe.resize((120, 160)), (90, 70))  # no plain backdrop: the border method cannot tell it apart
+    busy = garment.isolate(noisy, "auto")
+    assert busy.method == busy_method() and busy.mask is not None and busy.cut
+    for photo in (plain, scene(plain, texture=True)[0], person_scene()[0]):
+        first, second = garment.isolate(photo, "auto"), garment.isolate(photo.copy(), "auto")
+        assert first.method == second.method and np.array_equal(np.asarray(first.image), np.asarray(second.image))
+
+
+def test_auto_searches_the_top_of_a_person_not_the_salient_person() -> None:
+    """U2-Net-p keeps the whole person; `auto` searches the upper body that pose.py finds, not cut out."""
+    needs_pose()
+    photo, _ = person_scene()
+    isolated = garment.isolate(photo, "auto")
+    upper = garment.regions(photo)[0]
+    assert upper.kind == "upper body" and isolated.method == "person" and isolated.mask is None and isolated.cut
+    assert np.array_equal(np.asarray(isolated.image), np.asarray(crop(photo, upper.box)))
+
+
+def test_auto_without_the_pose_models_isolates_the_person_as_an_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FASHIONREC_POSE_MODELS", str(tmp_path))  # an empty folder: no .tflite files
+    pose._load.cache_clear()
+    try:
+        isolated = garment.isolate(person_scene()[0], "auto")
         assert isolated.method in ("u2netp", "border") and isolated.mask is not None
+    finally:
+        pose._load.cache_clear()
 
 
 @pytest.mark.slow
@@ -273,3 +322,52 @@ def test_the_app_offers_each_garment_found_as_a_query(page: AppTest) -> None:  #
     assert page.session_state["query"].crop == tuple(round(100 * v) / 100 for v in lower)
     assert page.slider(key="crop_down").value == (round(100 * lower[1]), round(100 * lower[3]))
     assert len(result_ids(page)) == 5 and not page.error
+
+
+def scores(matches: list) -> list[tuple[str, float]]:
+    """Ids and scores (rounded: the API and the CLI print them) of matches or their serialised form."""
+    rows = [m if isinstance(m, dict) else m.to_dict() for m in matches]
+    return [(str(row["id"]), round(float(row["score"]), 3)) for row in rows]
+
+
+@pytest.mark.slow
+def test_uploads_are_isolated_by_default_on_every_surface_but_not_catalog_images_crops_or_items(
+    built_index: tuple[Path, BuildReport], sample_catalog: Path, tmp_path: Path
+) -> None:
+    """`auto` is the default of the library, the CLI and the API; it leaves alone a crop (the shopper pointed),
+    an image of the catalog's own (by content hash, even one that is not framed like a catalog shot) and an
+    item query (stored vectors)."""
+    recommender, plain = Recommender.open(built_index[0]), Recommender.open(built_index[0], isolation="none")
+    assert recommender.isolation == "auto"
+    item = recommender.items[0]
+    buffer = io.BytesIO()
+    scene(open_image(sample_catalog / item.image), texture=True)[0].save(buffer, "JPEG", quality=90)
+    photo = tmp_path / "scene.jpg"
+    photo.write_bytes(buffer.getvalue())
+
+    auto = recommender.similar_to_image(photo, k=3)
+    assert scores(auto) == scores(recommender.similar_to_image(photo.read_bytes(), k=3, isolate="auto"))
+    assert scores(auto) != scores(plain.similar_to_image(photo, k=3))  # isolation changed the query
+    box = (0.0, 0.0, 1.0, 1.0)
+    assert np.array_equal(recommender.embed_image(photo, box).vector, plain.embed_image(photo, box).vector)
+    assert scores(recommender.similar_to_item(item.id, 3)) == scores(plain.similar_to_item(item.id, 3))
+
+    added = recommender.add_item("scene-as-product", photo.read_bytes(), {"articleType": "test"})
+    try:  # a catalog image that `auto` would isolate if it were a shopper's photo: searched as it is
+        assert added.image_hash in recommender.snapshot.image_hashes
+        assert not garment.catalog_like(decode(photo.read_bytes(), "scene"))
+        as_sent = plain.embed_image(photo).vector
+        assert np.array_equal(recommender.embed_image(photo).vector, as_sent)
+        assert not np.array_equal(recommender.embed_image(photo, isolate="u2netp").vector, as_sent)
+    finally:
+        recommender.remove_item(added.id)
+
+    cli = run_cli("search", str(built_index[0]), str(photo), "--json", "-k", "3")
+    assert cli.returncode == 0, cli.stderr
+    assert scores(json.loads(cli.stdout)) == scores(auto)
+    cli_none = run_cli("search", str(built_index[0]), str(photo), "--json", "-k", "3", "--isolate", "none")
+    assert scores(json.loads(cli_none.stdout)) == scores(plain.similar_to_image(photo, k=3))
+    with serve(built_index[0], tmp_path / "server.log") as api:
+        found = api.post("/v1/search", params={"k": 3}, files=upload(photo))
+        assert found.status_code == 200, found.text
+        assert scores(found.json()["results"]) == scores(auto)

@@ -29,6 +29,7 @@ from fashionrec.catalog import CatalogError, load_catalog
 from fashionrec.encoders import BACKBONES, DEFAULT_ENCODER, DEFAULT_FIT, WEIGHTS_ENV, EncoderError, load_encoder
 from fashionrec.explore import write_map
 from fashionrec.filters import parse_filters
+from fashionrec.garment import DEFAULT as DEFAULT_ISOLATION
 from fashionrec.garment import Method, Region
 from fashionrec.images import MAX_BYTES, Fit, ImageError, parse_box
 from fashionrec.index import IndexStore, IndexStoreError, write_bytes_atomic
@@ -319,10 +320,11 @@ def search(
     isolate: Annotated[
         str,
         typer.Option(
-            help="Cut the garment out of a busy photo first: none, border, u2netp (best on scenes, ~60 ms more) "
-            "or auto (u2netp except for catalog-like product shots)."
+            help="Cut the garment out of the photo first: auto (the default: U2-Net-p, the border method on a plain "
+            "backdrop, a person's upper body; nothing for catalog-like shots, catalog images and --crop), u2netp, "
+            "border or none."
         ),
-    ] = "none",
+    ] = DEFAULT_ISOLATION,
     collapse: Collapse = True,
     diversity: Diversity = 0.0,
     term: TermOption = None,
@@ -357,7 +359,7 @@ def search(
         )
         return
     if term or like or unlike or colour:
-        if folder is not None or crop or isolate != "none" or colour_weight or regions:
+        if folder is not None or crop or isolate != DEFAULT_ISOLATION or colour_weight or regions:
             raise typer.BadParameter(
                 "--folder, --crop, --regions, --isolate and --colour-weight are for image searches, not terms"
             )

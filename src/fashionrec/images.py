@@ -180,11 +180,15 @@ def too_large(size: int, limit: int) -> str:
 
 def open_image(path: str | Path, *, min_side: int | None = None) -> Image.Image:
     """Read and decode an image file, with the file's name in any error."""
+    return decode(read_image(path), str(path), min_side=min_side)
+
+
+def read_image(path: str | Path) -> bytes:
+    """An image file's bytes, not yet decoded; a missing file is an ImageError naming it."""
     try:
-        data = read_regular_file(path, str(path))
+        return read_regular_file(path, str(path))
     except FileNotFoundError:
         raise ImageError(str(path), "no such file") from None
-    return decode(data, str(path), min_side=min_side)
 
 
 def fit_square(image: Image.Image, size: int, fit: Fit = "pad") -> np.ndarray:

@@ -10,7 +10,6 @@ has a vector per photo and comes back once, scored by its best photo (bench/mult
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -31,10 +30,11 @@ from fashionrec.colour import colour_vector
 from fashionrec.columns import Column, columns_of
 from fashionrec.encoders import Encoder, encoder_for_index
 from fashionrec.filters import FilterError, Filters, resolve_filters
+from fashionrec.garment import DEFAULT as DEFAULT_ISOLATION
 from fashionrec.garment import Method, Region
 from fashionrec.garment import isolate as isolate_garment
 from fashionrec.garment import regions as find_regions
-from fashionrec.images import Box, Detail, crop, decode, match_detail, open_image
+from fashionrec.images import Box, Detail, crop, decode, match_detail, read_image
 from fashionrec.index import (
     UPLOADED,
     UPLOADS,
@@ -45,6 +45,7 @@ from fashionrec.index import (
     StoredPhoto,
 )
 from fashionrec.remote import index_images
+from fashionrec.runners.stages import content_hash
 from fashionrec.stores import Hit, SearchSettings, StoreError, VectorStore
 from fashionrec.terms import (
     COLOUR_COLUMN,
@@ -279,6 +280,13 @@ class Snapshot:
     def text(self) -> TextIndex:
         """BM25 over the items' names and metadata (text.py), built on the first text search (~1 s for 44k)."""
         return TextIndex.of([item.metadata for item in self.items])
+
+    @cached_property
+    def image_hashes(self) -> frozenset[str]:
+        """The content hashes of the catalog's images (every photo of a product): a query photo that is one of
+        them is a catalog image."""
+        further = (photo.image_hash for found in self.photos.values() for photo in found)
+        return frozenset(h for h in (*(item.image_hash for item in self.items), *further) if h)
 
     @cached_property
     def metadata(self) -> pd.DataFrame:
@@ -517,7 +525,7 @@ class Recommender:
         records: IndexStore,
         backend: str = "onnx",
         threads: int = 0,
-        isolation: Method = "none",
+        isolation: Method = DEFAULT_ISOLATION,
         text_model: str | Path | None = None,
         labels: Sequence[str] | None = None,
     ) -> None:
@@ -537,7 +545,7 @@ class Recommender:
             )
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._queries: OrderedDict[tuple[bytes, Box | None, str], Query] = OrderedDict()  # by photo digest
+        self._queries: OrderedDict[tuple[str, Box | None, str], Query] = OrderedDict()  # by photo digest
         self._queries_lock = threading.Lock()
         catalog = records.manifest.get("catalog", {})
         self.images = index_images(records.directory, catalog)  # catalog files, and image URLs from the cache
@@ -554,7 +562,7 @@ class Recommender:
         kind: str = "auto",
         precision: str = "float16",
         threads: int = 0,
-        isolation: Method = "none",
+        isolation: Method = DEFAULT_ISOLATION,
         text_model: str | Path | None = None,
         labels: Sequence[str] | None = None,
     ) -> Recommender:
@@ -563,7 +571,8 @@ class Recommender:
         `kind` picks exact or approximate (ivf) search, `auto` by catalog size; `precision` float16
         halves the memory the vectors take; `threads` is the cores one image embedding or one search uses
         (0: all; 1 for a server that serves requests side by side; sets FAISS's for the whole process);
-        `isolation` how a query photo's garment is cut out of its scene before embedding (garment.py);
+        `isolation` how a query photo's garment is cut out of its scene before embedding (garment.py; `auto`
+        by default);
         `text_model` the text bridge that text searches use (default: the index's own text-bridge/ folder, if
         `fashionrec train-text` made one); `labels` the metadata columns whose agreement with the examples counts
         in refined queries (`similar_to_terms`, `recommend`; default: the columns a trained encoder learnt, else
@@ -732,24 +741,47 @@ class Recommender:
         """The query of an image given as a path, raw bytes or a decoded PIL image: its vector and colour.
 
         `crop_box` (fractions of the photo: left, top, right, bottom) searches for that part only; `isolate`
-        (default: the recommender's `isolation`) cuts the garment out of a shopper's photo. The photo, or the
-        garment cut out of it, is then brought down to the catalog's level of detail. The queries of the last
-        QUERY_CACHE photos given as bytes are kept, so searching one again with other settings is instant.
+        (default: the recommender's `isolation`) cuts the garment out of a shopper's photo (see `isolation_for`).
+        The photo, or the garment cut out of it, is then brought down to the catalog's level of detail. A file
+        is read once (its bytes are hashed, then decoded). The queries of the last QUERY_CACHE photos given as
+        bytes or files are kept, so searching one again with other settings is instant.
         """
-        method = isolate or self.isolation
+        name = "uploaded image"
+        if isinstance(image, str | Path):
+            name, image = str(image), read_image(image)
         if not isinstance(image, bytes):
+            method = self.isolation_for(None, crop_box, isolate)
             return self._embed(image, as_query=True, crop_box=crop_box, isolate=method)
-        key = (hashlib.sha256(image).digest(), crop_box, method)
+        digest = content_hash(image)
+        method = self.isolation_for(digest, crop_box, isolate)
+        key = (digest, crop_box, method)
         with self._queries_lock:
             if (known := self._queries.get(key)) is not None:
                 self._queries.move_to_end(key)
                 return known
-        query = self._embed(image, as_query=True, crop_box=crop_box, isolate=method)
+        query = self._embed(self._decoded(image, name), as_query=True, crop_box=crop_box, isolate=method)
         with self._queries_lock:
             self._queries[key] = query
             while len(self._queries) > QUERY_CACHE:
                 self._queries.popitem(last=False)
         return query
+
+    def forget_queries(self) -> None:
+        """Empty the cache of query photos (for measurements that change garment.py's settings between calls)."""
+        with self._queries_lock:
+            self._queries.clear()
+
+    def isolation_for(self, digest: str | None, crop_box: Box | None, isolate: Method | None) -> Method:
+        """The isolation a query photo gets: `isolate`, else the recommender's (`auto` by default).
+
+        `auto` leaves alone a photo the shopper already pointed into (a crop box, a garment region) and an
+        image of the catalog's own (`digest`, its content hash, is an item's): isolating a catalog shot can
+        only lose what its stored vector already matches.
+        """
+        method = isolate or self.isolation
+        if method == "auto" and (crop_box is not None or digest in self.snapshot.image_hashes):
+            return "none"
+        return method
 
     def _embed(
         self,
@@ -764,18 +796,17 @@ class Recommender:
             image = crop(image, crop_box)
         if as_query:
             garment = isolate_garment(image, isolate or self.isolation)
-            cut_to_product = crop_box is not None or garment.mask is not None
-            image = match_detail(garment.image, self.detail, cut_to_product)
+            image = match_detail(garment.image, self.detail, crop_box is not None or garment.cut)
         pixels = self.encoder.prepare(image)
         return Query(self.encoder.embed_pixels(pixels[None])[0], colour_vector(pixels))
 
-    def _decoded(self, image: str | Path | bytes | Image.Image) -> Image.Image:
+    def _decoded(self, image: str | Path | bytes | Image.Image, name: str = "uploaded image") -> Image.Image:
         """An image given as a path, raw bytes or a PIL image, decoded (big JPEGs drafted to the model's size)."""
         size = self.records.manifest["encoder"]["size"]  # type: ignore[index]
+        if isinstance(image, str | Path):
+            name, image = str(image), read_image(image)
         if isinstance(image, bytes):
-            return decode(image, "uploaded image", min_side=size)
-        if not isinstance(image, Image.Image):
-            return open_image(image, min_side=size)
+            return decode(image, name, min_side=size)
         return image
 
     def regions(self, image: str | Path | bytes | Image.Image) -> list[Region]:

@@ -65,17 +65,18 @@ def show_query(query: Query) -> None:
         if query.upload is not None and len(query.regions) > 1:  # several garments: each one click away
             show_regions(query)
         if query.upload is not None:
-            refined = query.crop is not None or query.cut_out
+            refined = query.crop is not None or not query.cut_out  # changed from the defaults
             with st.expander("Search part of the photo", icon=":material/crop:", expanded=refined):
                 left, top, right, bottom = (round(100 * v) for v in query.crop or (0, 0, 1, 1))
                 st.slider("Left to right (%)", 0, 100, (left, right), key="crop_across", on_change=refine_photo_query)
                 st.slider("Top to bottom (%)", 0, 100, (top, bottom), key="crop_down", on_change=refine_photo_query)
                 st.checkbox(
-                    "Cut the garment out of a busy scene",
+                    "Cut the garment out of the scene",
                     value=query.cut_out,
                     key="cut_out",
                     on_change=refine_photo_query,
-                    help="For a garment worn, on a bed or on the floor. Not for product shots on a plain background.",
+                    help="For a garment worn, on a bed or on the floor (a person: their top). Product shots framed "
+                    "like the catalog's and a part of the photo you framed are searched as they are.",
                 )
         back_button()
 

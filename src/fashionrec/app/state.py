@@ -44,13 +44,13 @@ class Query:
     image: bytes | None = None  # what the page shows of a shopper's photo (8-bit, at most 1024 px)
     upload: bytes | None = None  # the photo as sent, embedded again when the shopper frames a part of it
     crop: Box | None = None
-    cut_out: bool = False  # the garment cut out of the scene (garment.py) before searching
+    cut_out: bool = True  # the garment cut out of the scene (garment.py's `auto`, the default) before searching
     text: str | None = None  # words describing the product ("blue denim jacket"): Recommender.similar_to_text
     regions: tuple[Region, ...] = ()  # the garments found in the photo (garment.regions), each one click away
 
     @property
     def isolate(self) -> Method:
-        return "u2netp" if self.cut_out else "none"
+        return "auto" if self.cut_out else "none"
 
 
 def index_dir() -> str:
@@ -231,7 +231,7 @@ def refine_photo_query() -> None:
     (left, right), (top, bottom) = st.session_state.crop_across, st.session_state.crop_down
     box = (left / 100, top / 100, right / 100, bottom / 100)
     crop = None if box == (0.0, 0.0, 1.0, 1.0) else box
-    isolate = "u2netp" if st.session_state.cut_out else "none"
+    isolate = "auto" if st.session_state.cut_out else "none"
     try:
         recommender().embed_image(query.upload, crop, isolate)  # checks the frame now; cached for the search
     except (ImageError, ValueError) as error:

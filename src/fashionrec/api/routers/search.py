@@ -29,6 +29,7 @@ from fashionrec.api.models import (
     region_out,
 )
 from fashionrec.filters import parse_filters
+from fashionrec.garment import DEFAULT as DEFAULT_ISOLATION
 from fashionrec.garment import Method
 from fashionrec.images import parse_box
 from fashionrec.search import TextMode
@@ -47,9 +48,10 @@ CropQuery = Annotated[
 IsolateQuery = Annotated[
     Method,
     Query(
-        description="Cut the garment out of a busy photo first: `border` (cheap, helps colour), `u2netp` "
-        "(a segmentation model: best on scenes, about 60 ms more per photo; worse on plain product shots) or "
-        "`auto` (`u2netp`, except for a product shot framed like the catalog's, which it would only hurt)."
+        description="Cut the garment out of the photo first. `auto` (the default): U2-Net-p, a segmentation model "
+        "(the cheap `border` method on a plain backdrop; a person's upper body when the photo shows one), and "
+        "nothing for a product shot framed like the catalog's, a catalog image or a `crop`; or `u2netp`, "
+        "`border`, `none` (the photo as sent)."
     ),
 ]
 
@@ -63,7 +65,7 @@ async def search(
     filter: FilterQuery = [],  # noqa: B006 (FastAPI copies defaults)
     colour_weight: ColourWeight = 0.0,
     crop: CropQuery = None,
-    isolate: IsolateQuery = "none",
+    isolate: IsolateQuery = DEFAULT_ISOLATION,
     collapse: CollapseQuery = True,
     diversity: DiversityQuery = 0.0,
 ) -> MatchesOut:
@@ -126,7 +128,7 @@ async def search_regions(
     k: TopK = 10,
     filter: FilterQuery = [],  # noqa: B006 (FastAPI copies defaults)
     colour_weight: ColourWeight = 0.0,
-    isolate: IsolateQuery = "none",
+    isolate: IsolateQuery = DEFAULT_ISOLATION,
     collapse: CollapseQuery = True,
     diversity: DiversityQuery = 0.0,
 ) -> RegionsMatchesOut:
