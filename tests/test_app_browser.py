@@ -115,6 +115,11 @@ def shown_results(page: Page) -> list[str]:
     return [RESULT_CAPTION.search(text)[1] for text in page.get_by_text(RESULT_CAPTION).all_inner_texts()]
 
 
+def wait_until_idle(page: Page) -> None:
+    """Wait for the app's run to end: a tap that lands while Streamlit re-renders the page can be lost."""
+    expect(page.get_by_test_id("stStatusWidgetRunningIcon")).to_have_count(0)
+
+
 def wait_for_results(page: Page, done: Callable[[list[str]], bool]) -> list[str]:
     """Poll until the rerun has replaced the page's results with ones that satisfy `done`."""
     deadline = time.monotonic() + TIMEOUT_MS / 1000
@@ -141,6 +146,7 @@ def test_upload_then_more_like_this(
     screenshot(page, "app-upload.png")
 
     clicked = first[1]
+    wait_until_idle(page)
     page.get_by_role("button", name="More like this").nth(1).click()
     name = Recommender.open(built_index[0]).item(clicked).metadata["productDisplayName"]
     expect(page.get_by_role("heading", name=name)).to_be_visible()
@@ -179,6 +185,7 @@ def test_explore_map_opens_a_product(server: str, browser: Browser) -> None:
     page.get_by_role("button", name="More like this").wait_for()
     screenshot(page, "app-explore-map.png")
 
+    wait_until_idle(page)
     page.get_by_role("button", name="More like this").click()
     expect(page.get_by_role("heading", name="Similar products")).to_be_visible()
     # The product searched is in the address (the shared-URL state); a dot drawn over another can take the
@@ -205,6 +212,7 @@ def test_a_shared_url_on_a_phone(server: str, browser: Browser, built_index: tup
         box = element.bounding_box()
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE_WIDTH, box
     screenshot(page, "app-phone.png")
+    wait_until_idle(page)
     page.get_by_role("button", name="More like this").first.tap()  # the address follows the new query
     page.wait_for_url(re.compile(rf"item={re.escape(ids[0])}"))
 
