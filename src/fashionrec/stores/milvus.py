@@ -62,7 +62,7 @@ INDEXES: dict[str, tuple[dict[str, int], dict[str, int]]] = {
     "IVF_SQ8": ({"nlist": 1024}, {"nprobe": 64}),
     "HNSW": ({"M": 16, "efConstruction": 200}, {"ef": 128}),
 }
-# bench/milvus.py, docs/scaling.md. Milvus Lite: FLAT, the only exact one there (its IVF keeps 128 cells whatever
+# bench/milvus_scale.py, docs/scaling.md. Milvus Lite: FLAT, the only exact one there (its IVF keeps 128 cells whatever
 # asked, and its IVF and HNSW filter after the search: recall@10 0.2-0.7 with a 10% filter at 10k). A server:
 # IVF_FLAT (HNSW at ef 128 found 0.76 of the true top 10 under a 10% filter, IVF_FLAT 0.999).
 DEFAULT_INDEX = {"lite": "FLAT", "server": "IVF_FLAT"}
@@ -162,7 +162,7 @@ class MilvusStore:
         self.dim = dim
         self.index = index
         self.consistency = consistency  # what reads wait for (deletes look up with Strong whatever it is)
-        self.search_params = dict(INDEXES[index][1])  # what each search asks (bench/milvus.py sweeps it)
+        self.search_params = dict(INDEXES[index][1])  # what each search asks (bench/milvus_scale.py sweeps it)
         self._fields: set[str] | None = None  # the declared metadata fields; None until the collection exists
 
     @classmethod
