@@ -44,7 +44,7 @@ from scale import DIM, K, clustered, recall
 
 from fashionrec.colour import COLOUR_DIM
 from fashionrec.stores import open_store
-from fashionrec.stores.milvus import MilvusStore
+from fashionrec.stores.milvus import FILTER_WIDENING, INDEXES, MilvusStore
 from fashionrec.stores.milvus_server import local_server
 
 CLUSTERS = 5000
@@ -55,6 +55,7 @@ SWEEP = {  # search settings tried per index type (Lite: 128 IVF cells per segme
     "IVF_SQ8": [{"nprobe": 8}, {"nprobe": 16}, {"nprobe": 32}, {"nprobe": 64}],
     "HNSW": [{"ef": 32}, {"ef": 64}, {"ef": 128}, {"ef": 256}],
 }
+SERVER_ENGINE = "milvus 2.3.5 standalone server (pymilvus 3.0.2)"
 STRONG_QUERIES = 20  # Strong reads wait for the server's clock (~0.5 s each): a few are enough
 
 
@@ -142,8 +143,9 @@ def one_run(engine: str, size: int, index: str, queries: int, metadata: str, scr
         for name, filters, pool in cases:
             truth = pool[np.argsort(-(asked @ data[pool].T), axis=1)[:, :K]]
             rows = {}
-            for setting in SWEEP.get(index, [{}]):
-                store.search_params = setting
+            default = dict(INDEXES[index][1])  # last: the store's own settings, its filter widening included
+            for setting, widening in [*((sweep, 1) for sweep in SWEEP.get(index, [])), (default, FILTER_WIDENING)]:
+                store.search_params, store.filter_widening = setting, widening
                 store.search(asked[:3], K, filters)  # warm up
                 times, found = [], []
                 for query in asked:
@@ -152,6 +154,7 @@ def one_run(engine: str, size: int, index: str, queries: int, metadata: str, scr
                     times.append((time.perf_counter() - begun) * 1000)
                     found.append([int(hit.id) for hit in hits])
                 label = ",".join(f"{key}={value}" for key, value in setting.items()) or "exact"
+                label = f"default ({label}, filtered x{widening})" if widening != 1 and setting else label
                 rows[label] = {**percentiles(times), "recall@10": round(recall(found, truth), 4)}
                 print(f"  {index} {size} {name} {label}: {rows[label]}", file=sys.stderr)
             if engine == "server":  # the last setting again, as the store reads by default
@@ -172,6 +175,49 @@ def one_run(engine: str, size: int, index: str, queries: int, metadata: str, scr
     return figures
 
 
+def filter_cost(size: int, queries: int, scratch: Path) -> dict[str, object]:
+    """Filtered searches on a declared field and on a dynamic (JSON) key, side by side on one server.
+
+    Two FLAT collections of the same items, one with the column declared and one with it in the dynamic
+    field; the queries alternate between them, so both see the same load (this machine is shared, and
+    runs minutes apart differed more than the two layouts did).
+    """
+    centres = np.random.default_rng(1).standard_normal((CLUSTERS, DIM), dtype=np.float32)
+    data = clustered(size, CLUSTERS, 0, centres)
+    asked = clustered(queries, CLUSTERS, 2, centres)
+    labels = np.random.default_rng(3).integers(0, VALUES, size)
+    colours = np.full((size, COLOUR_DIM), 1 / np.sqrt(COLOUR_DIM), np.float32)
+    metadata = [{"articleType": f"type{label}"} for label in labels]
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch) as folder, local_server(Path(folder) / "milvus-server") as address:
+        stores = {}
+        for layout in ("declared", "dynamic"):
+            store = open_store(
+                f"milvus://{address}?collection={layout}&index=FLAT&consistency=Bounded", Path(folder), DIM
+            )
+            if layout == "dynamic":
+                store.upsert(["-"], data[:1], colours[:1], [{}])  # created without the column: it goes to JSON
+                store.delete(["-"])
+            for start in range(0, size, BATCH):
+                end = min(size, start + BATCH)
+                store.upsert(
+                    [str(n) for n in range(start, end)], data[start:end], colours[start:end], metadata[start:end]
+                )
+            wait_indexed(store, size)
+            stores[layout] = store
+        times: dict[str, list[float]] = {layout: [] for layout in stores}
+        for query in asked:
+            for layout, store in stores.items():
+                begun = time.perf_counter()
+                store.search(query, K, {"articleType": ["type0"]})
+                times[layout].append((time.perf_counter() - begun) * 1000)
+        for store in stores.values():
+            store.close()
+    figures: dict[str, object] = {layout: percentiles(values[3:]) for layout, values in times.items()}  # warm-up
+    figures["dynamic_over_declared_p50"] = round(figures["dynamic"]["p50_ms"] / figures["declared"]["p50_ms"], 2)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engine", choices=["lite", "server"], default="lite")
@@ -184,7 +230,16 @@ def main() -> None:
     )
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per run before it is given up")
     parser.add_argument("--one", nargs=2, metavar=("SIZE", "INDEX"), help=argparse.SUPPRESS)
+    parser.add_argument("--filter-cost", type=int, metavar="SIZE", help="a server: filters on declared vs JSON fields")
     args = parser.parse_args()
+    if args.filter_cost:
+        figures = filter_cost(args.filter_cost, args.queries, args.scratch)
+        print(json.dumps(figures))
+        previous = RESULTS / "milvus_server.json"
+        runs = json.loads(previous.read_text())["runs"] if previous.exists() else {}
+        runs[f"filter_cost@{args.filter_cost}"] = {"size": args.filter_cost, "queries": args.queries, **figures}
+        write_results("milvus_server", {"engine": SERVER_ENGINE, "dim": DIM, "k": K, "runs": runs})
+        return
     if args.one:
         figures = one_run(args.engine, int(args.one[0]), args.one[1], args.queries, args.metadata, args.scratch)
         print("RESULT " + json.dumps(figures))
@@ -207,8 +262,8 @@ def main() -> None:
             runs: dict[str, dict[str, object]] = json.loads(previous.read_text())["runs"] if previous.exists() else {}
             runs[key] = {"size": size, "index": index, "metadata": args.metadata, **outcome}
             print(json.dumps(runs[key]), flush=True)
-            engine = "milvus-lite 3.2.2" if args.engine == "lite" else "milvus 2.3.5 standalone server"
-            write_results(name, {"engine": f"{engine} (pymilvus 3.0.2)", "dim": DIM, "k": K, "runs": runs})
+            engine = "milvus-lite 3.2.2 (pymilvus 3.0.2)" if args.engine == "lite" else SERVER_ENGINE
+            write_results(name, {"engine": engine, "dim": DIM, "k": K, "runs": runs})
 
 
 if __name__ == "__main__":
