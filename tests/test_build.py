@@ -106,7 +106,11 @@ def test_incremental_rebuild_embeds_only_what_changed(tmp_path: Path, encoder: E
 
 def index_command(folder: Path, index: Path, log: Path) -> subprocess.Popen:
     """`fashionrec index` on the runner under test, in its own session, its output in a file: a pipe nobody
-    reads while it runs could fill up (with Ray's logs) and stall the build."""
+    reads while it runs could fill up (with Ray's logs) and stall the build.
+
+    Ctrl-C gets its default meaning back in the child: a shell that runs the tests in the background (`&`)
+    ignores SIGINT, every child inherits that, and the build would run to its end.
+    """
     command = ["index", str(folder), "--out", str(index), "--runner", TEST_RUNNER]
     with open(log, "w") as out:
         return subprocess.Popen(
@@ -115,6 +119,7 @@ def index_command(folder: Path, index: Path, log: Path) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
 
 

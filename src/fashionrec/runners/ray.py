@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -83,7 +81,7 @@ class RayRunner:
     def run(self, work: Sequence[ToEmbed], source: ImageSource, encoder: Encoder) -> Iterator[Embedded]:
         """Embed `work` in batches as the actors finish them; unreadable and bad images come back as problems."""
         by_id = {entry.item.id: entry.item for entry in work}
-        with ray_session(self.address), _interrupted_between_batches() as interrupted:
+        with ray_session(self.address):
             resources = ray.cluster_resources()
             gpus = int(resources.get("GPU", 0))
             actors = self.actors or gpus or max(1, int(resources.get("CPU", 1)))
@@ -103,8 +101,6 @@ class RayRunner:
                 )
                 for batch in dataset.iter_batches(batch_size=COMMIT_EVERY, batch_format="numpy"):
                     yield _embedded(batch, by_id)
-                    if interrupted.is_set():
-                        raise KeyboardInterrupt
 
 
 @contextmanager
@@ -123,32 +119,6 @@ def ray_session(address: str | None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
-
-
-@contextmanager
-def _interrupted_between_batches() -> Iterator[threading.Event]:
-    """Ctrl-C sets the event, and the build stops after the batch in hand (stored first: a rerun resumes).
-
-    A KeyboardInterrupt raised wherever the signal lands did not always stop a Ray build: in one test run
-    the build went on to the end after SIGINT reached the driver (cause not found; Ray Data's iterator
-    threads and the core worker's blocking calls are both on that path). Off the main thread (a signal
-    handler cannot be set there) the default behaviour stays.
-    """
-    event = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield event
-        return
-
-    def stop(_signal: int, _frame: object) -> None:
-        if event.is_set():  # a second Ctrl-C stops at once, wherever the build is
-            raise KeyboardInterrupt
-        event.set()
-
-    previous = signal.signal(signal.SIGINT, stop)
-    try:
-        yield event
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 Rows = list[dict[str, object]]

@@ -19,7 +19,7 @@ dynamic keys: a server evaluates a filter on a dynamic key by parsing each row's
 measures both), and a JSON field of our own is worse still on Milvus Lite (row by row in Python).
 
 Reads use Strong consistency by default: a search right after an upsert or a delete, from this process or
-another, sees it. On a server that costs a wait for the cluster's clock on every read (0.4-0.5 s a query
+another, sees it. On a server that costs a wait for the cluster's clock on every read (0.2-0.4 s a query
 measured here); `?consistency=Bounded` answers in milliseconds and may miss writes of the last few
 seconds. Deletes always look their ids up with Strong consistency, so they count what was really there.
 
