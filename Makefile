@@ -66,8 +66,11 @@ lint: test-setup
 
 test: lint browser
 	$(BIN)/pytest -q
-	# The search and API tests again with the session index on embedded Milvus Lite (tests/conftest.py).
+	# The search and API tests again with the session index on embedded Milvus Lite, then on a Milvus 2.3.5 server
+	# the session starts (the `milvus` package, in a temp folder); the build tests again on a local Ray (tests/conftest.py).
 	FASHIONREC_TEST_STORE=milvus $(BIN)/pytest -q tests/test_search.py tests/test_api.py
+	FASHIONREC_TEST_STORE=milvus-server $(BIN)/pytest -q tests/test_search.py tests/test_api.py
+	FASHIONREC_TEST_RUNNER=ray $(BIN)/pytest -q tests/test_build.py
 
 # The fast core while working: lint and every test not marked `slow` or `browser` (no chromium needed).
 test-fast: lint

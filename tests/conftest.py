@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import random
+import re
+import secrets
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -24,16 +28,24 @@ from fashionrec.build import BuildReport, build_index
 from fashionrec.catalog import load_catalog
 from fashionrec.encoders import Encoder, load_encoder
 from fashionrec.images import decode
+from fashionrec.index import MANIFEST, IndexStore, write_json_atomic
+from fashionrec.stores import open_store
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ZIP = Path(
     os.environ.get("FASHIONREC_DATA", REPO.parent / "shared" / "data" / "fashion-product-images-small.zip")
 )
 SAMPLE_SIZE = 300
-# FASHIONREC_TEST_STORE=milvus: the session index keeps its vectors in embedded Milvus Lite (`make test` reruns
-# the search and API tests that way); unset, in files (the default store).
-TEST_STORES = {"": "files", "files": "files", "milvus": "milvus://milvus.db"}
-TEST_STORE = TEST_STORES[os.environ.get("FASHIONREC_TEST_STORE", "")]
+# Where the session index keeps its vectors: FASHIONREC_TEST_STORE=milvus for embedded Milvus Lite,
+# milvus-server for a Milvus standalone server the session starts (`make test` reruns the search and API
+# tests both ways); unset, in files (the default store).
+TEST_STORE = os.environ.get("FASHIONREC_TEST_STORE", "") or "files"
+if TEST_STORE not in ("files", "milvus", "milvus-server"):
+    raise ValueError(f"FASHIONREC_TEST_STORE={TEST_STORE!r}: use files, milvus (Lite) or milvus-server")
+# FASHIONREC_TEST_RUNNER=ray: the build tests (tests/test_build.py) build on a local Ray (`make test` reruns them).
+TEST_RUNNER = os.environ.get("FASHIONREC_TEST_RUNNER", "") or "local"
+if TEST_RUNNER not in ("local", "ray"):
+    raise ValueError(f"FASHIONREC_TEST_RUNNER={TEST_RUNNER!r}: use local or ray")
 
 
 def read_styles() -> tuple[list[str], list[list[str]]]:
@@ -80,10 +92,30 @@ def side_by_side(left: Path, right: Path) -> bytes:
 def copy_index(index: Path, to: Path) -> Path:
     """A copy of an index directory, made by another process. Reading an SQLite file in this process while its
     connections are open would drop their POSIX locks (closing any descriptor of a file does), and SQLite would
-    then delete the shared -shm file under them: later opens fail with SQLITE_IOERR_SHORT_READ."""
+    then delete the shared -shm file under them: later opens fail with SQLITE_IOERR_SHORT_READ.
+
+    A copy of an index on a Milvus server gets a collection of its own, so writing to it leaves the original's alone.
+    """
     to.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["cp", "-a", str(index), str(to)], check=True)
+    uri = json.loads((to / MANIFEST).read_text()).get("store", "files")
+    if re.match(r"milvus://[^?]*:\d+(\?|$)", uri):
+        own_collection(to)
     return to
+
+
+def own_collection(index: Path) -> None:
+    """Copy the items of the collection an index names into a new collection, and point the index at it."""
+    records = IndexStore.open(index)
+    uri = re.sub(r"collection=\w+", f"collection=copy_{secrets.token_hex(8)}", records.store.uri)
+    copy = open_store(uri, index, records.dim)
+    try:
+        for items, vectors, colours in records.load():
+            copy.upsert([item.id for item in items], vectors, colours, [item.metadata for item in items])
+    finally:
+        copy.close()
+        records.close()
+    write_json_atomic(index / MANIFEST, {**records.manifest, "store": uri})
 
 
 @contextmanager
@@ -139,11 +171,49 @@ def encoder() -> Encoder:
 
 
 @pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Milvus standalone server for the session ("127.0.0.1:PORT"), its binaries and data in a temp folder
+    (half a gigabyte, removed at the end)."""
+    from fashionrec.stores.milvus_server import local_server
+
+    base = tmp_path_factory.mktemp("milvus-server")
+    with local_server(base) as address:
+        yield address
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def test_store(request: pytest.FixtureRequest) -> str:
+    """The store URI the session index is built with (see TEST_STORE)."""
+    if TEST_STORE == "milvus-server":
+        return f"milvus://{request.getfixturevalue('milvus_server')}"
+    return {"files": "files", "milvus": "milvus://milvus.db"}[TEST_STORE]
+
+
+@pytest.fixture(scope="session")
+def ray_if_chosen() -> Iterator[None]:
+    """With FASHIONREC_TEST_RUNNER=ray, one local Ray for the session's in-process builds (a runner uses the Ray
+    it finds running and leaves it up); nothing otherwise."""
+    if TEST_RUNNER != "ray":
+        yield
+        return
+    from fashionrec.runners.ray import ray_session
+
+    with ray_session(None):
+        yield
+
+
+@pytest.fixture(scope="session")
 def built_index(
-    tmp_path_factory: pytest.TempPathFactory, sample_catalog: Path, encoder: Encoder
+    tmp_path_factory: pytest.TempPathFactory,
+    sample_catalog: Path,
+    encoder: Encoder,
+    test_store: str,
+    ray_if_chosen: None,
 ) -> tuple[Path, BuildReport]:
     out = tmp_path_factory.mktemp("index") / "idx"
-    report = build_index(load_catalog(sample_catalog), out, encoder, workers=2, progress=False, store=TEST_STORE)
+    catalog = load_catalog(sample_catalog)
+    report = build_index(catalog, out, encoder, workers=2, progress=False, store=test_store, runner=TEST_RUNNER)
     return out, report
 
 

@@ -1,12 +1,16 @@
-"""The Milvus store on a real engine: embedded Milvus Lite in a temp folder (the shared contract, plus
-what only Milvus has: URIs, expression escaping, a restart in another process, server errors)."""
+"""The Milvus store on real engines: embedded Milvus Lite in a temp folder, and a Milvus 2.3.5 standalone
+server the session starts (the shared contract on both, plus what only Milvus has: URIs, expression
+escaping, declared metadata fields, consistency levels, a restart in another process, server errors)."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +20,7 @@ import store_contract as contract
 import fashionrec
 from fashionrec.colour import COLOUR_DIM
 from fashionrec.stores import StoreError, open_store
-from fashionrec.stores.milvus import MilvusStore, filter_expression, literal
+from fashionrec.stores.milvus import METADATA_BYTES, MilvusStore, filter_expression, literal
 
 from conftest import run_cli, sample_rows, write_catalog
 
@@ -32,44 +36,70 @@ CHECKS = [
 HOSTILE = ['say "hi"', "back\\slash", '" or 1==1', '\\" or id != "', "line\nbreak", "tab\there", "it's"]
 
 
-@pytest.fixture(scope="module")
-def index_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One Lite database for the module; each test has its own collection in it (a fresh, empty store)."""
-    return tmp_path_factory.mktemp("milvus-index")
+@dataclass(frozen=True)
+class Engine:
+    """Where a test's stores live: a Lite database of its own (an idle module-wide one lost its gRPC
+    connection to Milvus Lite's keepalive policy), or a collection of its own on the session's server."""
+
+    kind: str  # "lite" or "server"
+    target: str  # what follows milvus://
+    directory: Path  # the index directory a relative Lite path is relative to
+
+    def uri(self, name: str, **options: str) -> str:
+        """The store URI of collection `name` (unique on the server: the session's tests share it)."""
+        suffix = f"_{secrets.token_hex(4)}" if self.kind == "server" else ""
+        query = "".join(f"&{key}={value}" for key, value in options.items())
+        return f"milvus://{self.target}?collection={name}{suffix}{query}"
 
 
-def fresh(index_dir: Path, name: str, dim: int = contract.DIM) -> MilvusStore:
-    store = open_store(f"milvus://lite.db?collection={name}", index_dir, dim)
+@pytest.fixture(params=["lite", pytest.param("server", marks=pytest.mark.slow)])  # the server: ~2 min of tests
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
+    if request.param == "lite":
+        return Engine("lite", "lite.db", tmp_path)
+    return Engine("server", request.getfixturevalue("milvus_server"), tmp_path)
+
+
+def fresh(engine: Engine, name: str, dim: int = contract.DIM) -> MilvusStore:
+    return opened(engine.uri(name), engine, dim)
+
+
+def opened(uri: str, engine: Engine, dim: int = contract.DIM) -> MilvusStore:
+    store = open_store(uri, engine.directory, dim)
     assert isinstance(store, MilvusStore)
     return store
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__)
-def test_contract(index_dir: Path, check) -> None:  # noqa: ANN001
-    store = fresh(index_dir, f"contract_{check.__name__}")
+def test_contract(engine: Engine, check) -> None:  # noqa: ANN001
+    store = fresh(engine, f"contract_{check.__name__}")
     try:
         check(store)
     finally:
         store.close()
 
 
-def test_contract_durable(index_dir: Path) -> None:
-    contract.check_durable(lambda: fresh(index_dir, "durable"))
+def test_contract_durable(engine: Engine) -> None:
+    uri = engine.uri("durable")
+    contract.check_durable(lambda: opened(uri, engine))
 
 
-def test_survives_a_restart_in_another_process(tmp_path: Path) -> None:
-    """Written by one process that then exits, read by this one: the Lite folder holds everything."""
+def test_survives_a_restart_in_another_process(engine: Engine) -> None:
+    """Written by one process that then exits, read by this one: the engine holds everything."""
+    uri = engine.uri("kept")
     code = (
         "import sys; from pathlib import Path; import store_contract as c; from fashionrec.stores import open_store\n"
-        "s = open_store('milvus://restart.db?collection=kept', Path(sys.argv[1]), c.DIM)\n"
+        "s = open_store(sys.argv[1], Path(sys.argv[2]), c.DIM)\n"
         "ids, *_ = c.filled(s); s.delete([ids[0]]); s.close()\n"
     )
     path = os.pathsep.join([str(Path(__file__).parent), str(Path(fashionrec.__file__).parents[1])])
     subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path)], check=True, timeout=300, env={**os.environ, "PYTHONPATH": path}
+        [sys.executable, "-c", code, uri, str(engine.directory)],
+        check=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": path},
     )
     ids, vectors, colours, _ = contract.catalog()
-    store = open_store("milvus://restart.db?collection=kept", tmp_path, contract.DIM)
+    store = opened(uri, engine)
     try:
         assert store.count() == contract.ITEMS - 1
         assert np.allclose(store.colours(ids[1:3]), colours[1:3], atol=contract.TOLERANCE)
@@ -79,9 +109,9 @@ def test_survives_a_restart_in_another_process(tmp_path: Path) -> None:
         store.close()
 
 
-def test_quotes_and_backslashes_stay_data(index_dir: Path) -> None:
+def test_quotes_and_backslashes_stay_data(engine: Engine) -> None:
     """Hostile ids and values are matched literally: none widens a filter or an exclusion."""
-    store = fresh(index_dir, "hostile")
+    store = fresh(engine, "hostile")
     try:
         ids = [f"id {value}" for value in HOSTILE]
         vectors = contract.unit_rows(len(ids), contract.DIM, 3)
@@ -99,9 +129,9 @@ def test_quotes_and_backslashes_stay_data(index_dir: Path) -> None:
         store.close()
 
 
-def test_any_column_name_is_a_name(index_dir: Path) -> None:
+def test_any_column_name_is_a_name(engine: Engine) -> None:
     """Column names with quotes, brackets or spaces are stored and filtered as names, never as expression."""
-    store = fresh(index_dir, "columns")
+    store = fresh(engine, "columns")
     columns = ['t"] or 1==1 or m_x in ["', "na me", "1st", "baseColour"]
     try:
         vectors = contract.unit_rows(len(columns), contract.DIM, 5)
@@ -145,14 +175,17 @@ def test_relative_path_is_the_index_directory_s(tmp_path: Path, monkeypatch: pyt
         again.close()
 
 
-def test_another_dimension_is_refused(index_dir: Path) -> None:
-    fresh(index_dir, "eight").close()
+def test_another_dimension_is_refused(engine: Engine) -> None:
+    uri = engine.uri("eight")
+    store = opened(uri, engine)
+    contract.filled(store, 3)  # the first upsert creates the collection
+    store.close()
     with pytest.raises(StoreError, match="holds 8-d vectors"):
-        fresh(index_dir, "eight", dim=16)
+        opened(uri, engine, dim=16)
 
 
-def test_wrong_shapes_are_refused(index_dir: Path) -> None:
-    store = fresh(index_dir, "shapes")
+def test_wrong_shapes_are_refused(engine: Engine) -> None:
+    store = fresh(engine, "shapes")
     ids, vectors, colours, metadata = contract.catalog(4)
     try:
         with pytest.raises(ValueError, match="3 vectors"):
@@ -161,6 +194,11 @@ def test_wrong_shapes_are_refused(index_dir: Path) -> None:
             store.upsert(ids, np.hstack([vectors, vectors]), colours, metadata)
         with pytest.raises(ValueError, match="bad item id"):
             store.upsert(["", *ids[1:]], vectors, colours, metadata)
+        too_long = [*metadata[:3], {"productDisplayName": "x" * (METADATA_BYTES + 1)}]
+        with pytest.raises(
+            ValueError, match=f"item 'item-3': its 'productDisplayName' value is longer than {METADATA_BYTES}"
+        ):
+            store.upsert(ids, vectors, colours, too_long)
         assert store.count() == 0, "a refused upsert wrote something"
     finally:
         store.close()
@@ -174,6 +212,7 @@ def test_wrong_shapes_are_refused(index_dir: Path) -> None:
         ("milvus://x.db?collection=a-b", "bad collection name"),
         ("milvus://x.db?index=DISKANN", "unknown index"),
         ("milvus://x.db?password=x", "unknown option"),
+        ("milvus://x.db?consistency=Sometimes", "unknown consistency 'Sometimes'; choose from Strong, Bounded"),
         ("milvus://127.0.0.1:1", "cannot open Milvus at http://127.0.0.1:1"),
     ],
 )
@@ -209,9 +248,11 @@ def test_cli_builds_resumes_and_searches_on_milvus_lite(tmp_path: Path) -> None:
     assert len(matches) == 3 and rows[0][0] not in {m["id"] for m in matches}
 
 
-def test_another_client_reads_its_writes_at_once(index_dir: Path) -> None:
-    """Strong consistency: a second connection sees an upsert and a delete the moment they return."""
-    writer, reader = fresh(index_dir, "consistency"), fresh(index_dir, "consistency")
+def test_another_client_reads_its_writes_at_once(engine: Engine) -> None:
+    """Strong consistency (the default): a second connection, opened before the collection existed, sees an
+    upsert and a delete the moment they return."""
+    uri = engine.uri("consistency")
+    writer, reader = opened(uri, engine), opened(uri, engine)
     try:
         ids, vectors, colours, metadata = contract.catalog(10)
         for n in range(10):
@@ -222,3 +263,55 @@ def test_another_client_reads_its_writes_at_once(index_dir: Path) -> None:
     finally:
         writer.close()
         reader.close()
+
+
+def test_a_bounded_reader_sees_the_writes_soon(engine: Engine) -> None:
+    """`?consistency=Bounded` is recorded and used for reads; the writes show up within seconds."""
+    uri = engine.uri("bounded")
+    writer = opened(uri, engine)
+    reader = opened(f"{uri}&consistency=bounded", engine)
+    try:
+        assert reader.consistency == "Bounded" and reader.uri.endswith("&consistency=Bounded"), reader.uri
+        assert writer.consistency == "Strong" and "consistency" not in writer.uri
+        ids, vectors, _, _ = contract.filled(writer, 20)
+        deadline = time.monotonic() + 60  # Milvus's bound is a few seconds; the deadline only ends a broken run
+        while reader.count() < 20 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert reader.count() == 20 and reader.search(vectors[7], 1)[0][0].id == ids[7]
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_metadata_columns_are_declared_fields(engine: Engine) -> None:
+    """The first upsert's columns become VARCHAR fields (filtered as columns, not parsed from JSON); a column
+    first seen later is kept in the dynamic field and filters the same; a missing value filters as ""."""
+    store = fresh(engine, "declared")
+    try:
+        ids, vectors, colours, metadata = contract.filled(store, 12)
+        fields = {f["name"]: f for f in store._client.describe_collection(store.collection)["fields"]}
+        assert {"m_baseColour", "m_articleType", "m_year"} <= set(fields), sorted(fields)
+        assert fields["m_baseColour"]["type"].name == "VARCHAR"
+        store.upsert(["late"], vectors[:1], colours[:1], [{"season": "Summer"}])
+        assert "m_season" not in {f["name"] for f in store._client.describe_collection(store.collection)["fields"]}
+        assert [hit.id for hit in store.search(vectors[0], 5, {"season": ["Summer"]})[0]] == ["late"]
+        assert [hit.id for hit in store.search(vectors[0], 5, {"baseColour": [""]})[0]] == ["late"]
+        reds = {ids[n] for n, meta in enumerate(metadata) if meta["baseColour"] == "Red"}
+        assert {hit.id for hit in store.search(vectors[0], 12, {"baseColour": ["Red"]})[0]} == reds
+    finally:
+        store.close()
+
+
+def test_default_index_per_engine(engine: Engine) -> None:
+    """Exact FLAT on Lite (its IVF and HNSW filter after the search); IVF_FLAT on a server (docs/scaling.md)."""
+    store = fresh(engine, "default_index")
+    try:
+        contract.filled(store, 5)
+        built = store._client.describe_index(store.collection, "vector")["index_type"]
+        assert built == store.index == {"lite": "FLAT", "server": "IVF_FLAT"}[engine.kind]
+        if engine.kind == "server":  # a filtered search probes 8x the cells: most of what it finds fails the filter
+            assert store._search_params(10, False) == {"nprobe": 64} and store._search_params(10, True) == {
+                "nprobe": 512
+            }
+    finally:
+        store.close()
