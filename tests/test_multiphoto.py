@@ -24,7 +24,7 @@ from fashionrec.encoders import Encoder
 from fashionrec.index import DATABASE, IndexStore, photo_key
 from fashionrec.search import Recommender, UnknownPhotoError
 
-from conftest import TEST_STORE, copy_index, run_cli, sample_rows, write_catalog
+from conftest import copy_index, run_cli, sample_rows, write_catalog
 
 PRODUCTS = 12
 COLUMNS = ["id", "photo_front", "photo_back", "tag", "articleType", "productDisplayName"]
@@ -64,11 +64,13 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[list[str]
 
 
 @pytest.fixture(scope="module")
-def multi_index(tmp_path_factory: pytest.TempPathFactory, shop: tuple[Path, list[list[str]]], encoder: Encoder) -> Path:
+def multi_index(
+    tmp_path_factory: pytest.TempPathFactory, shop: tuple[Path, list[list[str]]], encoder: Encoder, test_store: str
+) -> Path:
     folder, rows = shop
     catalog = load_catalog(write_rows(folder / "products.csv", rows), image_column="photo_front,photo_back")
     out = tmp_path_factory.mktemp("multi") / "idx"
-    build_index(catalog, out, encoder, workers=0, progress=False, store=TEST_STORE)
+    build_index(catalog, out, encoder, workers=0, progress=False, store=test_store)
     return out
 
 
@@ -154,7 +156,7 @@ def test_item_search_leaves_out_all_of_its_photos(multi_index: Path, shop: tuple
 
 
 def test_adding_or_removing_one_photo_embeds_only_it(
-    tmp_path: Path, shop: tuple[Path, list[list[str]]], encoder: Encoder
+    tmp_path: Path, shop: tuple[Path, list[list[str]]], encoder: Encoder, test_store: str
 ) -> None:
     folder, rows = shop
     rows = [list(row) for row in rows]
@@ -162,7 +164,7 @@ def test_adding_or_removing_one_photo_embeds_only_it(
 
     def build(rows: list[list[str]]) -> tuple[int, int]:
         catalog = load_catalog(write_rows(path, rows), image_column="photo_*")
-        report = build_index(catalog, out, encoder, workers=0, progress=False, store=TEST_STORE)
+        report = build_index(catalog, out, encoder, workers=0, progress=False, store=test_store)
         return report.embedded, len(IndexStore.open(out).photo_hashes())
 
     assert build(rows) == (PRODUCTS + PRODUCTS - 2, PRODUCTS - 2)
