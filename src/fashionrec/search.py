@@ -419,7 +419,7 @@ class Snapshot:
             query.vector[None, :], asked, filters, () if exclude is None else self.keys_of(exclude)
         )
         exhausted = len(hits) < asked
-        hits = [hit for hit in hits if hit.id in self.positions or hit.id in self.owners]
+        hits = self.known(hits)
         scores = np.array([hit.score for hit in hits], dtype=np.float32)
         if query.colour_weight and hits:
             colours = self.store.colours([hit.id for hit in hits])
@@ -433,9 +433,9 @@ class Snapshot:
         return found[:wanted], matched, exhausted and len(found) <= wanted
 
     def known(self, hits: list[Hit]) -> list[Hit]:
-        """The hits that have an item record: a store may briefly hold vectors of an item being added or
-        removed (see the write order in index.py)."""
-        return [hit for hit in hits if hit.id in self.positions]
+        """The hits that have a record, a product's or a further photo's: a store may briefly hold vectors of an
+        item being added or removed (see the write order in index.py)."""
+        return [hit for hit in hits if hit.id in self.positions or hit.id in self.owners]
 
     def vectors(self, positions: Sequence[int]) -> np.ndarray:
         """The stored vectors of the items at these positions."""
