@@ -58,6 +58,9 @@ RECIPES: dict[str, tuple[dict[str, object], int]] = {  # name: (TrainConfig fiel
     "e12": (MAKE_RUN | {"epochs": 12}, 4),
     "e10": (MAKE_RUN | {"epochs": 10}, 5),
     "e8": (MAKE_RUN | {"epochs": 8}, 4),
+    "now": (MAKE_RUN, 8),  # `make run` since #16.4: validated every 8 epochs
+    "h1024": (MAKE_RUN | {"hidden": 1024}, 8),  # half the adapter's hidden width: about half its FLOPs
+    "m2": (MAKE_RUN | {"members": 2}, 8),  # two members instead of three
 }
 DERIVED = {"today_validate4": "today"}
 

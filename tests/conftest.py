@@ -191,16 +191,19 @@ def test_store(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_if_chosen() -> Iterator[None]:
-    """With FASHIONREC_TEST_RUNNER=ray, one local Ray for the session's in-process builds (a runner uses the Ray
-    it finds running and leaves it up); nothing otherwise."""
-    if TEST_RUNNER != "ray":
+def ray_instance() -> Iterator[None]:
+    """One local Ray for the whole session's in-process builds: a runner uses the Ray it finds running and
+    leaves it up, and each start is a chance to meet Ray's start-up time-out on busy cores."""
+    runner = pytest.importorskip("fashionrec.runners.ray")
+    with runner.ray_session(None):
         yield
-        return
-    from fashionrec.runners.ray import ray_session
 
-    with ray_session(None):
-        yield
+
+@pytest.fixture(scope="session")
+def ray_if_chosen(request: pytest.FixtureRequest) -> None:
+    """With FASHIONREC_TEST_RUNNER=ray, the session's Ray for the build suite; nothing otherwise."""
+    if TEST_RUNNER == "ray":
+        request.getfixturevalue("ray_instance")
 
 
 @pytest.fixture(scope="session")

@@ -278,17 +278,17 @@ def test_one_photo_per_product_stays_as_it_was(built_index: tuple[Path, object])
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_ray_builds_photos_as_local_does(tmp_path: Path, shop: tuple[Path, list[list[str]]], encoder: Encoder) -> None:
+def test_ray_builds_photos_as_local_does(
+    tmp_path: Path, shop: tuple[Path, list[list[str]]], encoder: Encoder, ray_instance: None
+) -> None:
     """A build on Ray records the same photos, so the local runner then finds nothing to embed, and back."""
-    runner = pytest.importorskip("fashionrec.runners.ray")
     folder, rows = shop
     path, out = write_rows(folder / "ray.csv", rows), tmp_path / "idx"
-    with runner.ray_session(None):
-        report = build_index(load_catalog(path, image_column="photo_*"), out, encoder, runner="ray", progress=False)
-        assert (report.embedded, report.total) == (2 * PRODUCTS - 2, PRODUCTS)
-        rows = [list(row) for row in rows]
-        rows[0][2] = ""
-        again = build_index(load_catalog(write_rows(path, rows), image_column="photo_*"), out, encoder, runner="ray")
-        assert again.embedded == 0 and len(IndexStore.open(out).photo_hashes()) == PRODUCTS - 3
+    report = build_index(load_catalog(path, image_column="photo_*"), out, encoder, runner="ray", progress=False)
+    assert (report.embedded, report.total) == (2 * PRODUCTS - 2, PRODUCTS)
+    rows = [list(row) for row in rows]
+    rows[0][2] = ""
+    again = build_index(load_catalog(write_rows(path, rows), image_column="photo_*"), out, encoder, runner="ray")
+    assert again.embedded == 0 and len(IndexStore.open(out).photo_hashes()) == PRODUCTS - 3
     local = build_index(load_catalog(path, image_column="photo_*"), out, encoder, workers=0, progress=False)
     assert local.embedded == 0

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 from image_server import ImageServer
 from test_encoder_int8 import int8_cache  # noqa: F401  # a fixture: an int8 cache of this module's own
-from test_runners import ray_instance  # noqa: F401  # a fixture: one Ray for this module
 
 from fashionrec.build import BuildReport, build_index
 from fashionrec.catalog import ImageSource, load_catalog
@@ -206,7 +205,7 @@ def test_the_ray_runner_reads_fetched_urls(
     server: ImageServer,
     photos: dict[str, bytes],
     encoder: Encoder,
-    ray_instance: None,  # noqa: F811  # the fixture imported above
+    ray_instance: None,
 ) -> None:
     rows = [*url_rows(server, sorted(photos)[:20]), ("gone", server.url("/missing"))]
     catalog = load_catalog(write_table(tmp_path, rows), image_column="image")

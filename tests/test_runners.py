@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +24,6 @@ def vectors_by_id(index: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         for items, vectors, colours in IndexStore.open(index).load()
         for item, vector, colour in zip(items, vectors, colours, strict=True)
     }
-
-
-@pytest.fixture(scope="module")
-def ray_instance() -> Iterator[None]:
-    """One Ray for the module's in-process builds: a runner uses the Ray it finds running and leaves it up."""
-    runner = pytest.importorskip("fashionrec.runners.ray")
-    with runner.ray_session(None):
-        yield
 
 
 def test_runners_are_chosen_by_name_with_clear_errors(tmp_path: Path, sample_catalog: Path, encoder: Encoder) -> None:

@@ -33,8 +33,11 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 import ray  # noqa: E402
 import ray.data  # noqa: E402
 
+log = logging.getLogger(__name__)
+
 PARTITION_BYTES = 256 * 2**20  # image bytes the driver reads and ships per Ray dataset: bounds its memory
 ACTOR_BATCH = 64  # images per actor call: the encoder's own batch
+LOCAL_START_TRIES = 3  # starts of a local Ray before its start-up time-out is reported
 ACTOR_CPUS = 0.5  # fractional: whole-CPU actors on a small machine starve Ray Data's other tasks and hang
 
 
@@ -114,11 +117,27 @@ def ray_session(address: str | None) -> Iterator[None]:
     if address:
         ray.init(address=address, logging_level="WARNING")
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+        _start_local_ray()
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _start_local_ray() -> None:
+    """A local Ray with every core, started again when its node misses Ray's fixed 30 s start-up window:
+    on cores busy with other work the raylet can register late, and a second start then succeeds."""
+    for attempt in range(1, LOCAL_START_TRIES + 1):
+        try:
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+            return
+        except Exception as error:  # Ray raises a bare Exception for this
+            if "timed out during startup" not in str(error) or attempt == LOCAL_START_TRIES:
+                raise
+            log.warning(
+                "a local Ray did not start in time (try %d of %d); starting it again", attempt, LOCAL_START_TRIES
+            )
+            ray.shutdown()
 
 
 Rows = list[dict[str, object]]
