@@ -53,6 +53,7 @@ SETTINGS = {  # name -> (searched part, isolation: a world.py method setting)
     "whole photo, auto (default)": ("whole", "auto"),
     "whole photo, auto, a person kept whole": ("whole", "auto,person=whole"),
     "whole photo, auto, no pose model": ("whole", "auto,person=ignore"),
+    "whole photo, auto, the closer of upper body and whole": ("whole", "auto,person=upper body or whole"),
     "region": ("region", "none"),
     "region, isolated": ("region", "u2netp"),
 }

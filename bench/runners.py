@@ -157,6 +157,7 @@ def main() -> None:
     parser.add_argument("--baseline", help="Also build with the local build of this git ref (before the seam).")
     parser.add_argument("--no-ray", action="store_true", help="Only local (and baseline): the before/after check.")
     parser.add_argument("--rounds", type=int, default=1, help="Rounds of all contenders, in alternating order.")
+    parser.add_argument("--results", help="the results' name: bench/results/NAME.json (default: by contenders)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         work = Path(directory)
@@ -187,7 +188,8 @@ def main() -> None:
     for key, value in figures.items():
         if key not in ("runners", "runs"):
             print(f"{key}: {value}")
-    write_results("runners" if "ray" in results else "runners-local-before-after", figures)
+    default = "runners" if "ray" in results else "runners-local-before-after"
+    write_results(args.results or default, figures)
 
 
 if __name__ == "__main__":

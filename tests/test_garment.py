@@ -252,6 +252,29 @@ def test_auto_searches_the_top_of_a_person_not_the_salient_person() -> None:
     assert np.array_equal(np.asarray(isolated.image), np.asarray(crop(photo, upper.box)))
 
 
+def test_auto_keeps_the_reading_of_a_person_the_catalog_matches_more_closely(
+    built_index: tuple[Path, BuildReport], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A photo of a person is read two ways, the upper body and the cut-out person; the search keeps the reading
+    whose best match scores higher (a shop's model shot matches whole, a shopper's outfit by its top)."""
+    needs_pose()
+    photo, _ = person_scene()
+    monkeypatch.setattr(garment, "PERSON_PART", garment.CLOSER)
+    isolated = garment.isolate(photo, "auto")
+    assert isolated.method == "person" and isolated.alternative is not None
+    assert isolated.alternative.method == "u2netp" and isolated.alternative.alternative is None
+    recommender = Recommender.open(built_index[0])
+    readings = {"whole": recommender.embed_image(photo, isolate="u2netp")}
+    for part in ("upper body", garment.CLOSER):
+        monkeypatch.setattr(garment, "PERSON_PART", part)
+        readings[part] = recommender.embed_image(photo)
+    best = {name: recommender.similar(readings[name], k=1, collapse=False)[0].score for name in ("whole", "upper body")}
+    kept = readings["whole"] if best["whole"] > best["upper body"] else readings["upper body"]
+    assert np.allclose(readings[garment.CLOSER].vector, kept.vector, atol=1e-4)
+    monkeypatch.setattr(garment, "PERSON_PART", "upper body")
+    assert garment.isolate(photo, "auto").alternative is None
+
+
 def test_auto_without_the_pose_models_isolates_the_person_as_an_object(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -320,9 +320,9 @@ def search(
     isolate: Annotated[
         str,
         typer.Option(
-            help="Cut the garment out of the photo first: auto (the default: U2-Net-p, the border method on a plain "
-            "backdrop, a person's upper body; nothing for catalog-like shots, catalog images and --crop), u2netp, "
-            "border or none."
+            help="Cut the garment out of the photo first: auto (the default: U2-Net-p; for a person, the upper body "
+            "or the whole person, whichever matches more closely; nothing for catalog-like shots, catalog images and "
+            "--crop), u2netp, border or none."
         ),
     ] = DEFAULT_ISOLATION,
     collapse: Collapse = True,

@@ -14,9 +14,11 @@ Methods (README, "Shoppers' photos", has what each one buys and costs):
   back to `border`, with one log line.
 - `auto` (the default, `DEFAULT`): `none` for a product shot framed like the catalog's (`catalog_like`),
   which isolation only hurts (it drops a strap, the second shoe); for a photo of a person (pose.py finds an
-  upright body), the person's PERSON_PART, as the salient mask keeps the whole person; `u2netp` for every
-  other photo (a plain backdrop included: the border method there loses to it). The caller skips it
-  where the shopper already pointed (a crop box, a region) and for the catalog's own images (search.py).
+  upright body), two readings: the person's upper body and the cut-out person (U2-Net-p keeps the whole
+  person), of which the search keeps the one the catalog matches more closely (a shop's model shot whole,
+  a shopper's outfit by its top); `u2netp` for every other photo (a plain backdrop included: the border
+  method there loses to it). The caller skips it where the shopper already pointed (a crop box, a region)
+  and for the catalog's own images (search.py).
 - `none`: the photo as it is.
 
 `regions` finds the garments of a photo, each to be searched on its own: from a person's body (pose.py)
@@ -29,7 +31,7 @@ import importlib.util
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -57,7 +59,10 @@ COLOUR_TOLERANCE = 2  # levels (of 16 per channel) around a border colour that s
 MIN_SHARE, MAX_SHARE = 0.01, 0.97  # a mask outside these shares of the photo is no garment: keep the photo
 LIGHT_BACKDROP = 200  # every channel of a catalog-like backdrop's colour is at least this (white, light grey)
 MARGIN = 0.04  # kept around the garment's box, as a share of its longer side (the catalog's shots have some)
-PERSON_PART = "upper body"  # what `auto` searches of a photo of a person ("whole": the photo; "ignore": no pose)
+# What `auto` searches of a photo of a person: "upper body" or "whole" (the photo), "ignore" (no pose model),
+# or CLOSER: the upper body or the cut-out person, whichever the catalog matches more closely (search.py)
+CLOSER = "upper body or whole"
+PERSON_PART = CLOSER  # a shop's model shot then matches whole: +14-21 points of exact R@1 (docs, section 9)
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class Isolated:
     image: Image.Image
     mask: np.ndarray | None  # [h, w] bool at the detection size; None when the photo was kept whole
     method: str  # the method that ran: after a fall-back, not the one asked for ("person": a body's region)
+    alternative: Isolated | None = None  # another reading of the photo; the search keeps the closer match
 
     @property
     def cut(self) -> bool:
@@ -81,7 +87,7 @@ def isolate(image: Image.Image, method: Method = DEFAULT) -> Isolated:
             return Isolated(image, None, "none")
         worn = on_person(image)
         if worn is not None:
-            return worn
+            return replace(worn, alternative=isolate(image, "u2netp")) if PERSON_PART == CLOSER else worn
         method = "u2netp"  # on a plain backdrop too: the border method there lost 16 points of type P@5 (docs)
     if method == "none":
         return Isolated(image, None, "none")
@@ -110,7 +116,7 @@ def on_person(image: Image.Image) -> Isolated | None:
         return None
     if PERSON_PART == "whole":
         return Isolated(image, None, "none")
-    part = next((region for region in found if region.kind == PERSON_PART), found[0])
+    part = next((region for region in found if region.kind in (PERSON_PART, "upper body")), found[0])
     return Isolated(crop(image, part.box), None, "person")
 
 

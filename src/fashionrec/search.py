@@ -794,11 +794,24 @@ class Recommender:
         image = self._decoded(image)
         if crop_box is not None:
             image = crop(image, crop_box)
-        if as_query:
-            garment = isolate_garment(image, isolate or self.isolation)
-            image = match_detail(garment.image, self.detail, crop_box is not None or garment.cut)
-        pixels = self.encoder.prepare(image)
-        return Query(self.encoder.embed_pixels(pixels[None])[0], colour_vector(pixels))
+        if not as_query:
+            pixels = self.encoder.prepare(image)
+            return Query(self.encoder.embed_pixels(pixels[None])[0], colour_vector(pixels))
+        garment = isolate_garment(image, isolate or self.isolation)
+        readings = [garment] + ([garment.alternative] if garment.alternative is not None else [])
+        pixels = np.stack(
+            [self.encoder.prepare(match_detail(g.image, self.detail, crop_box is not None or g.cut)) for g in readings]
+        )
+        vectors = self.encoder.embed_pixels(pixels)
+        queries = [Query(vector, colour_vector(p)) for vector, p in zip(vectors, pixels, strict=True)]
+        if len(queries) == 1:
+            return queries[0]
+        return max(queries, key=self._closest_score)  # of equals the first: the garment's own reading
+
+    def _closest_score(self, query: Query) -> float:
+        """The score of the query's best match: which reading of a photo the catalog knows best."""
+        best = self.snapshot.search(query, 1, None, None, False, 0.0)
+        return best[0].score if best else float("-inf")
 
     def _decoded(self, image: str | Path | bytes | Image.Image, name: str = "uploaded image") -> Image.Image:
         """An image given as a path, raw bytes or a PIL image, decoded (big JPEGs drafted to the model's size)."""

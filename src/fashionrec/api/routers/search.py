@@ -49,9 +49,9 @@ IsolateQuery = Annotated[
     Method,
     Query(
         description="Cut the garment out of the photo first. `auto` (the default): U2-Net-p, a segmentation model "
-        "(the cheap `border` method on a plain backdrop; a person's upper body when the photo shows one), and "
-        "nothing for a product shot framed like the catalog's, a catalog image or a `crop`; or `u2netp`, "
-        "`border`, `none` (the photo as sent)."
+        "(for a photo of a person, their upper body or the person cut out, whichever the catalog matches more "
+        "closely), and nothing for a product shot framed like the catalog's, a catalog image or a `crop`; or "
+        "`u2netp`, `border`, `none` (the photo as sent)."
     ),
 ]
 
