@@ -103,7 +103,8 @@ def isolate(image: Image.Image, method: Method = DEFAULT) -> Isolated:
 
 
 def on_person(image: Image.Image) -> Isolated | None:
-    """What `auto` searches of a photo of a person (an upright body, pose.py): its PERSON_PART, else None.
+    """What `auto` searches of a photo of a person (an upright body, pose.py): its PERSON_PART (the upper body
+    for CLOSER), else None.
 
     U2-Net-p's salient object is the whole person (arms, face, the other garments), which loses to the
     photo as it is (bench/outfits.py); the body's own regions say where a garment is.
@@ -116,7 +117,8 @@ def on_person(image: Image.Image) -> Isolated | None:
         return None
     if PERSON_PART == "whole":
         return Isolated(image, None, "none")
-    part = next((region for region in found if region.kind in (PERSON_PART, "upper body")), found[0])
+    kind = "upper body" if PERSON_PART == CLOSER else PERSON_PART
+    part = next((region for region in found if region.kind == kind), found[0])
     return Isolated(crop(image, part.box), None, "person")
 
 
