@@ -794,14 +794,12 @@ class Recommender:
         image = self._decoded(image)
         if crop_box is not None:
             image = crop(image, crop_box)
-        if not as_query:
-            pixels = self.encoder.prepare(image)
-            return Query(self.encoder.embed_pixels(pixels[None])[0], colour_vector(pixels))
-        garment = isolate_garment(image, isolate or self.isolation)
-        readings = [garment] + ([garment.alternative] if garment.alternative is not None else [])
-        pixels = np.stack(
-            [self.encoder.prepare(match_detail(g.image, self.detail, crop_box is not None or g.cut)) for g in readings]
-        )
+        readings = [image]  # a new catalog product: as it is
+        if as_query:  # the garment, and where garment.py reads the photo two ways, the other reading too
+            garment = isolate_garment(image, isolate or self.isolation)
+            cut = [g for g in (garment, garment.alternative) if g is not None]
+            readings = [match_detail(g.image, self.detail, crop_box is not None or g.cut) for g in cut]
+        pixels = np.stack([self.encoder.prepare(reading) for reading in readings])
         vectors = self.encoder.embed_pixels(pixels)
         queries = [Query(vector, colour_vector(p)) for vector, p in zip(vectors, pixels, strict=True)]
         if len(queries) == 1:
