@@ -116,8 +116,13 @@ def shown_results(page: Page) -> list[str]:
 
 
 def wait_until_idle(page: Page) -> None:
-    """Wait for the app's run to end: a tap that lands while Streamlit re-renders the page can be lost."""
-    expect(page.get_by_test_id("stStatusWidgetRunningIcon")).to_have_count(0)
+    """Wait for the app's runs to end: a tap that lands while Streamlit re-renders the page can be lost. Idle
+    twice, 0.5 s apart: one run can follow another (the address is written back after a run), and a single
+    check between the two let a tap through that was lost (CI, test_a_shared_url_on_a_phone)."""
+    running = page.get_by_test_id("stStatusWidgetRunningIcon")
+    expect(running).to_have_count(0)
+    page.wait_for_timeout(500)
+    expect(running).to_have_count(0)
 
 
 def wait_for_results(page: Page, done: Callable[[list[str]], bool]) -> list[str]:
