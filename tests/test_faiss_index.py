@@ -9,7 +9,7 @@ import pytest
 
 from fashionrec.build import BuildReport
 from fashionrec.search import Recommender
-from fashionrec.stores.faiss_index import ANN_THRESHOLD, SMALL_SELECTION, FaissIndex
+from fashionrec.stores.faiss_index import ANN_THRESHOLD, PRODUCT_QUERIES, SMALL_SELECTION, FaissIndex
 
 from conftest import copy_index
 
@@ -38,6 +38,17 @@ def test_auto_picks_exact_for_small_and_ivf_for_large_catalogs(data: np.ndarray)
     assert FaissIndex(DIM, len(data), "exact").kind == "exact"
     with pytest.raises(ValueError, match="unknown index kind"):
         FaissIndex(DIM, 10, "hnsw")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("k", [6, 40])
+def test_many_queries_answered_by_a_matrix_product_as_faiss_answers_them(data: np.ndarray, k: int) -> None:
+    stored = data[:30]
+    exact = FaissIndex.build(DIM, len(stored), lambda: [stored], "exact")
+    queries = data[100 : 100 + 3 * PRODUCT_QUERIES]
+    scores, positions = exact.search(queries, k)  # the matrix product: more queries than PRODUCT_QUERIES
+    faiss_scores, faiss_positions = exact.index.search(queries, k)
+    assert np.array_equal(positions, faiss_positions)  # k=40 > 30 items: padded with -1 as FAISS pads
+    assert np.allclose(scores, faiss_scores, atol=1e-5)
 
 
 @pytest.mark.parametrize("precision", ["float32", pytest.param("float16", marks=pytest.mark.slow)])
