@@ -20,6 +20,10 @@ benchmark first upserts (and deletes) one row with no metadata. It shows what a 
 
     python bench/milvus_scale.py [--engine lite|server] [--sizes 10000 100000] [--indexes FLAT IVF_FLAT IVF_SQ8 HNSW]
 
+`--no-compaction` starts the server with automatic compaction off: at 1M rows (about 10 sealed segments) it
+kept merging segments and indexing the merged ones again for over 20 minutes after every row was indexed, so
+"ready" never came; without it the collection stays as built (runs are keyed ".../no-compaction").
+
 Each run is written to bench/results/milvus.json (Lite) or milvus_server.json as it finishes, next to the
 runs already there. It cannot see a cluster (several query nodes, network hops), disk-bound collections
 or concurrent queries: one client, one query at a time, everything on this machine.
@@ -64,12 +68,12 @@ def percentiles(times: list[float]) -> dict[str, float]:
 
 
 @contextmanager
-def engine_uri(engine: str, folder: Path) -> Iterator[str]:
+def engine_uri(engine: str, folder: Path, auto_compaction: bool) -> Iterator[str]:
     """The store URI of a fresh collection on `engine`, a server started (and stopped) here for it."""
     if engine == "lite":
         yield "milvus://bench.db?collection=bench"
         return
-    with local_server(folder / "milvus-server") as address:
+    with local_server(folder / "milvus-server", auto_compaction) as address:
         yield f"milvus://{address}?collection=bench&consistency=Bounded"
 
 
@@ -102,7 +106,9 @@ def wait_indexed(store: MilvusStore, size: int) -> None:
     store._client.load_collection(store.collection)
 
 
-def one_run(engine: str, size: int, index: str, queries: int, metadata: str, scratch: Path) -> dict[str, object]:
+def one_run(
+    engine: str, size: int, index: str, queries: int, metadata: str, scratch: Path, auto_compaction: bool
+) -> dict[str, object]:
     """Build one collection of `size` items with `index` and measure it (run in its own process)."""
     centres = np.random.default_rng(1).standard_normal((CLUSTERS, DIM), dtype=np.float32)
     data = clustered(size, CLUSTERS, 0, centres)
@@ -110,7 +116,7 @@ def one_run(engine: str, size: int, index: str, queries: int, metadata: str, scr
     labels = np.random.default_rng(3).integers(0, VALUES, size)
     colours = np.full((BATCH, COLOUR_DIM), 1 / np.sqrt(COLOUR_DIM), np.float32)
     scratch.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=scratch) as folder, engine_uri(engine, Path(folder)) as uri:
+    with tempfile.TemporaryDirectory(dir=scratch) as folder, engine_uri(engine, Path(folder), auto_compaction) as uri:
         store = open_store(f"{uri}&index={index}", Path(folder), DIM)
         assert isinstance(store, MilvusStore)
         if metadata == "dynamic":  # the collection is created without metadata fields: the column goes to JSON
@@ -229,6 +235,11 @@ def main() -> None:
         "--scratch", type=Path, default=Path(tempfile.gettempdir()), help="where a server's folder goes"
     )
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per run before it is given up")
+    parser.add_argument(
+        "--no-compaction",
+        action="store_true",
+        help="a server: no automatic compaction (at 1M it kept merging and indexing segments again for 20+ min)",
+    )
     parser.add_argument("--one", nargs=2, metavar=("SIZE", "INDEX"), help=argparse.SUPPRESS)
     parser.add_argument("--filter-cost", type=int, metavar="SIZE", help="a server: filters on declared vs JSON fields")
     args = parser.parse_args()
@@ -241,14 +252,24 @@ def main() -> None:
         write_results("milvus_server", {"engine": SERVER_ENGINE, "dim": DIM, "k": K, "runs": runs})
         return
     if args.one:
-        figures = one_run(args.engine, int(args.one[0]), args.one[1], args.queries, args.metadata, args.scratch)
+        figures = one_run(
+            args.engine,
+            int(args.one[0]),
+            args.one[1],
+            args.queries,
+            args.metadata,
+            args.scratch,
+            not args.no_compaction,
+        )
         print("RESULT " + json.dumps(figures))
         return
     name = "milvus" if args.engine == "lite" else "milvus_server"
     for size in args.sizes:
         for index in args.indexes:
             key = f"{index}@{size}" + ("" if args.metadata == "declared" else f"/{args.metadata}")
+            key += "/no-compaction" if args.no_compaction else ""
             options = ["--engine", args.engine, "--metadata", args.metadata, "--scratch", str(args.scratch)]
+            options += ["--no-compaction"] if args.no_compaction else []
             command = [sys.executable, __file__, "--one", str(size), index, "--queries", str(args.queries), *options]
             print(f"{index} at {size} items", flush=True)
             try:
@@ -261,6 +282,7 @@ def main() -> None:
             previous = RESULTS / f"{name}.json"  # runs accumulate (read again now: another run may have written)
             runs: dict[str, dict[str, object]] = json.loads(previous.read_text())["runs"] if previous.exists() else {}
             runs[key] = {"size": size, "index": index, "metadata": args.metadata, **outcome}
+            runs[key] |= {"auto_compaction": False} if args.no_compaction else {}
             print(json.dumps(runs[key]), flush=True)
             engine = "milvus-lite 3.2.2 (pymilvus 3.0.2)" if args.engine == "lite" else SERVER_ENGINE
             write_results(name, {"engine": engine, "dim": DIM, "k": K, "runs": runs})

@@ -22,13 +22,14 @@ NODES = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoor
 
 
 @contextmanager
-def local_server(base_dir: Path) -> Iterator[str]:
+def local_server(base_dir: Path, auto_compaction: bool = True) -> Iterator[str]:
     """A running server keeping everything in `base_dir`, on free ports; yields its "127.0.0.1:PORT".
 
     The package picks each Milvus port as the first free one from Milvus's default (19530 for clients),
     but leaves the embedded etcd's peer port at 2380, so a second server on the machine would not start:
     etcd gets a config file with free ports of its own. The server is stopped when the block ends; its
-    data stay in `base_dir`.
+    data stay in `base_dir`. `auto_compaction=False` keeps the server from merging (and indexing again)
+    sealed segments on its own: a benchmark measures a collection that stays as it was built.
     """
     import milvus
     from milvus import MilvusServer, MilvusServerConfig
@@ -44,7 +45,10 @@ def local_server(base_dir: Path) -> Iterator[str]:
     )
     template = base_dir / "milvus.yaml.template"  # the package's, with a setting for etcd's config file
     text = (package / "config.yaml.template").read_text()
-    template.write_text(text.replace("etcd:\n", "etcd:\n  config:\n    path: {{ etcd_config_path }}\n", 1))
+    text = text.replace("etcd:\n", "etcd:\n  config:\n    path: {{ etcd_config_path }}\n", 1)
+    if not auto_compaction:
+        text = text.replace("enableAutoCompaction: true", "enableAutoCompaction: false", 1)
+    template.write_text(text)
     config = MilvusServerConfig(template=str(template), etcd_port=client)
     config.glog_conf_file = str(package / "glog.conf")  # set only when no template is given (a bug of 2.3.5)
     server = MilvusServer(config)
