@@ -18,7 +18,11 @@ are assigned with a flat quantizer and BLAS, 5x cheaper per vector than at 1280-
 buildable on 2 cores in well under an hour. The re-rank still scores the full 1280-d float16 vectors, so
 recall@10 is measured against exact search in the full space. Results go under a `-pca256` key.
 
-    python bench/scale.py --pq-items 10000000 --reduce 256 --pq-bytes 32 --cells 4096
+    python bench/scale.py --pq-items 10000000 --reduce 256 --cells 4096 --reranks 200 1000 2000 4000
+
+The generator puts items/5000 near-duplicates around each style (200 at 1M, 2,000 at 10M) with isotropic
+noise, whose order no compressed code resolves: the true 10 are found only when the re-rank takes in the
+whole style, so 10M needs re-ranks in the thousands (`--reranks`).
 """
 
 from __future__ import annotations
@@ -112,7 +116,13 @@ class PQLayout:
 
 
 def ivfpq_run(
-    items: int, clusters: int, queries: np.ndarray, centres: np.ndarray, folder: Path, layout: PQLayout
+    items: int,
+    clusters: int,
+    queries: np.ndarray,
+    centres: np.ndarray,
+    folder: Path,
+    layout: PQLayout,
+    reranks: tuple[int, ...],
 ) -> dict[str, object]:
     """IVF-PQ over `items` generated vectors, float16 originals in a memory-mapped file for the exact re-rank."""
     faiss.omp_set_num_threads(2)
@@ -150,7 +160,7 @@ def ivfpq_run(
     faiss.omp_set_num_threads(1)
     rows = {}
     for nprobe in (16, 32, 64):
-        for rerank in RERANKS:
+        for rerank in reranks:
             ivf.nprobe = nprobe
             if isinstance(quantizer, faiss.IndexHNSWFlat):
                 quantizer.hnsw.efSearch = max(128, 2 * nprobe)
@@ -180,7 +190,9 @@ def ivfpq_run(
     }
 
 
-def ivfpq_main(sizes: list[int], clusters: int, queries: int, layout: PQLayout, scratch: Path | None) -> None:
+def ivfpq_main(
+    sizes: list[int], clusters: int, queries: int, layout: PQLayout, reranks: tuple[int, ...], scratch: Path | None
+) -> None:
     """IVF-PQ with a float16 re-rank from disk at each size (the structure for catalogs beyond RAM)."""
     centres = np.random.default_rng(1).standard_normal((clusters, DIM), dtype=np.float32)
     asked = clustered(queries, clusters, 2, centres)
@@ -189,7 +201,7 @@ def ivfpq_main(sizes: list[int], clusters: int, queries: int, layout: PQLayout, 
     suffix = f"-pca{layout.reduce}" if layout.reduce else ""
     with tempfile.TemporaryDirectory(dir=scratch) as folder:
         for items in sizes:
-            runs[f"{items}{suffix}"] = ivfpq_run(items, clusters, asked, centres, Path(folder), layout)
+            runs[f"{items}{suffix}"] = ivfpq_run(items, clusters, asked, centres, Path(folder), layout, reranks)
             write_results("scale_ivfpq", {"dim": DIM, "clusters": clusters, "k": K, "queries": queries, "runs": runs})
             (Path(folder) / f"vectors-{items}.npy").unlink()
 
@@ -201,6 +213,9 @@ def main() -> None:
     parser.add_argument("--pq-bytes", type=int, default=PQ_BYTES, help="IVF-PQ: bytes of code per vector")
     parser.add_argument("--cells", type=int, help="IVF-PQ: coarse cells (default about 2 sqrt(N))")
     parser.add_argument("--scratch", type=Path, help="IVF-PQ: where the re-rank file goes (25.6 GB at 10M)")
+    parser.add_argument(
+        "--reranks", type=int, nargs="+", default=RERANKS, help="IVF-PQ: candidates scored exactly (one row each)"
+    )
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--clusters", type=int, default=5000)
     parser.add_argument("--queries", type=int, default=200)
@@ -209,7 +224,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.pq_items:
         layout = PQLayout(args.cells, args.pq_bytes, args.reduce)
-        ivfpq_main(args.pq_items, args.clusters, args.queries, layout, args.scratch)
+        ivfpq_main(args.pq_items, args.clusters, args.queries, layout, tuple(args.reranks), args.scratch)
         return
     faiss.omp_set_num_threads(1)  # single queries: what a server answering one request at a time sees
     centres = np.random.default_rng(1).standard_normal((args.clusters, DIM), dtype=np.float32)

@@ -5,10 +5,11 @@ The two models that set fashionrec's speed, on the same ONNX files and the same 
 - U2-Net-p at 160 px (garment isolation, the largest part of an image query's time), one image: ms.
 OpenVINO runs with its LATENCY and THROUGHPUT hints; outputs are compared with ONNX Runtime's.
 
-OpenVINO is not a dependency of fashionrec: install it into the environment to run this.
+OpenVINO is not a dependency of fashionrec: install it into the environment to run this. (This file is not
+called openvino.py: run from bench/, it would be imported in place of the package.)
 
     pip install openvino==2026.4.1
-    python bench/openvino.py [--rounds 5]
+    python bench/runtime_openvino.py [--rounds 5]
 """
 
 from __future__ import annotations
