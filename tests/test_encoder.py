@@ -67,3 +67,39 @@ def test_onnx_file_is_cached_and_a_damaged_one_is_rebuilt(
     rebuilt = load_encoder(size=96)
     assert cached.stat().st_size > 1_000_000
     assert rebuilt.embed(real_images[:2]).shape == (2, 1280)
+
+
+def test_full_batches_run_in_openvino_with_the_same_vectors(
+    encoder: Encoder, real_images: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build's full batches go to OpenVINO (a dependency); one image stays on ONNX Runtime; both agree."""
+    from fashionrec.encoders import runtimes
+
+    pixels = np.stack([encoder.prepare(image) for image in real_images * 4])  # 64: one full batch
+    assert len(pixels) == runtimes.BATCH_SIZE
+    calls: list[int] = []
+    original = runtimes.OpenVinoModel.run
+
+    def counted(self: runtimes.OpenVinoModel, feed: dict) -> np.ndarray | None:
+        calls.append(len(next(iter(feed.values()))))
+        return original(self, feed)
+
+    monkeypatch.setattr(runtimes.OpenVinoModel, "run", counted)
+    openvino = load_encoder()
+    bulk, one = openvino.embed_pixels(pixels), openvino.embed_pixels(pixels[:1])
+    assert calls == [64]  # the single image did not reach OpenVINO
+    monkeypatch.setenv(runtimes.RUNTIME_ENV, "onnxruntime")
+    onnxruntime = load_encoder().embed_pixels(pixels)
+    assert calls == [64] and openvino.id == encoder.id
+    assert np.abs(bulk - onnxruntime).max() < 1e-4
+    assert np.abs(one - onnxruntime[:1]).max() < 1e-4
+
+
+def test_a_model_openvino_cannot_read_falls_back_to_onnx_runtime(encoder: Encoder, tmp_path: Path) -> None:
+    from fashionrec.encoders.runtimes import OpenVinoModel
+
+    broken = tmp_path / "model.onnx"
+    broken.write_bytes(b"not a model")
+    model = OpenVinoModel(broken, threads=0)
+    feed = {"pixels": np.zeros((2, encoder.spec.size, encoder.spec.size, 3), np.uint8)}
+    assert model.run(feed) is None and model.run(feed) is None
