@@ -5,10 +5,9 @@ The two models that set fashionrec's speed, on the same ONNX files and the same 
 - U2-Net-p at 160 px (garment isolation, the largest part of an image query's time), one image: ms.
 OpenVINO runs with its LATENCY and THROUGHPUT hints; outputs are compared with ONNX Runtime's.
 
-OpenVINO is not a dependency of fashionrec: install it into the environment to run this. (This file is not
-called openvino.py: run from bench/, it would be imported in place of the package.)
+fashionrec now runs a build's full batches in OpenVINO (encoders/runtimes.py); this compares the runtimes
+alone. (This file is not called openvino.py: run from bench/, it would be imported in place of the package.)
 
-    pip install openvino==2026.4.1
     python bench/runtime_openvino.py [--rounds 5]
 """
 
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import openvino
 from common import write_results
 
 from fashionrec.encoders import load_encoder
@@ -52,8 +52,6 @@ def compare(
 ) -> dict[str, object]:
     """Seconds a run of `pixels` takes in the ONNX Runtime session fashionrec uses and in OpenVINO on the
     same file, and how far OpenVINO's output is from ONNX Runtime's."""
-    import openvino  # not a dependency of fashionrec: imported once the arguments are parsed
-
     feed = {session.get_inputs()[0].name: pixels}
     expected = session.run(None, feed)[0]
     runs: dict[str, Callable[[], object]] = {"onnxruntime": lambda: session.run(None, feed)}
