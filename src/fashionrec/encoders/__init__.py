@@ -6,7 +6,7 @@ different encoders never end up in one index. The modules, each building only on
     spec       EncoderSpec, EncoderError, Backbone, defaults (no torch, no ONNX Runtime)
     weights    weights files: located, downloaded once, hashed
     registry   BACKBONES: each encoder name, its weights and how it is fed
-    runtimes   Encoder; ONNX Runtime / torch runners; the ONNX export
+    runtimes   Encoder; ONNX Runtime (OpenVINO for full batches) / torch runners; the ONNX export
     backbones  the torch nets (imported only to export or for the torch backend)
     adapter    the trained adapter's torch nets (likewise)
     int8       NAME:int8, the ONNX model quantised to int8, calibrated on a catalog's photos
