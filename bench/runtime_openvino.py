@@ -25,8 +25,8 @@ import openvino
 from common import write_results
 
 from fashionrec.encoders import load_encoder
+from fashionrec.encoders.loader import onnx_cache_path
 from fashionrec.encoders.runtimes import onnx_session
-from fashionrec.encoders.weights import cache_dir
 from fashionrec.garment import U2NET_SIDE, model_path, u2netp_session
 
 THREADS = 2
@@ -71,8 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    load_encoder("efficientnet-lite0", size=224)  # exports the ONNX file into the cache if it is not there yet
-    encoder_file = next((cache_dir() / "onnx").glob("efficientnet-lite0-*-224.onnx"))
+    encoder_file = onnx_cache_path(load_encoder("efficientnet-lite0", size=224).spec)  # exported if missing
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (BATCH, 224, 224, 3), dtype=np.uint8)
     encoder = compare(onnx_session(encoder_file, THREADS), encoder_file, pixels, args.rounds, ("LATENCY", "THROUGHPUT"))

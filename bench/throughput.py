@@ -30,7 +30,7 @@ from fashionrec.build import build_index
 from fashionrec.catalog import Catalog
 from fashionrec.encoders import Encoder, load_encoder
 from fashionrec.encoders.int8 import int8_path
-from fashionrec.encoders.weights import cache_dir
+from fashionrec.encoders.loader import onnx_cache_path
 from fashionrec.images import decode, fit_square
 
 BATCH = 64
@@ -101,7 +101,7 @@ def main() -> None:
             "fp32": load_encoder(NAME, size=args.size),
             "int8": load_encoder(f"{NAME}:int8", size=args.size, calibration=catalog),
         }
-        fp32_file = cache_dir() / "onnx" / f"{NAME}-{encoders['fp32'].spec.weights_sha256[:12]}-{args.size}.onnx"
+        fp32_file = onnx_cache_path(encoders["fp32"].spec)
         files = {"fp32": fp32_file, "int8": int8_path(fp32_file, encoders["fp32"].spec)}
         figures["stages"] = {
             precision: stage_profile(args.profile_items, encoder) for precision, encoder in encoders.items()

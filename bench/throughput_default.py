@@ -26,8 +26,8 @@ from throughput import plain_loop
 from fashionrec.build import build_index
 from fashionrec.catalog import Catalog
 from fashionrec.encoders import load_encoder
+from fashionrec.encoders.loader import onnx_cache_path
 from fashionrec.encoders.runtimes import RUNTIME_ENV
-from fashionrec.encoders.weights import cache_dir
 
 PLAIN_SIZE = 224
 
@@ -47,8 +47,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--results", default="throughput_default")
     args = parser.parse_args()
-    plain = load_encoder(size=PLAIN_SIZE)  # exports the plain loop's ONNX file if the cache lacks it
-    plain_file = cache_dir() / "onnx" / f"{plain.spec.name}-{plain.spec.weights_sha256[:12]}-{PLAIN_SIZE}.onnx"
+    plain_file = onnx_cache_path(load_encoder(size=PLAIN_SIZE).spec)  # exported into the cache if missing
     figures: dict[str, object] = {
         "command": f"python bench/throughput_default.py --items {' '.join(map(str, args.items))} "
         f"--rounds {args.rounds}",

@@ -51,10 +51,15 @@ def load_encoder(
 
     if backend == "torch":
         return Encoder(spec, torch_runner(make_net()), "torch")
-    onnx_path = cache_dir() / "onnx" / f"{name}-{spec.weights_sha256[:12]}-{size}.onnx"
+    onnx_path = onnx_cache_path(spec)
     if int8:
         return int8_encoder(spec, onnx_path, make_net, pixel_inputs, threads, calibration)
     return Encoder(spec, onnx_runner(make_net, onnx_path, size, threads), "onnx")
+
+
+def onnx_cache_path(spec: EncoderSpec) -> Path:
+    """Where a named backbone's exported float ONNX file is cached (one per weights and input size)."""
+    return cache_dir() / "onnx" / f"{spec.name}-{spec.weights_sha256[:12]}-{spec.size}.onnx"
 
 
 def encoder_for_index(spec: dict[str, object], backend: str = "onnx", threads: int = 0) -> Encoder:
