@@ -50,7 +50,7 @@ $(VENV)/.test-installed: $(VENV)/.installed
 # bridge resumes where it stopped when rerun (the bridge is trained once).
 run: setup
 	$(BIN)/fashionrec index "$(CATALOG)" --out "$(INDEX)"
-	$(BIN)/fashionrec train "$(INDEX)" --out "$(MODEL)" $(addprefix --label ,$(LABELS)) --epochs 16 --view-share 0.5 --base-weight 0.6
+	$(BIN)/fashionrec train "$(INDEX)" --out "$(MODEL)" $(addprefix --label ,$(LABELS)) --epochs 16 --validate-every 16 --view-share 0.5 --base-weight 0.6
 	$(BIN)/fashionrec index "$(CATALOG)" --encoder "$(MODEL)" --out "$(TRAINED)"
 	test -f "$(TRAINED)/text-bridge/bridge.json" || $(BIN)/fashionrec train-text "$(TRAINED)"
 	$(BIN)/fashionrec similar "$(TRAINED)" $(ITEM) -k 5

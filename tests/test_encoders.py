@@ -18,6 +18,7 @@ from fashionrec.build import build_index
 from fashionrec.catalog import load_catalog
 from fashionrec.encoders import encoder_for_index, load_encoder
 from fashionrec.encoders import weights as E
+from fashionrec.encoders.adapter import Dropout
 from fashionrec.encoders.backbones import InceptionV3
 from fashionrec.images import decode
 from fashionrec.index import IndexStoreError
@@ -137,3 +138,20 @@ def test_big_weight_hashes_are_cached_by_path_size_and_mtime(tmp_path: Path, mon
     assert E.file_sha256(weights) == "remembered"  # read from the cache, not hashed again
     weights.write_bytes(b"second version, longer")
     assert E.file_sha256(weights) not in (first, "remembered")  # a changed file is hashed again
+
+
+def test_adapter_dropout_drops_its_share_follows_the_seed_and_is_off_in_eval() -> None:
+    """The adapter's own dropout (16-bit draws, for speed) behaves as nn.Dropout does."""
+    dropout = Dropout(0.1)
+    inputs = torch.ones(512, 1024)
+    torch.manual_seed(7)
+    first = dropout(inputs)
+    torch.manual_seed(7)
+    assert torch.equal(dropout(inputs), first)
+    assert not torch.equal(dropout(inputs), first)
+    assert first.unique().tolist() == pytest.approx([0.0, 1 / 0.9])
+    assert (first == 0).float().mean().item() == pytest.approx(0.1, abs=0.002)
+    odd = torch.ones(3, 5, requires_grad=True)  # a size that is not a multiple of 4 draws
+    dropout(odd).sum().backward()
+    assert odd.grad is not None and all(value in (0.0, pytest.approx(1 / 0.9)) for value in odd.grad.flatten().tolist())
+    assert torch.equal(dropout.eval()(inputs), inputs)

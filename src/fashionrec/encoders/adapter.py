@@ -20,6 +20,29 @@ from fashionrec.encoders.backbones import embedding_net
 from fashionrec.encoders.spec import Backbone
 
 COSINE_SCALE = 16.0  # logit scale of the cosine classifier heads
+DROPOUT = 0.1
+
+
+class Dropout(nn.Module):
+    """nn.Dropout with its mask drawn as 16-bit integers, four from each 64-bit random number.
+
+    Why: on CPU, nn.Dropout draws one random number per element (`bernoulli_`), which took 13% of
+    a training step of make run's adapter (2 cores); 64-bit draws are ~4x fewer calls for the same mask
+    distribution (p rounded to 1/65536). Like nn.Dropout it follows torch's seed and is off in eval().
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return inputs
+        count = inputs.numel()
+        draws = torch.randint(-(2**63), 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64, device=inputs.device)
+        bits = draws.view(torch.int16)[:count].view(inputs.shape)
+        keep = bits >= round(self.p * 65536) - 32768
+        return torch.where(keep, inputs / (1 - self.p), 0.0)
 
 
 class Member(nn.Module):
@@ -28,7 +51,7 @@ class Member(nn.Module):
     def __init__(self, in_dim: int, hidden: int, dim: int, class_counts: Sequence[int]) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(0.1), nn.Linear(hidden, dim)
+            nn.LayerNorm(in_dim), nn.Linear(in_dim, hidden), nn.GELU(), Dropout(DROPOUT), nn.Linear(hidden, dim)
         )
         self.heads = nn.ParameterList([nn.Parameter(torch.randn(n, dim) * 0.01) for n in class_counts])
 
