@@ -11,6 +11,7 @@ MODEL ?= models/$(basename $(notdir $(CATALOG)))
 TRAINED ?= $(INDEX)-trained
 LABELS ?= articleType baseColour
 ITEM ?= 15970
+PORT ?= 8501
 
 .PHONY: setup test-setup run quick test test-fast lint browser
 
@@ -47,19 +48,25 @@ $(VENV)/.test-installed: $(VENV)/.installed
 
 # The best this machine gives (README, "Shoppers' photos"): the encoder trained on the catalog's labels and on
 # shopper-like views of its photos, 16 epochs, and the text bridge for search by words. Every step but the
-# bridge resumes where it stopped when rerun (the bridge is trained once).
+# bridge resumes where it stopped when rerun (the bridge is trained once). A first app serves the untrained
+# index as soon as it is built, while the rest runs (one shell, so it stops with the steps, however they end);
+# the final app then takes its place at the same address.
 run: setup
 	$(BIN)/fashionrec index "$(CATALOG)" --out "$(INDEX)"
-	$(BIN)/fashionrec train "$(INDEX)" --out "$(MODEL)" $(addprefix --label ,$(LABELS)) --epochs 16 --validate-every 16 --view-share 0.5 --base-weight 0.6
-	$(BIN)/fashionrec index "$(CATALOG)" --encoder "$(MODEL)" --out "$(TRAINED)"
+	@$(BIN)/fashionrec app "$(INDEX)" --port $(PORT) > "$(INDEX).app.log" 2>&1 & first=$$!; \
+	trap 'set +x; kill $$first 2>/dev/null; wait $$first 2>/dev/null || true' EXIT; trap 'exit 130' INT TERM; \
+	echo "A first app on the untrained index: http://127.0.0.1:$(PORT) (reload it once the trained index is ready)"; \
+	set -ex; \
+	$(BIN)/fashionrec train "$(INDEX)" --out "$(MODEL)" $(addprefix --label ,$(LABELS)) --epochs 16 --validate-every 16 --view-share 0.5 --base-weight 0.6; \
+	$(BIN)/fashionrec index "$(CATALOG)" --encoder "$(MODEL)" --out "$(TRAINED)"; \
 	test -f "$(TRAINED)/text-bridge/bridge.json" || $(BIN)/fashionrec train-text "$(TRAINED)"
 	$(BIN)/fashionrec similar "$(TRAINED)" $(ITEM) -k 5
-	$(BIN)/fashionrec app "$(TRAINED)"
+	$(BIN)/fashionrec app "$(TRAINED)" --port $(PORT)
 
 quick: setup
 	$(BIN)/fashionrec index "$(CATALOG)" --out "$(INDEX)"
 	$(BIN)/fashionrec similar "$(INDEX)" $(ITEM) -k 5
-	$(BIN)/fashionrec app "$(INDEX)"
+	$(BIN)/fashionrec app "$(INDEX)" --port $(PORT)
 
 lint: test-setup
 	$(BIN)/ruff check src tests bench
