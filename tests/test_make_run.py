@@ -46,6 +46,7 @@ def test_make_run_serves_a_first_app_then_the_trained_one_and_stops_whole(tmp_pa
         make = subprocess.Popen(
             command,
             cwd=REPO,
+            env={key: value for key, value in os.environ.items() if not key.startswith("MAKE")},  # as from a shell
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group, as a terminal gives it
