@@ -116,6 +116,34 @@ def supervised_contrastive(vectors: torch.Tensor, groups: torch.Tensor, temperat
     return -per_item[count > 0].sum() / (count > 0).sum().clamp(min=1)
 
 
+def batch_loss(
+    adapter: Adapter,
+    inputs: tuple[torch.Tensor, torch.Tensor],
+    groups: torch.Tensor,
+    targets: torch.Tensor,
+    anchors: tuple[torch.Tensor, torch.Tensor],
+    anchored: torch.Tensor,
+    config: TrainConfig,
+) -> torch.Tensor:
+    """One batch's loss: per member, SupCon over all labels, a cross-entropy per label, and for each view
+    (`anchored`) finding its own catalog shot among the batch's `anchors` (vectors and colours, in order).
+
+    The anchors ride in the batch's own forward pass: one larger matrix product per layer, not a second pass.
+    """
+    count = len(inputs[0])
+    loss = torch.zeros((), device=groups.device)
+    for outputs, logits in adapter.parts(torch.cat([inputs[0], anchors[0]]), torch.cat([inputs[1], anchors[1]])):
+        embedded, anchor_vectors = outputs[:count], outputs[count:]
+        loss = loss + supervised_contrastive(embedded, groups, config.temperature)
+        for column, label_logits in enumerate(logits):
+            loss = loss + F.cross_entropy(label_logits[:count], targets[:, column])
+        if len(anchor_vectors):  # each view closest to its own product among the batch's catalog shots
+            found = embedded[anchored] @ anchor_vectors.T / config.temperature
+            own = torch.arange(len(found), device=groups.device)
+            loss = loss + config.instance_weight * F.cross_entropy(found, own)
+    return loss
+
+
 def _open_source(source: Path, out: Path, progress: bool) -> IndexStore:
     """The index to train from: `source` itself, or one built (or resumed) from the catalog in OUT/base-index."""
     if not (source / MANIFEST).is_file():
@@ -429,19 +457,8 @@ def _train(
                         inputs_colour = torch.where(swap, cv[batch], inputs_colour)
                         if config.instance_weight > 0:  # ... and their catalog shots, for the view to find
                             anchored = swap[:, 0]
-                    # the anchors ride in the same forward pass as the batch: one larger product per layer
-                    inputs = torch.cat([inputs, x[batch[anchored]]])
-                    inputs_colour = torch.cat([inputs_colour, c[batch[anchored]]])
-                    loss = torch.zeros((), device=device)
-                    for outputs, outputs_logits in adapter.parts(inputs, inputs_colour):
-                        embedded, anchors = outputs[: len(batch)], outputs[len(batch) :]
-                        loss = loss + supervised_contrastive(embedded, g[batch], config.temperature)
-                        for column, label_logits in enumerate(outputs_logits):
-                            loss = loss + F.cross_entropy(label_logits[: len(batch)], y[batch, column])
-                        if len(anchors):  # each view closest to its own product among the batch's catalog shots
-                            found = embedded[anchored] @ anchors.T / config.temperature
-                            own = torch.arange(len(found), device=device)
-                            loss = loss + config.instance_weight * F.cross_entropy(found, own)
+                    anchors = (x[batch[anchored]], c[batch[anchored]])
+                    loss = batch_loss(adapter, (inputs, inputs_colour), g[batch], y[batch], anchors, anchored, config)
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
