@@ -14,8 +14,10 @@ import random
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -129,6 +131,22 @@ def small_tmpfs(mount: Path, size: str) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def free_port() -> int:
+    """A port nothing listens on now, for a server a test starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def app_answers(url: str) -> bool:
+    """Whether a Streamlit app at `url` answers its health check with "ok"."""
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as answer:
+            return answer.read() == b"ok"
+    except OSError:
+        return False
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

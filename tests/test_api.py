@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -32,17 +31,11 @@ from fashionrec.api import Keys, create_app
 from fashionrec.build import BuildReport
 from fashionrec.index import FORMAT_VERSION
 
-from conftest import TEST_STORE, copy_index, side_by_side
+from conftest import TEST_STORE, copy_index, free_port, side_by_side
 
 KEY = "test-write-key-0123456789"
 READ_KEY = "test-read-key-0123456789"
 WRITE = {"X-API-Key": KEY}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager

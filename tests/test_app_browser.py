@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +24,7 @@ from fashionrec.catalog import load_catalog
 from fashionrec.encoders import Encoder
 from fashionrec.search import Recommender
 
-from conftest import REPO
+from conftest import REPO, app_answers, free_port
 
 # Every test here drives chromium (deselected by the fast core, `make test-fast`).
 pytestmark = pytest.mark.browser
@@ -46,12 +44,6 @@ TIMEOUT_MS = 60_000
 PHONE_WIDTH = 390
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextmanager
 def app_server(index: Path, log_path: Path) -> Iterator[str]:
     """`fashionrec app INDEX --port PORT`, as a user starts it; its URL once it answers."""
@@ -68,12 +60,9 @@ def app_server(index: Path, log_path: Path) -> Iterator[str]:
         while True:
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"the app server did not start:\n{log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=1) as answer:
-                    if answer.read() == b"ok":
-                        break
-            except OSError:
-                time.sleep(0.3)
+            if app_answers(url):
+                break
+            time.sleep(0.3)
         yield url
     finally:
         process.terminate()

@@ -29,13 +29,13 @@ from PIL import Image
 from playwright.sync_api import Browser, Page, Route, sync_playwright
 from streamlit.testing.v1 import AppTest
 from test_api import KEY, WRITE, assert_error, serve
-from test_app_browser import CHROMIUM, CHROMIUM_ARGS, free_port
+from test_app_browser import CHROMIUM, CHROMIUM_ARGS
 
 import fashionrec.app
 from fashionrec.app.state import Query
 from fashionrec.index import DATABASE, MANIFEST, UPLOADS
 
-from conftest import REPO, SHARED_ZIP, copy_index, run_cli, sample_rows, small_tmpfs
+from conftest import REPO, SHARED_ZIP, copy_index, free_port, run_cli, sample_rows, small_tmpfs
 
 # Slow as a whole: its own index from a real `fashionrec index` run and its own server process.
 pytestmark = pytest.mark.slow

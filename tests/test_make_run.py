@@ -4,33 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, sample_rows, write_catalog
+from conftest import REPO, app_answers, free_port, sample_rows, write_catalog
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def answers(port: int) -> bool:
-    """Whether a Streamlit app answers its health check on `port`."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def test_make_run_serves_a_first_app_then_the_trained_one_and_stops_whole(tmp_path: Path) -> None:
@@ -39,6 +21,7 @@ def test_make_run_serves_a_first_app_then_the_trained_one_and_stops_whole(tmp_pa
     header, rows = sample_rows(200, seed=5)
     catalog = write_catalog(tmp_path / "catalog", header, rows)
     index, model, port = tmp_path / "index", tmp_path / "model", free_port()
+    url = f"http://127.0.0.1:{port}"
     command = ["make", "--no-print-directory", "-o", ".venv/.installed", "run", f"CATALOG={catalog}"]
     command += [f"INDEX={index}", f"MODEL={model}", f"PORT={port}", f"ITEM={rows[0][0]}"]
     log = tmp_path / "make.log"
@@ -57,14 +40,14 @@ def test_make_run_serves_a_first_app_then_the_trained_one_and_stops_whole(tmp_pa
         while "fashionrec app on" not in log.read_text() and time.monotonic() < deadline:  # the final app's line
             assert make.poll() is None, log.read_text()[-3000:]
             time.sleep(1)
-        while not answers(port) and time.monotonic() < deadline:
+        while not app_answers(url) and time.monotonic() < deadline:
             time.sleep(1)
         text = log.read_text()
-        assert answers(port), text[-3000:]
-        first_app = text.index(f"A first app on the untrained index: http://127.0.0.1:{port}")
+        assert app_answers(url), text[-3000:]
+        first_app = text.index(f"A first app on the untrained index: {url}")
         assert text.index(" train ") > first_app  # the first app came before training
         assert text.index(f'app "{index}-trained"') > text.index("similar")  # the final app serves the trained index
-        assert f"http://127.0.0.1:{port}" in (tmp_path / "index.app.log").read_text()  # the first app did serve
+        assert url in (tmp_path / "index.app.log").read_text()  # the first app did serve
         assert (model / "fashionrec-model.json").is_file()
         assert (Path(f"{index}-trained") / "text-bridge" / "bridge.json").is_file()
     finally:
@@ -73,4 +56,4 @@ def test_make_run_serves_a_first_app_then_the_trained_one_and_stops_whole(tmp_pa
     time.sleep(1)
     with pytest.raises(ProcessLookupError):  # nothing of it is left running: neither app
         os.killpg(make.pid, 0)
-    assert not answers(port)
+    assert not app_answers(url)
