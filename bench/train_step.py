@@ -31,8 +31,9 @@ CLASSES = (104, 47)  # articleType and baseColour classes of the shared catalog'
 GROUPS = 1500
 
 
-def step_timer(torch_dropout: bool, fused: bool, config: TrainConfig, rows: int) -> Callable[[], None]:
-    """A function that runs one training step of a fresh adapter with these settings."""
+def step_timer(torch_dropout: bool, fused: bool, config: TrainConfig) -> Callable[[], None]:
+    """A function that runs one training step (a batch of config.batch_size) of a fresh adapter with these settings."""
+    rows = config.batch_size
     torch.manual_seed(0)
     adapter = Adapter(BASE_DIM, CLASSES, **{key: getattr(config, key) for key in ADAPTER_SETTINGS})
     if torch_dropout:
@@ -68,7 +69,7 @@ def main() -> None:
         "fashionrec dropout, per-tensor AdamW": (False, False),
         "fashionrec dropout, fused AdamW (fashionrec train)": (False, True),
     }
-    steps = {name: step_timer(*flags, config, config.batch_size) for name, flags in variants.items()}
+    steps = {name: step_timer(*flags, config) for name, flags in variants.items()}
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name, step in steps.items():
