@@ -182,7 +182,9 @@ class OpenVinoModel:
                     core = openvino.Core()
                     model = core.read_model(str(self.path))
                     model.reshape({name: list(value.shape) for name, value in feed.items()})
-                    config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY"}
+                    # f32 even where the CPU has bf16 (AVX512_BF16, AMX), which OpenVINO would otherwise pick:
+                    # bf16 moved vectors by up to 0.02 from ONNX Runtime's, so a build's would not match its queries
+                    config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
                     if self.threads:
                         config["INFERENCE_NUM_THREADS"] = self.threads
                     self._compiled = core.compile_model(model, "CPU", config)
