@@ -9,7 +9,7 @@ threads) as the cost a query takes from the machine. The query is `Recommender.e
 answer every step after the first for the same photo and method). Per step: p50 over all photos and per
 kind of scene (`auto` is cheap on plain backdrops and dear on busy scenes).
 
-    python bench/isolation_cost.py --index /work/indexes/base --photos 45
+    python bench/isolation_cost.py --index /work/indexes/base --photos 45 [--name isolation_cost] [--skip STEP ...]
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--index", type=Path, required=True)
     parser.add_argument("--photos", type=int, default=60)
     parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--name", default="isolation_cost", help="results file name (bench/results/NAME.json)")
+    parser.add_argument("--skip", nargs="+", default=[], help="steps left out (their names, as printed)")
     args = parser.parse_args()
 
     recommender = Recommender.open(args.index)
@@ -61,10 +63,13 @@ def main() -> None:
         "border query": query("border"),
         **{f"u2netp {side} query": query(f"u2netp@{side}") for side in SIDES},
         "auto query (as before: no pose)": query("auto,person=ignore"),
+        "u2netp 160 query (f32)": query("u2netp@160,precision=f32"),
+        "auto query (f32)": query("auto,precision=f32"),
         "auto query (shipped)": query("auto"),
         "pose landmarks": lambda data: pose.landmarks(decode(data, "photo")),
         "regions": recommender.regions,
     }
+    steps = {name: step for name, step in steps.items() if name not in args.skip}
     for step in steps.values():  # load every model first
         step(photos[0])
     wall: dict[str, list[float]] = {name: [] for name in steps}
@@ -92,7 +97,7 @@ def main() -> None:
     for name, row in figures.items():
         print(f"{name:18s} {row}")
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").is_file() else []
-    write_results("isolation_cost", {"index": str(args.index), "photos": len(photos), "load": load, "steps": figures})
+    write_results(args.name, {"index": str(args.index), "photos": len(photos), "load": load, "steps": figures})
 
 
 if __name__ == "__main__":

@@ -266,7 +266,7 @@ def shipped() -> dict[str, object]:
     """garment.py's settings as shipped, read before any method setting changes them."""
     from fashionrec import garment
 
-    return {"side": garment.U2NET_SIDE, "person": garment.PERSON_PART}
+    return {"side": garment.U2NET_SIDE, "person": garment.PERSON_PART, "precision": garment.U2NET_PRECISION}
 
 
 def configure(method: str) -> str:
@@ -278,6 +278,7 @@ def configure(method: str) -> str:
     chosen = shipped() | dict(option.split("=", 1) for option in options)
     garment.U2NET_SIDE = int(side) if side else int(chosen["side"])  # type: ignore[call-overload]
     garment.PERSON_PART = str(chosen["person"])
+    garment.U2NET_PRECISION = str(chosen["precision"])
     return name
 
 
@@ -286,7 +287,8 @@ def embed(recommender: Recommender, data: bytes, method: str | None) -> Query:
 
     A method setting is a garment.py method with options: `u2netp@96` runs U2-Net-p at a 96-pixel input
     instead of garment.U2NET_SIDE; `auto,person=whole` keeps a photo of a person whole (`person=upper body`:
-    its top; `person=ignore`: no pose model, `auto` as it was before people were looked for).
+    its top; `person=ignore`: no pose model, `auto` as it was before people were looked for); `precision=f32`
+    runs U2-Net-p in f32 where the CPU has bf16.
     """
     if method is None:
         return recommender.embed_image(data)

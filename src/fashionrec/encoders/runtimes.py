@@ -111,6 +111,10 @@ def onnx_session(path: Path, threads: int = 0) -> InferenceSession:
     options.log_severity_level = 3
     options.enable_cpu_mem_arena = False  # the arena keeps its peak allocation: ~30 MB more to serve
     options.intra_op_num_threads = threads
+    # idle threads sleep instead of spinning: after a query's embedding they spun ~10 ms on both cores, and
+    # U2-Net-p's next mask took 36 ms instead of 23; a build's decoding processes get the cores too (int8 builds
+    # 1.2x faster, float level; docs/shoppers-photos.md, section 10)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=onnx_providers())
 
 
@@ -120,15 +124,16 @@ def session_runner(
     path: Path | None = None,
     threads: int = 0,
     openvino_batch: int = BATCH_SIZE,
+    precision: str = "f32",
 ) -> Callable[[np.ndarray], np.ndarray]:
     """The session as a function of its input; batches of `openvino_batch` go to OpenVINO on the float model
-    file `path`, and fall back to the session where OpenVINO cannot run them.
+    file `path` (in `precision`, see OpenVinoModel), and fall back to the session where OpenVINO cannot run them.
 
     An encoder's full batches only: OpenVINO took 1.7x longer than ONNX Runtime for one image, and both give
     the same vectors (1e-6). Never int8 models (no `path`): OpenVINO 2026.4 crashed the process on a trained
     encoder's int8 file, and its int8 vectors differ from ONNX Runtime's by ~0.5% (docs/performance.md).
     """
-    openvino = OpenVinoModel(path, threads) if path is not None and openvino_wanted(session) else None
+    openvino = OpenVinoModel(path, threads, precision) if path is not None and openvino_wanted(session) else None
 
     def run(pixels: np.ndarray) -> np.ndarray:
         feed = inputs(pixels)
@@ -156,11 +161,17 @@ class OpenVinoModel:
     """One model file in OpenVINO's CPU plugin, compiled on first use for each input shape (static shapes:
     ~10% faster than a dynamic batch). If the model does not compile or run there, `run` answers None from
     then on and the caller keeps ONNX Runtime.
+
+    `precision` "f32" computes as ONNX Runtime does (the same outputs to 1e-6), even where the CPU has bf16
+    (AVX512_BF16, AMX), which OpenVINO would otherwise pick: there bf16 moved an encoder's vectors by up to
+    0.02, so a build's would not match its queries. "bf16" asks for it where the CPU computes it natively
+    (f32 elsewhere): for a model whose output tolerates it, about twice as fast.
     """
 
-    def __init__(self, path: Path, threads: int) -> None:
+    def __init__(self, path: Path, threads: int, precision: str = "f32") -> None:
         self.path = path
         self.threads = threads
+        self.precision = precision
         self._compiled: dict[tuple[tuple[int, ...], ...], CompiledModel] = {}
         self._failed = False
         self._lock = threading.Lock()  # one compile; an infer request per call keeps threads apart
@@ -185,9 +196,9 @@ class OpenVinoModel:
                     core = openvino.Core()
                     model = core.read_model(str(self.path))
                     model.reshape({name: list(value.shape) for name, value in feed.items()})
-                    # f32 even where the CPU has bf16 (AVX512_BF16, AMX), which OpenVINO would otherwise pick:
-                    # bf16 moved vectors by up to 0.02 from ONNX Runtime's, so a build's would not match its queries
-                    config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
+                    native = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+                    precision = self.precision if native else "f32"
+                    config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
                     if self.threads:
                         config["INFERENCE_NUM_THREADS"] = self.threads
                     self._compiled[shapes] = core.compile_model(model, "CPU", config)
