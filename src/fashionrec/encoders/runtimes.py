@@ -5,8 +5,9 @@ which is several times faster on CPU. The exported graph takes the uint8 pixels 
 image, so normalisation happens inside the model and both paths share it exactly. Full batches
 (a build, training's views) run in OpenVINO when it is installed: on this project's CPU it embeds a
 batch of 64 1.3-1.5x faster than ONNX Runtime, with the same vectors, but takes 1.7x longer for one
-image, so queries stay on ONNX Runtime (docs/performance.md). Neither torch, ONNX Runtime nor
-OpenVINO is imported until a model is built, run or exported.
+image, so queries stay on ONNX Runtime (docs/performance.md); garment.py runs U2-Net-p's one photo in
+OpenVINO, where it is faster. Neither torch, ONNX Runtime nor OpenVINO is imported until a model is built,
+run or exported.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import threading
 import warnings
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -196,8 +198,7 @@ class OpenVinoModel:
                     core = openvino.Core()
                     model = core.read_model(str(self.path))
                     model.reshape({name: list(value.shape) for name, value in feed.items()})
-                    native = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-                    precision = self.precision if native else "f32"
+                    precision = self.precision if cpu_has_bf16() else "f32"
                     config: dict[str, object] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
                     if self.threads:
                         config["INFERENCE_NUM_THREADS"] = self.threads
@@ -205,6 +206,18 @@ class OpenVinoModel:
                 except Exception:  # noqa: BLE001 - any failure of the optional runtime falls back to ONNX Runtime
                     self._failed = True
             return None if self._failed else self._compiled[shapes]
+
+
+@lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512_BF16, AMX), as OpenVINO's CPU plugin sees it; False
+    without OpenVINO. Elsewhere bf16 is emulated, slower than f32."""
+    try:
+        import openvino
+
+        return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # noqa: BLE001 - no OpenVINO, or no CPU plugin: say no
+        return False
 
 
 def onnx_providers() -> list[str]:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 RERUN_MAY_CHANGE = ("epochs", "label_weight", "base_weight")  # the rest must match to resume
 # Epochs between held-out validations (and after the last): on the 44k catalog a validation takes about as
 # long as an epoch's training (docs/performance.md), and it changes no weight.
 VALIDATE_EVERY = 8
+# The training steps' matrix products: "auto" is bf16 where the CPU computes it natively, else f32 (train.train).
+# Not a TrainConfig setting: it changes how fast, not what is learnt, so a run may resume in the other.
+Precision = Literal["auto", "f32", "bf16"]
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from fashionrec.colour import COLOUR_DIM
 from fashionrec.encoders import BACKBONES, TRAINED_MANIFEST, EncoderSpec, load_encoder
 from fashionrec.encoders.adapter import ADAPTER_SETTINGS, Adapter, TrainedNet
 from fashionrec.encoders.backbones import embedding_net
-from fashionrec.encoders.runtimes import export_onnx
+from fashionrec.encoders.runtimes import cpu_has_bf16, export_onnx
 from fashionrec.encoders.trained import (
     ADAPTER,
     CHECKPOINT,
@@ -60,7 +60,7 @@ from fashionrec.index import (
     write_bytes_atomic,
     write_json_atomic,
 )
-from fashionrec.quality.config import VALIDATE_EVERY, TrainConfig
+from fashionrec.quality.config import VALIDATE_EVERY, Precision, TrainConfig
 from fashionrec.quality.evaluate import label_values, nearest, score
 from fashionrec.remote import index_images
 from fashionrec.runners.local import LocalRunner
@@ -296,20 +296,25 @@ def train(
     log: Callable[[str], None] = print,
     threads: int = 0,
     validate_every: int = VALIDATE_EVERY,
+    precision: Precision = "auto",
 ) -> dict[str, object]:
     """Train an adapter on `source` (an index, or a catalog indexed first) into model directory `out`.
 
     Returns the model manifest. Resumes after the last checkpointed epoch of an earlier run. `threads`:
     torch's CPU threads while training (0: chosen from the idle cores, see training_threads).
     `validate_every`: epochs between held-out validations (the last epoch is always validated); they
-    only report, so it changes no weight.
+    only report, so it changes no weight. `precision` of the training steps' matrix products: "auto" is bf16
+    where the CPU computes it natively (2.4x faster steps there, the same held-out figures; docs/performance.md),
+    else f32; the weights, the validation and the exported model stay f32.
     """
     if validate_every < 1:
         raise TrainError("--validate-every must be at least 1")
     previous = torch.get_num_threads()
     torch.set_num_threads(training_threads(threads))
     try:
-        return _train(Path(source).expanduser(), Path(out).expanduser(), config, name, progress, log, validate_every)
+        bf16 = precision == "bf16" or (precision == "auto" and not torch.cuda.is_available() and cpu_has_bf16())
+        where = (Path(source).expanduser(), Path(out).expanduser())
+        return _train(*where, config, name, progress, log, validate_every, bf16)
     finally:
         torch.set_num_threads(previous)  # the caller's own torch work keeps its setting
 
@@ -360,10 +365,11 @@ def _train(
     progress: bool,
     log: Callable[[str], None],
     validate_every: int,
+    bf16: bool,
 ) -> dict[str, object]:
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    log(f"Training with {torch.get_num_threads()} torch thread(s)")
+    log(f"Training with {torch.get_num_threads()} torch thread(s), {'bf16' if bf16 else 'f32'} matrix products")
     store = _open_source(source, out, progress)
     base = EncoderSpec.from_dict(store.manifest["encoder"])  # type: ignore[arg-type]
     if base.name not in BACKBONES:
@@ -458,7 +464,9 @@ def _train(
                         if config.instance_weight > 0:  # ... and their catalog shots, for the view to find
                             anchored = swap[:, 0]
                     anchors = (x[batch[anchored]], c[batch[anchored]])
-                    loss = batch_loss(adapter, (inputs, inputs_colour), g[batch], y[batch], anchors, anchored, config)
+                    members = (inputs, inputs_colour)
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                        loss = batch_loss(adapter, members, g[batch], y[batch], anchors, anchored, config)
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
