@@ -51,6 +51,7 @@ SETTINGS = {  # name -> (searched part, isolation: a world.py method setting)
     "whole photo": ("whole", "none"),
     "whole photo, isolated": ("whole", "u2netp"),
     "whole photo, auto (default)": ("whole", "auto"),
+    "whole photo, auto, U2-Net-p in f32 where the CPU has bf16": ("whole", "auto,precision=f32"),
     "whole photo, auto, a person kept whole": ("whole", "auto,person=whole"),
     "whole photo, auto, no pose model": ("whole", "auto,person=ignore"),
     "whole photo, auto, the closer of upper body and whole": ("whole", "auto,person=upper body or whole"),
