@@ -304,7 +304,7 @@ def train(
     torch's CPU threads while training (0: chosen from the idle cores, see training_threads).
     `validate_every`: epochs between held-out validations (the last epoch is always validated); they
     only report, so it changes no weight. `precision` of the training steps' matrix products: "auto" is bf16
-    where the CPU computes it natively (2.4x faster steps there, the same held-out figures; docs/performance.md),
+    where the CPU computes it natively (3.1x faster steps there, the same held-out figures; docs/performance.md),
     else f32; the weights, the validation and the exported model stay f32.
     """
     if validate_every < 1:
@@ -464,9 +464,9 @@ def _train(
                         if config.instance_weight > 0:  # ... and their catalog shots, for the view to find
                             anchored = swap[:, 0]
                     anchors = (x[batch[anchored]], c[batch[anchored]])
-                    members = (inputs, inputs_colour)
+                    batch_inputs = (inputs, inputs_colour)
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                        loss = batch_loss(adapter, members, g[batch], y[batch], anchors, anchored, config)
+                        loss = batch_loss(adapter, batch_inputs, g[batch], y[batch], anchors, anchored, config)
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
